@@ -1,1 +1,6 @@
-//! backup-sources
+//! Data sources for backupd. Each source turns something that exists (a
+//! directory tree, a database) into a data stream plus manifest entries, and
+//! back again on restore. Sources do plain blocking I/O; callers run them off
+//! the async executor.
+
+pub mod files;

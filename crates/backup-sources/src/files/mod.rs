@@ -1,0 +1,535 @@
+//! The `files` source: directory trees (regular files, directories, symlinks,
+//! modes, ownership, mtimes).
+//!
+//! Backup walks each root depth-first in name order and appends file contents
+//! to one data stream; each file's manifest entry records its offset, size and
+//! BLAKE3. Restore replays the manifest against the stream.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use backup_core::manifest::{EntryKind, EntryPath, FileEntry, SkippedEntry};
+
+const COPY_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("source path {path}: {source}; check that it exists and is readable")]
+    Root { path: PathBuf, source: io::Error },
+    #[error("source paths {a} and {b} have the same name {name:?}; give each root a distinct final component")]
+    DuplicateRootName {
+        a: PathBuf,
+        b: PathBuf,
+        name: String,
+    },
+    #[error("cannot read {path}: {source} (set `on-unreadable = \"skip\"` on the source to record it as skipped instead)")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("writing backup data: {0}")]
+    Output(io::Error),
+    #[error("reading backup data for {path}: {source}")]
+    Input { path: String, source: io::Error },
+    #[error("manifest entry {path:?} is unsafe: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
+    #[error("{path}: content does not match the checksum recorded at backup time (expected BLAKE3 {expected}, got {found})")]
+    ChecksumMismatch {
+        path: String,
+        expected: String,
+        found: String,
+    },
+    #[error("manifest entry {path}: offset {offset} is before the current data position {position}; the manifest is corrupt")]
+    OffsetOutOfOrder {
+        path: String,
+        offset: u64,
+        position: u64,
+    },
+    #[error("restoring {path}: {source}")]
+    Restore { path: PathBuf, source: io::Error },
+}
+
+impl FilesError {
+    /// True when the backup data itself is wrong (exit code 3), not the environment.
+    pub fn is_integrity_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::ChecksumMismatch { .. } | Self::OffsetOutOfOrder { .. } | Self::UnsafePath { .. }
+        )
+    }
+}
+
+/// What to do with a file or directory that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreadablePolicy {
+    /// Fail the backup, naming the path.
+    #[default]
+    Fail,
+    /// Record the path as skipped in the manifest and carry on.
+    Skip,
+}
+
+/// Receives manifest entries as the walk produces them.
+pub trait EntryRecorder {
+    fn entry(&mut self, entry: &FileEntry) -> io::Result<()>;
+    fn skipped(&mut self, skipped: SkippedEntry) -> io::Result<()>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+}
+
+impl TreeStats {
+    pub fn entries(&self) -> u64 {
+        self.files + self.dirs + self.symlinks
+    }
+}
+
+/// The label under which a root's contents are stored: its final path component.
+pub fn root_labels(roots: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, FilesError> {
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    for root in roots {
+        let abs = fs::canonicalize(root).map_err(|source| FilesError::Root {
+            path: root.clone(),
+            source,
+        })?;
+        let name = abs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
+        if let Some((a, _)) = out.iter().find(|(_, n)| *n == name) {
+            return Err(FilesError::DuplicateRootName {
+                a: a.clone(),
+                b: root.clone(),
+                name,
+            });
+        }
+        out.push((abs, name));
+    }
+    Ok(out)
+}
+
+/// Backs up `roots` into `data` (file contents, concatenated) and `recorder` (entries).
+pub fn backup_tree(
+    roots: &[PathBuf],
+    policy: UnreadablePolicy,
+    data: &mut impl Write,
+    recorder: &mut impl EntryRecorder,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TreeStats, FilesError> {
+    let mut walker = Walker {
+        policy,
+        data,
+        recorder,
+        progress,
+        offset: 0,
+        stats: TreeStats::default(),
+        buf: vec![0; COPY_BUFFER],
+    };
+    for (abs, label) in root_labels(roots)? {
+        let meta = fs::symlink_metadata(&abs).map_err(|source| FilesError::Root {
+            path: abs.clone(),
+            source,
+        })?;
+        walker.visit(&abs, label.into_bytes(), &meta)?;
+    }
+    Ok(walker.stats)
+}
+
+struct Walker<'a, W: Write, R: EntryRecorder> {
+    policy: UnreadablePolicy,
+    data: &'a mut W,
+    recorder: &'a mut R,
+    progress: &'a mut dyn FnMut(u64),
+    offset: u64,
+    stats: TreeStats,
+    buf: Vec<u8>,
+}
+
+impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
+    /// Depth-first with an explicit stack, so deep trees cannot overflow the thread stack.
+    fn visit(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<(), FilesError> {
+        let mut stack = vec![(abs.to_path_buf(), rel, meta.clone())];
+        while let Some((path, rel, meta)) = stack.pop() {
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                let children = match read_dir_sorted(&path) {
+                    Ok(c) => c,
+                    Err(source) => {
+                        self.unreadable(&path, &rel, source)?;
+                        continue;
+                    }
+                };
+                self.record(entry_for(&rel, EntryKind::Dir, &meta))?;
+                self.stats.dirs += 1;
+                // Reverse so the stack pops children in name order.
+                for name in children.into_iter().rev() {
+                    let child = path.join(&name);
+                    let mut child_rel = rel.clone();
+                    child_rel.push(b'/');
+                    child_rel.extend_from_slice(name.as_bytes());
+                    match fs::symlink_metadata(&child) {
+                        Ok(m) => stack.push((child, child_rel, m)),
+                        Err(source) => self.unreadable(&child, &child_rel, source)?,
+                    }
+                }
+            } else if ft.is_symlink() {
+                match fs::read_link(&path) {
+                    Ok(target) => {
+                        let mut e = entry_for(&rel, EntryKind::Symlink, &meta);
+                        e.target = Some(EntryPath::from_bytes(target.as_os_str().as_bytes()));
+                        self.record(e)?;
+                        self.stats.symlinks += 1;
+                    }
+                    Err(source) => self.unreadable(&path, &rel, source)?,
+                }
+            } else if ft.is_file() {
+                self.file(&path, &rel, &meta)?;
+            } else {
+                // FIFOs, sockets and devices carry no content worth restoring; say so in the manifest.
+                let error = "special file (fifo, socket or device) is not backed up".to_string();
+                tracing::warn!(path = %path.display(), "{error}");
+                self.recorder
+                    .skipped(SkippedEntry {
+                        path: EntryPath::from_bytes(&rel),
+                        error,
+                    })
+                    .map_err(FilesError::Output)?;
+                self.stats.skipped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<(), FilesError> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(source) => return self.unreadable(path, rel, source),
+        };
+        let start = self.offset;
+        let mut hasher = blake3::Hasher::new();
+        // Read to EOF rather than to the stat size: a file that changes while
+        // being read is stored as read, with matching size and checksum.
+        loop {
+            let n = match file.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Bytes already written stay in the stream unreferenced; offsets keep restore correct.
+                Err(source) => return self.unreadable(path, rel, source),
+            };
+            hasher.update(&self.buf[..n]);
+            self.data
+                .write_all(&self.buf[..n])
+                .map_err(FilesError::Output)?;
+            self.offset += n as u64;
+            (self.progress)(n as u64);
+        }
+        let mut e = entry_for(rel, EntryKind::File, meta);
+        e.size = self.offset - start;
+        e.offset = Some(start);
+        e.blake3 = Some(hasher.finalize().to_hex().to_string());
+        self.record(e)?;
+        self.stats.files += 1;
+        self.stats.bytes += self.offset - start;
+        Ok(())
+    }
+
+    fn record(&mut self, e: FileEntry) -> Result<(), FilesError> {
+        self.recorder.entry(&e).map_err(FilesError::Output)
+    }
+
+    fn unreadable(&mut self, path: &Path, rel: &[u8], source: io::Error) -> Result<(), FilesError> {
+        match self.policy {
+            UnreadablePolicy::Fail => Err(FilesError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            }),
+            UnreadablePolicy::Skip => {
+                tracing::warn!(path = %path.display(), error = %source, "skipping unreadable path");
+                self.recorder
+                    .skipped(SkippedEntry {
+                        path: EntryPath::from_bytes(rel),
+                        error: source.to_string(),
+                    })
+                    .map_err(FilesError::Output)?;
+                self.stats.skipped += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn read_dir_sorted(path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names = fs::read_dir(path)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn entry_for(rel: &[u8], kind: EntryKind, meta: &fs::Metadata) -> FileEntry {
+    FileEntry {
+        path: EntryPath::from_bytes(rel),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+        size: 0,
+        offset: None,
+        blake3: None,
+        target: None,
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// Restores entries (in manifest order) from `data` into `target`.
+///
+/// Symlinks are created last, so no file write can follow a restored link out
+/// of the target; entry paths must be relative without `..`. Directory modes
+/// and mtimes are applied after their contents, deepest first.
+pub struct TreeRestorer<'a, R: Read> {
+    target: PathBuf,
+    data: R,
+    position: u64,
+    restore_owner: bool,
+    buf: Vec<u8>,
+    dirs: Vec<(PathBuf, FileEntry)>,
+    symlinks: Vec<(PathBuf, FileEntry)>,
+    created_dirs: HashSet<PathBuf>,
+    stats: RestoreStats,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<'a, R: Read> TreeRestorer<'a, R> {
+    pub fn new(target: &Path, data: R, progress: &'a mut dyn FnMut(u64)) -> Self {
+        Self {
+            target: target.to_path_buf(),
+            data,
+            position: 0,
+            // Only root can give files away; others keep their own uid like tar does.
+            restore_owner: is_root(),
+            buf: vec![0; COPY_BUFFER],
+            dirs: Vec::new(),
+            symlinks: Vec::new(),
+            created_dirs: HashSet::new(),
+            stats: RestoreStats::default(),
+            progress,
+        }
+    }
+
+    pub fn entry(&mut self, e: FileEntry) -> Result<(), FilesError> {
+        let rel = safe_relative(&e.path)?;
+        let dest = self.target.join(&rel);
+        match e.kind {
+            EntryKind::Dir => {
+                self.ensure_dir(&dest)?;
+                self.stats.dirs += 1;
+                self.dirs.push((dest, e));
+            }
+            EntryKind::Symlink => self.symlinks.push((dest, e)),
+            EntryKind::File => self.file(&dest, &e)?,
+        }
+        Ok(())
+    }
+
+    fn ensure_dir(&mut self, dir: &Path) -> Result<(), FilesError> {
+        if self.created_dirs.contains(dir) {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(|source| FilesError::Restore {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.created_dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn file(&mut self, dest: &Path, e: &FileEntry) -> Result<(), FilesError> {
+        let path = e.path.display();
+        let offset = e.offset.unwrap_or(self.position);
+        if offset < self.position {
+            return Err(FilesError::OffsetOutOfOrder {
+                path,
+                offset,
+                position: self.position,
+            });
+        }
+        // Skip bytes of files that were skipped part-way through at backup time.
+        let gap = offset - self.position;
+        if gap > 0 {
+            let copied =
+                io::copy(&mut (&mut self.data).take(gap), &mut io::sink()).map_err(|source| {
+                    FilesError::Input {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            if copied != gap {
+                return Err(FilesError::Input {
+                    path,
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            self.position += gap;
+        }
+        if let Some(parent) = dest.parent() {
+            self.ensure_dir(parent)?;
+        }
+        let restore_err = |source| FilesError::Restore {
+            path: dest.to_path_buf(),
+            source,
+        };
+        // Replace rather than write through whatever is there (only possible with --force).
+        match fs::symlink_metadata(dest) {
+            Ok(m) if !m.is_dir() => fs::remove_file(dest).map_err(restore_err)?,
+            _ => {}
+        }
+        let mut out = File::create(dest).map_err(restore_err)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut left = e.size;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = match self.data.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(FilesError::Input {
+                        path,
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(FilesError::Input { path, source }),
+            };
+            hasher.update(&self.buf[..n]);
+            out.write_all(&self.buf[..n]).map_err(restore_err)?;
+            left -= n as u64;
+            self.position += n as u64;
+            (self.progress)(n as u64);
+        }
+        let found = hasher.finalize().to_hex().to_string();
+        if let Some(expected) = &e.blake3 {
+            if *expected != found {
+                return Err(FilesError::ChecksumMismatch {
+                    path,
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        drop(out);
+        apply_metadata(dest, e, self.restore_owner).map_err(restore_err)?;
+        self.stats.files += 1;
+        self.stats.bytes += e.size;
+        Ok(())
+    }
+
+    /// Creates symlinks and applies directory metadata; call after the last entry.
+    pub fn finish(mut self) -> Result<RestoreStats, FilesError> {
+        for (dest, e) in std::mem::take(&mut self.symlinks) {
+            let target = e
+                .target
+                .as_ref()
+                .map(|t| t.to_bytes())
+                .transpose()
+                .map_err(|_| FilesError::UnsafePath {
+                    path: e.path.display(),
+                    reason: "symlink target is not decodable",
+                })?;
+            let target = target.unwrap_or_default();
+            if let Some(parent) = dest.parent() {
+                self.ensure_dir(parent)?;
+            }
+            let restore_err = |source| FilesError::Restore {
+                path: dest.clone(),
+                source,
+            };
+            if fs::symlink_metadata(&dest).is_ok() {
+                fs::remove_file(&dest).map_err(restore_err)?;
+            }
+            std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dest).map_err(restore_err)?;
+            apply_metadata(&dest, &e, self.restore_owner).map_err(restore_err)?;
+            self.stats.symlinks += 1;
+        }
+        // Deepest first, so setting a parent's mtime is not undone by its children.
+        self.dirs
+            .sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        for (dest, e) in &self.dirs {
+            apply_metadata(dest, e, self.restore_owner).map_err(|source| FilesError::Restore {
+                path: dest.clone(),
+                source,
+            })?;
+        }
+        Ok(self.stats)
+    }
+}
+
+fn safe_relative(path: &EntryPath) -> Result<PathBuf, FilesError> {
+    let bytes = path.to_bytes().map_err(|_| FilesError::UnsafePath {
+        path: path.display(),
+        reason: "not decodable",
+    })?;
+    let p = Path::new(OsStr::from_bytes(&bytes));
+    if bytes.is_empty() || bytes.contains(&0) {
+        return Err(FilesError::UnsafePath {
+            path: path.display(),
+            reason: "empty or contains NUL",
+        });
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => {}
+            Component::CurDir => {}
+            _ => {
+                return Err(FilesError::UnsafePath {
+                    path: path.display(),
+                    reason: "must be relative without `..`",
+                })
+            }
+        }
+    }
+    Ok(p.to_path_buf())
+}
+
+fn apply_metadata(dest: &Path, e: &FileEntry, restore_owner: bool) -> io::Result<()> {
+    let mtime = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+    if e.kind == EntryKind::Symlink {
+        if restore_owner {
+            std::os::unix::fs::lchown(dest, Some(e.uid), Some(e.gid))?;
+        }
+        return filetime::set_symlink_file_times(dest, mtime, mtime);
+    }
+    if restore_owner {
+        std::os::unix::fs::chown(dest, Some(e.uid), Some(e.gid))?;
+    }
+    // chown clears setuid bits, so permissions come after it.
+    fs::set_permissions(dest, fs::Permissions::from_mode(e.mode))?;
+    filetime::set_file_times(dest, mtime, mtime)
+}
+
+fn is_root() -> bool {
+    // /proc/self belongs to the process's effective uid; avoids unsafe FFI for geteuid().
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+use std::os::unix::fs::symlink;
+
+use backup_core::manifest::{FileEntry, SkippedEntry};
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Default, Debug)]
+struct Collect {
+    entries: Vec<FileEntry>,
+    skipped: Vec<SkippedEntry>,
+}
+
+impl EntryRecorder for Collect {
+    fn entry(&mut self, entry: &FileEntry) -> io::Result<()> {
+        self.entries.push(entry.clone());
+        Ok(())
+    }
+    fn skipped(&mut self, skipped: SkippedEntry) -> io::Result<()> {
+        self.skipped.push(skipped);
+        Ok(())
+    }
+}
+
+fn backup(
+    root: &Path,
+    policy: UnreadablePolicy,
+) -> Result<(Vec<u8>, Collect, TreeStats), FilesError> {
+    let mut data = Vec::new();
+    let mut rec = Collect::default();
+    let stats = backup_tree(
+        &[root.to_path_buf()],
+        policy,
+        &mut data,
+        &mut rec,
+        &mut |_| {},
+    )?;
+    Ok((data, rec, stats))
+}
+
+fn restore(
+    data: &[u8],
+    entries: Vec<FileEntry>,
+    target: &Path,
+) -> Result<RestoreStats, FilesError> {
+    let mut progress = |_| {};
+    let mut r = TreeRestorer::new(target, data, &mut progress);
+    for e in entries {
+        r.entry(e)?;
+    }
+    r.finish()
+}
+
+/// Everything a restore must reproduce, per relative path.
+fn snapshot(root: &Path) -> Vec<(String, String, u32, i64, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let (kind, content) = if m.is_dir() {
+            for c in fs::read_dir(&p).unwrap() {
+                stack.push(c.unwrap().path());
+            }
+            ("dir", vec![])
+        } else if m.file_type().is_symlink() {
+            (
+                "link",
+                fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec(),
+            )
+        } else {
+            ("file", fs::read(&p).unwrap())
+        };
+        let mode = if kind == "link" { 0 } else { m.mode() & 0o7777 };
+        out.push((
+            rel,
+            kind.to_string(),
+            mode,
+            m.mtime(),
+            m.mtime_nsec() as u32,
+            content,
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn sample_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::write(root.join("a/hello.txt"), b"hello").unwrap();
+    fs::write(root.join("a/b/empty"), b"").unwrap();
+    fs::write(root.join("a/b/c/big.bin"), vec![7u8; 3 << 20]).unwrap();
+    fs::write(root.join(OsStr::from_bytes(b"caf\xe9")), b"latin1 name").unwrap();
+    symlink("../hello.txt", root.join("a/b/link")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::set_permissions(root.join("a/hello.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(root.join("a/b/c"), fs::Permissions::from_mode(0o700)).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
+    filetime::set_file_times(root.join("a/hello.txt"), t, t).unwrap();
+    filetime::set_symlink_file_times(root.join("a/b/link"), t, t).unwrap();
+    filetime::set_file_times(root.join("a/b"), t, t).unwrap();
+}
+
+#[test]
+fn restore_recreates_tree_exactly() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("data");
+    sample_tree(&root);
+    let (data, rec, stats) = backup(&root, UnreadablePolicy::Fail).unwrap();
+    assert_eq!(stats.files, 4);
+    assert_eq!(stats.symlinks, 2);
+    assert_eq!(stats.dirs, 4);
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert!(rec
+        .entries
+        .iter()
+        .all(|e| e.path.to_bytes().unwrap().starts_with(b"data")));
+
+    let dst = tempfile::tempdir().unwrap();
+    let rs = restore(&data, rec.entries, dst.path()).unwrap();
+    assert_eq!(rs.files, 4);
+    assert_eq!(snapshot(&root), snapshot(&dst.path().join("data")));
+}
+
+#[test]
+fn corrupt_content_and_unsafe_paths_are_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("data");
+    sample_tree(&root);
+    let (mut data, rec, _) = backup(&root, UnreadablePolicy::Fail).unwrap();
+    data[0] ^= 1;
+    let dst = tempfile::tempdir().unwrap();
+    let err = restore(&data, rec.entries.clone(), dst.path()).unwrap_err();
+    assert!(err.is_integrity_failure(), "{err}");
+
+    let mut evil = rec.entries[1].clone();
+    evil.path = EntryPath::Utf8("data/../../etc/passwd".into());
+    let err = restore(&data, vec![evil], dst.path()).unwrap_err();
+    assert!(matches!(err, FilesError::UnsafePath { .. }), "{err}");
+}
+
+#[test]
+fn special_files_are_recorded_as_skipped_not_dropped_silently() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("data");
+    fs::create_dir(&root).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    let (_, rec, stats) = backup(&root, UnreadablePolicy::Fail).unwrap();
+    drop(sock);
+    assert_eq!(stats.skipped, 1);
+    assert_eq!(rec.skipped[0].path.display(), "data/sock");
+}
+
+#[test]
+fn missing_root_and_duplicate_names_are_errors() {
+    let src = tempfile::tempdir().unwrap();
+    let err = backup(&src.path().join("nope"), UnreadablePolicy::Fail).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    fs::create_dir_all(src.path().join("x/data")).unwrap();
+    fs::create_dir_all(src.path().join("y/data")).unwrap();
+    let err = root_labels(&[src.path().join("x/data"), src.path().join("y/data")]).unwrap_err();
+    assert!(matches!(err, FilesError::DuplicateRootName { .. }));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn any_small_tree_round_trips(files in prop::collection::btree_map("[a-z]{1,3}(/[a-z]{1,3}){0,2}", prop::collection::vec(any::<u8>(), 0..3000), 0..12)) {
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path().join("t");
+        fs::create_dir(&root).unwrap();
+        for (path, content) in &files {
+            let p = root.join(path);
+            // A path may collide with a directory made for another; skip those.
+            if fs::create_dir_all(p.parent().unwrap()).is_err() || p.is_dir() { continue; }
+            fs::write(&p, content).unwrap();
+        }
+        let (data, rec, _) = backup(&root, UnreadablePolicy::Fail).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        restore(&data, rec.entries, dst.path()).unwrap();
+        prop_assert_eq!(snapshot(&root), snapshot(&dst.path().join("t")));
+    }
+}
