@@ -1,1 +1,22 @@
-//! backup-catalog
+//! The backupd catalog: the only crate that knows the catalog schema.
+//!
+//! It records sources, backups, the artifacts each backup wrote and the copies of those
+//! artifacts in repositories, in SQLite (the embedded default) or PostgreSQL behind one
+//! [`Catalog`] type. Migrations (`migrations/sqlite`, `migrations/postgres` at the workspace
+//! root) are embedded and applied by [`Catalog::connect`].
+//!
+//! Queries are checked at runtime (`sqlx::query_as` with `FromRow`) rather than by the
+//! `query!` macros, so building needs no database; the conformance suite in
+//! `backup-testing` runs every method against both backends instead.
+
+mod catalog;
+mod error;
+mod model;
+
+pub use catalog::{Backend, Catalog};
+pub use error::{redact_url, CatalogError, ErrorKind, Result};
+pub use model::{
+    ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord,
+    BackupStatus, CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord,
+    ARTIFACT_ROLES,
+};

@@ -248,8 +248,13 @@ impl<R: BufRead> ManifestReader<R> {
         }
     }
 
+    /// The underlying reader (e.g. to read an artifact to its verified end).
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
     /// Skips entries and returns the footer (for catalog rebuild).
-    pub fn footer(mut self) -> Result<ManifestFooter, ManifestError> {
+    pub fn footer(&mut self) -> Result<ManifestFooter, ManifestError> {
         while let Some(item) = self.next_item()? {
             if let ManifestLine::Footer(f) = item {
                 return Ok(f);

@@ -1,1 +1,81 @@
-//! backup-engine
+//! backupd operations shared by `backupctl` and `backupd`: configuration,
+//! backup, restore, verify, catalog rebuild and garbage collection.
+//!
+//! Binaries stay thin: they parse arguments, build an [`Engine`] and call one
+//! of these functions, then map [`EngineError::exit_code`] to the process exit.
+
+pub mod backup;
+pub mod config;
+pub mod error;
+pub mod gc;
+pub mod init;
+pub mod keyfile;
+pub mod rebuild;
+pub mod repo;
+pub mod restore;
+mod streams;
+pub mod verify;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backup_catalog::Catalog;
+use backup_core::keys::MasterKey;
+
+pub use config::Config;
+pub use error::{exit, EngineError, Result};
+
+/// Everything an operation needs: the validated config and an open catalog.
+pub struct Engine {
+    pub config: Config,
+    pub catalog: Catalog,
+}
+
+impl Engine {
+    /// Connects to (and migrates) the configured catalog.
+    pub async fn open(config: Config) -> Result<Engine> {
+        if let Some(path) = config.catalog.url.strip_prefix("sqlite://") {
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    return Err(EngineError::Failed(format!(
+                        "catalog {}: directory {} does not exist; run `backupctl init` first (config {})",
+                        config.catalog.url,
+                        parent.display(),
+                        config.origin
+                    )));
+                }
+            }
+        }
+        let catalog = Catalog::connect(&config.catalog.url).await?;
+        Ok(Engine { config, catalog })
+    }
+
+    pub fn key(&self) -> Result<MasterKey> {
+        keyfile::load(&self.config)
+    }
+}
+
+/// Counters that long operations update and a UI may poll.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+    /// Total bytes expected, when known (0 = unknown).
+    pub total_bytes: AtomicU64,
+}
+
+impl Progress {
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

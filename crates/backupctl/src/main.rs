@@ -1,1 +1,221 @@
-fn main() {}
+//! backupctl: the backupd command-line client. Thin: parses arguments, loads
+//! the config, calls backup-engine, prints results and maps errors to the
+//! documented exit codes (0 ok, 1 failed, 2 bad usage/config, 3 integrity).
+
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::BackupFilter;
+use backup_engine::restore::BackupSelector;
+use backup_engine::verify::VerifyScope;
+use backup_engine::{exit, Config, Engine, EngineError, Progress};
+
+#[derive(Parser)]
+#[command(name = "backupctl", version, about = "Back up, verify and restore with backupd", long_about = None)]
+#[command(after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or configuration, 3 integrity failure.")]
+struct Cli {
+    /// Configuration file (default: the embedded quickstart config).
+    #[arg(long, global = true, env = "BACKUPD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "backup_engine=debug" (also RUST_LOG).
+    #[arg(long, global = true, default_value = "warn", value_name = "FILTER")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the catalog, the repositories and (if missing) the key file.
+    Init,
+    /// Back up a source and print the new backup id.
+    Backup {
+        source: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List backups, newest first.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one backup with its artifacts and copies.
+    Show {
+        backup_id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Restore a backup into a directory.
+    Restore {
+        /// Backup id (or unique prefix); omit with --source S --latest.
+        #[arg(required_unless_present = "latest")]
+        backup_id: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        #[arg(long, requires = "latest", conflicts_with = "backup_id")]
+        source: Option<String>,
+        /// Restore the newest complete backup of --source.
+        #[arg(long, requires = "source")]
+        latest: bool,
+        /// Restore into a non-empty target, replacing files that exist.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Check that backups are intact and restorable.
+    Verify {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        backup_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Only re-hash stored objects instead of decrypting and decompressing them.
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Catalog maintenance.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Remove what interrupted or failed backups left behind.
+    Gc {
+        /// Leave temporary files younger than this alone (they may belong to a running backup).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Recreate the catalog from the repositories' contents alone.
+    Rebuild {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+struct JsonFlag {
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    init_logging(&cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = runtime.block_on(run(cli));
+    ExitCode::from(code as u8)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+async fn run(cli: Cli) -> i32 {
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted; stopping");
+                cancel.cancel();
+            }
+        });
+    }
+    match dispatch(cli, &cancel).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineError> {
+    let config = Config::load(cli.config.as_deref())?;
+    if let Command::Init = cli.command {
+        let report = backup_engine::init::run_init(&config, cancel).await?;
+        output::init(&report);
+        return Ok(exit::OK);
+    }
+    let engine = Engine::open(config).await?;
+    match cli.command {
+        Command::Init => unreachable!("handled above"),
+        Command::Backup { source, json } => {
+            let progress = Arc::new(Progress::default());
+            let bar = progress::start(progress.clone(), "backing up");
+            let outcome = backup_engine::backup::run_backup(&engine, &source, progress, cancel).await;
+            progress::finish(bar);
+            output::backup(&outcome?, json.json);
+        }
+        Command::List { source, json } => {
+            let backups = engine.catalog.list_backups(&BackupFilter { source, status: None }).await?;
+            output::list(&backups, json.json);
+        }
+        Command::Show { backup_id, json } => {
+            let record = engine.catalog.find_backup_by_prefix(&backup_id).await?;
+            let artifacts = engine.catalog.backup_artifacts(record.id).await?;
+            output::show(&record, &artifacts, json.json);
+        }
+        Command::Restore { backup_id, target, source, latest: _, force, json } => {
+            let selector = match (backup_id, source) {
+                (Some(id), _) => BackupSelector::Id(id),
+                (None, Some(source)) => BackupSelector::Latest(source),
+                (None, None) => return Err(EngineError::Usage("give a BACKUP_ID or --source S --latest".into())),
+            };
+            let progress = Arc::new(Progress::default());
+            let bar = progress::start(progress.clone(), "restoring");
+            let outcome = backup_engine::restore::run_restore(&engine, &selector, &target, force, progress, cancel).await;
+            progress::finish(bar);
+            output::restore(&outcome?, json.json);
+        }
+        Command::Verify { backup_id, all, quick, json } => {
+            let scope = match (backup_id, all) {
+                (Some(id), false) => VerifyScope::One(id),
+                _ => VerifyScope::All,
+            };
+            let progress = Arc::new(Progress::default());
+            let bar = progress::start(progress.clone(), "verifying");
+            let report = backup_engine::verify::run_verify(&engine, &scope, quick, progress, cancel).await;
+            progress::finish(bar);
+            let report = report?;
+            output::verify(&report, json.json);
+            return Ok(report.exit_code());
+        }
+        Command::Catalog { command: CatalogCommand::Rebuild { json } } => {
+            let report = backup_engine::rebuild::run_rebuild(&engine, cancel).await?;
+            output::rebuild(&report, json.json);
+        }
+        Command::Gc { grace, json } => {
+            let report = backup_engine::gc::run_gc(&engine, grace, cancel).await?;
+            output::gc(&report, json.json);
+        }
+    }
+    Ok(exit::OK)
+}

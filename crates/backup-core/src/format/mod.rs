@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::ArtifactId;
 use crate::keys::KeyId;
 
-pub use reader::{ArtifactReader, ReadOptions};
+pub use reader::{ArtifactReader, ReadOptions, VerifiedArtifact};
 pub use writer::{ArtifactSummary, ArtifactWriter, WriteOptions};
 
 pub const MAGIC: [u8; 8] = *b"\x89BKPD\r\n\x1a";

@@ -32,6 +32,14 @@ struct OpenContext {
     segment_size: usize,
 }
 
+/// What a fully read, verified artifact contained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedArtifact {
+    pub plaintext_size: u64,
+    pub segment_count: u64,
+    pub plaintext_sha256: [u8; 32],
+}
+
 struct Trailer {
     plaintext_len: u64,
     segment_count: u64,
@@ -59,6 +67,7 @@ pub struct ArtifactReader<R: Read> {
     hasher: Option<BackgroundHasher>,
     plain_len: u64,
     finished: bool,
+    verified_sha256: Option<[u8; 32]>,
 }
 
 impl<R: Read> ArtifactReader<R> {
@@ -113,6 +122,7 @@ impl<R: Read> ArtifactReader<R> {
             hasher: Some(BackgroundHasher::new()),
             plain_len: 0,
             finished: false,
+            verified_sha256: None,
         })
     }
 
@@ -241,17 +251,27 @@ impl<R: Read> ArtifactReader<R> {
             });
         }
         self.finished = true;
+        self.verified_sha256 = Some(sha);
         Ok(())
     }
 
-    /// Reads the artifact to its verified end, discarding the plaintext; returns its length.
-    pub fn verify_to_end(mut self) -> Result<u64, FormatError> {
+    /// Reads the artifact to its verified end, discarding the plaintext.
+    pub fn verify_to_end(mut self) -> Result<VerifiedArtifact, FormatError> {
         while !self.finished {
             if self.next_segment_into_current()? == 0 {
                 break;
             }
         }
-        Ok(self.plain_len)
+        Ok(self.verified().expect("finished"))
+    }
+
+    /// Length, segment count and SHA-256 of the plaintext, once the end has been reached and checked.
+    pub fn verified(&self) -> Option<VerifiedArtifact> {
+        Some(VerifiedArtifact {
+            plaintext_size: self.plain_len,
+            segment_count: self.next_index.saturating_sub(1),
+            plaintext_sha256: self.verified_sha256?,
+        })
     }
 
     fn next_segment_into_current(&mut self) -> Result<usize, FormatError> {

@@ -1,0 +1,319 @@
+//! `backupctl backup SOURCE`: stream a source through the pipeline into a
+//! repository, then record it in the catalog only once every object is
+//! durable and its checksum matches what the pipeline produced.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{ArtifactRecord, BackupCompletion, CopyRecord, NewBackup};
+use backup_core::envelope::KeyEnvelope;
+use backup_core::format::{ArtifactKind, ArtifactSummary, ArtifactWriter, WriteOptions};
+use backup_core::keys::{DataKey, KeyId};
+use backup_core::manifest::{
+    layout, FileEntry, ManifestFooter, ManifestHeader, ManifestWriter, SkippedEntry, MANIFEST_FORMAT,
+};
+use backup_core::{ArtifactId, BackupId, TOOL_VERSION};
+use backup_sinks::{ChannelWriter, PutReceipt, Sink};
+use backup_sources::files::{self, EntryRecorder, TreeStats};
+
+use crate::config::SourceKindConfig;
+use crate::error::{EngineError, Result};
+use crate::repo::Repository;
+use backup_sinks::put_bytes;
+use crate::{Engine, Progress};
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// Chunks buffered between the pipeline and the sink (each up to one segment).
+const SINK_QUEUE: usize = 4;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupOutcome {
+    pub backup_id: BackupId,
+    pub source: String,
+    pub repository: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub skipped: u64,
+    pub plaintext_bytes: u64,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+}
+
+struct Produced {
+    data: ArtifactSummary,
+    manifest: ArtifactSummary,
+    stats: TreeStats,
+}
+
+pub async fn run_backup(engine: &Engine, source_name: &str, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<BackupOutcome> {
+    let config = &engine.config;
+    let (index, source) = config.source(source_name)?;
+    config.check_source_paths(index)?;
+    let repo = Repository::open(config, config.repository(&source.repository)?)?;
+    let key = engine.key()?;
+    if !repo.check_key(&key, cancel).await? {
+        return Err(EngineError::Failed(format!("repository {} has not been initialised; run `backupctl init`", repo.name)));
+    }
+    // Leftovers of an interrupted earlier run are cleaned before starting a new one.
+    crate::gc::reap_interrupted(engine, cancel).await?;
+
+    let started = Instant::now();
+    let backup_id = BackupId::new();
+    let kind = source.kind.kind_name();
+    engine.catalog.upsert_source(source_name, kind).await?;
+    engine
+        .catalog
+        .begin_backup(&NewBackup {
+            id: backup_id,
+            source: source_name.to_owned(),
+            repository: repo.name.clone(),
+            backup_type: "full".into(),
+            started_at: Utc::now(),
+            host: crate::host_name(),
+            pid: std::process::id(),
+            tool_version: TOOL_VERSION.into(),
+        })
+        .await?;
+    tracing::info!(%backup_id, source = source_name, repository = %repo.name, "backup started");
+
+    let heartbeat = {
+        let catalog = engine.catalog.clone();
+        let stop = cancel.child_token();
+        let guard = stop.clone().drop_guard();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => { let _ = catalog.heartbeat_backup(backup_id, Utc::now()).await; }
+                }
+            }
+        });
+        guard
+    };
+
+    let result = write_and_record(engine, &repo, backup_id, source_name, &source.kind, &key, progress, cancel).await;
+    drop(heartbeat);
+    match result {
+        Ok(produced) => {
+            let outcome = BackupOutcome {
+                backup_id,
+                source: source_name.to_owned(),
+                repository: repo.name.clone(),
+                files: produced.stats.files,
+                dirs: produced.stats.dirs,
+                symlinks: produced.stats.symlinks,
+                skipped: produced.stats.skipped,
+                plaintext_bytes: produced.data.plaintext_size,
+                stored_bytes: produced.data.stored_size + produced.manifest.stored_size,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            tracing::info!(%backup_id, files = outcome.files, bytes = outcome.plaintext_bytes, "backup complete");
+            Ok(outcome)
+        }
+        Err(err) => {
+            tracing::error!(%backup_id, error = %err, "backup failed");
+            let _ = engine.catalog.fail_backup(backup_id, Utc::now(), &err.to_string()).await;
+            // Best effort; `backupctl gc` removes whatever this leaves.
+            let _ = crate::gc::delete_backup_objects(&repo, backup_id, &CancellationToken::new()).await;
+            Err(err)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_and_record(
+    engine: &Engine,
+    repo: &Repository,
+    backup_id: BackupId,
+    source_name: &str,
+    source: &SourceKindConfig,
+    key: &backup_core::keys::MasterKey,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<Produced> {
+    let mut envelope = KeyEnvelope::new(backup_id, key);
+    let data_id = ArtifactId::new();
+    let manifest_id = ArtifactId::new();
+    let data_dek = envelope.new_data_key(key, data_id);
+    let manifest_dek = envelope.new_data_key(key, manifest_id);
+    let data_key = layout::data_key(backup_id, data_id);
+    let manifest_key = layout::manifest_key(backup_id, manifest_id);
+
+    let (data_tx, data_rx) = mpsc::channel(SINK_QUEUE);
+    let (manifest_tx, manifest_rx) = mpsc::channel(SINK_QUEUE);
+    let header = ManifestHeader {
+        format: MANIFEST_FORMAT,
+        backup_id,
+        source_name: source_name.to_owned(),
+        source_kind: source.kind_name().to_owned(),
+        backup_type: "full".into(),
+        repository: repo.name.clone(),
+        started_at: Utc::now(),
+        host: crate::host_name(),
+        tool_version: TOOL_VERSION.into(),
+        key_id: key.id().clone(),
+    };
+    let job = ProduceJob {
+        source: source.clone(),
+        options: WriteOptions {
+            segment_size: engine.config.pipeline.segment_size_kib * 1024,
+            zstd_level: engine.config.pipeline.compression_level,
+            ..WriteOptions::default()
+        },
+        key_id: key.id().clone(),
+        data: (data_id, data_dek, ChannelWriter::new(data_tx)),
+        manifest: (manifest_id, manifest_dek, ChannelWriter::new(manifest_tx)),
+        header,
+        progress,
+    };
+    let producer = tokio::task::spawn_blocking(move || job.run());
+    let (data_put, manifest_put, produced) = tokio::join!(
+        repo.sink.put(&data_key, data_rx, cancel),
+        repo.sink.put(&manifest_key, manifest_rx, cancel),
+        producer
+    );
+    let produced = produced.map_err(|e| EngineError::Failed(format!("backup pipeline crashed: {e}")));
+    // A sink failure (e.g. disk full) also breaks the pipeline's channel; report the cause.
+    let data_put = data_put?;
+    let manifest_put = manifest_put?;
+    let produced = produced??;
+    check_receipt(repo, &data_key, &data_put, &produced.data)?;
+    check_receipt(repo, &manifest_key, &manifest_put, &produced.manifest)?;
+
+    // The envelope goes last: its presence marks a backup whose objects are all written.
+    put_bytes(&repo.sink, &layout::envelope_key(backup_id), envelope.to_json(), cancel).await?;
+
+    let now = Utc::now();
+    for (summary, object_key, role) in [(&produced.data, &data_key, "data"), (&produced.manifest, &manifest_key, "manifest")] {
+        engine
+            .catalog
+            .record_artifact(&ArtifactRecord {
+                id: summary.artifact_id,
+                backup_id,
+                role: role.into(),
+                plaintext_size: summary.plaintext_size,
+                plaintext_sha256: hex::encode(summary.plaintext_sha256),
+                segment_count: summary.segment_count,
+                created_at: now,
+            })
+            .await?;
+        engine
+            .catalog
+            .record_copy(&CopyRecord {
+                artifact_id: summary.artifact_id,
+                repository: repo.name.clone(),
+                object_key: object_key.clone(),
+                stored_size: summary.stored_size,
+                stored_sha256: hex::encode(summary.stored_sha256),
+                storage_class: None,
+                verified_at: now,
+            })
+            .await?;
+    }
+    engine
+        .catalog
+        .complete_backup(
+            backup_id,
+            &BackupCompletion {
+                finished_at: Utc::now(),
+                file_count: produced.stats.files,
+                skipped_count: produced.stats.skipped,
+                plaintext_bytes: produced.data.plaintext_size,
+                stored_bytes: produced.data.stored_size + produced.manifest.stored_size,
+                manifest_artifact: manifest_id,
+            },
+        )
+        .await?;
+    Ok(produced)
+}
+
+/// The sink hashed what it stored independently of the pipeline; both must agree.
+fn check_receipt(repo: &Repository, key: &str, receipt: &PutReceipt, summary: &ArtifactSummary) -> Result<()> {
+    if receipt.size != summary.stored_size || receipt.sha256 != summary.stored_sha256 {
+        return Err(EngineError::Integrity(format!(
+            "repository {} stored {} bytes (SHA-256 {}) for {key}, but the pipeline produced {} bytes (SHA-256 {}); the object is not recorded",
+            repo.name,
+            receipt.size,
+            hex::encode(receipt.sha256),
+            summary.stored_size,
+            hex::encode(summary.stored_sha256)
+        )));
+    }
+    Ok(())
+}
+
+type Stream = (ArtifactId, DataKey, ChannelWriter);
+
+/// The blocking half of a backup: reads the source and feeds both artifacts.
+struct ProduceJob {
+    source: SourceKindConfig,
+    options: WriteOptions,
+    key_id: KeyId,
+    data: Stream,
+    manifest: Stream,
+    header: ManifestHeader,
+    progress: Arc<Progress>,
+}
+
+struct ManifestRecorder<'a, W: io::Write> {
+    manifest: &'a mut ManifestWriter<W>,
+    progress: &'a Progress,
+}
+
+impl<W: io::Write> EntryRecorder for ManifestRecorder<'_, W> {
+    fn entry(&mut self, entry: &FileEntry) -> io::Result<()> {
+        self.progress.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.manifest.entry(entry)
+    }
+    fn skipped(&mut self, skipped: SkippedEntry) -> io::Result<()> {
+        self.manifest.skipped(skipped)
+    }
+}
+
+impl ProduceJob {
+    fn run(self) -> Result<Produced> {
+        let fmt = |what: &str, e| EngineError::from_format(what, e);
+        let (data_id, data_dek, data_out) = self.data;
+        let (manifest_id, manifest_dek, manifest_out) = self.manifest;
+        let mut data = ArtifactWriter::new(data_out, data_id, ArtifactKind::Data, &self.key_id, &data_dek, &self.options)
+            .map_err(|e| fmt("data artifact", e))?;
+        let manifest_writer =
+            ArtifactWriter::new(manifest_out, manifest_id, ArtifactKind::Manifest, &self.key_id, &manifest_dek, &self.options)
+                .map_err(|e| fmt("manifest artifact", e))?;
+        let mut manifest = ManifestWriter::new(manifest_writer, &self.header).map_err(output_error)?;
+        let progress = self.progress.clone();
+        let stats = match &self.source {
+            SourceKindConfig::Files { paths, on_unreadable } => files::backup_tree(
+                paths,
+                *on_unreadable,
+                &mut data,
+                &mut ManifestRecorder { manifest: &mut manifest, progress: &progress },
+                &mut |n| progress.add_bytes(n),
+            )?,
+        };
+        let (data_out, data_summary) = data.finish().map_err(|e| fmt("data artifact", e))?;
+        data_out.finish().map_err(output_error)?;
+        let footer = ManifestFooter {
+            finished_at: Utc::now(),
+            file_count: stats.files,
+            skipped_count: stats.skipped,
+            plaintext_bytes: data_summary.plaintext_size,
+            artifacts: vec![data_summary.clone()],
+        };
+        let manifest_writer = manifest.finish(footer).map_err(output_error)?;
+        let (manifest_out, manifest_summary) = manifest_writer.finish().map_err(|e| fmt("manifest artifact", e))?;
+        manifest_out.finish().map_err(output_error)?;
+        Ok(Produced { data: data_summary, manifest: manifest_summary, stats })
+    }
+}
+
+fn output_error(e: io::Error) -> EngineError {
+    EngineError::Failed(format!("writing backup data: {e}"))
+}

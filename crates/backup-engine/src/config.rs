@@ -1,0 +1,291 @@
+//! backupd configuration: TOML, validated once at load into typed values.
+//!
+//! Relative paths are resolved against the current working directory, like
+//! most command-line tools do. `config/quickstart.toml` is compiled in and used
+//! when no configuration is given.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use backup_sources::files::UnreadablePolicy;
+
+/// The embedded default configuration (works with no server at all).
+pub const QUICKSTART_TOML: &str = include_str!("../../../config/quickstart.toml");
+pub const QUICKSTART_NAME: &str = "<embedded config/quickstart.toml>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("config file {file}: `{key}`: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub catalog: CatalogConfig,
+    pub encryption: EncryptionConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default, rename = "repository")]
+    pub repositories: Vec<RepositoryConfig>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Where this config came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CatalogConfig {
+    /// `sqlite://path` or `postgres://user@host/db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EncryptionConfig {
+    /// File holding the repository key: 32 random bytes, base64.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineConfig {
+    /// zstd level, 1-19.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+    /// Plaintext segment size in KiB (4 - 65536).
+    #[serde(default = "default_segment_kib")]
+    pub segment_size_kib: usize,
+}
+
+fn default_level() -> i32 {
+    3
+}
+fn default_segment_kib() -> usize {
+    4096
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { compression_level: default_level(), segment_size_kib: default_segment_kib() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "kind")]
+pub enum RepositoryKindConfig {
+    #[serde(rename = "local")]
+    Local { path: PathBuf },
+}
+
+// No deny_unknown_fields here: serde cannot combine it with `flatten`; the
+// flattened kind enum rejects unknown keys instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RepositoryConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: RepositoryKindConfig,
+}
+
+// No deny_unknown_fields here: serde cannot combine it with `flatten`; the
+// flattened kind enum rejects unknown keys instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceConfig {
+    pub name: String,
+    pub repository: String,
+    #[serde(flatten)]
+    pub kind: SourceKindConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "kind")]
+pub enum SourceKindConfig {
+    #[serde(rename = "files", rename_all = "kebab-case")]
+    Files {
+        paths: Vec<PathBuf>,
+        #[serde(default)]
+        on_unreadable: UnreadablePolicy,
+    },
+}
+
+impl SourceKindConfig {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Files { .. } => "files",
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded quickstart config when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                Self::parse(&text, &p.display().to_string())
+            }
+            None => Self::parse(QUICKSTART_TOML, QUICKSTART_NAME),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.origin = origin.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { file: self.origin.clone(), key: key.into(), message: message.into() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.catalog.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(self.invalid("catalog.url", "must start with sqlite://, postgres:// or postgresql://"));
+        }
+        if self.encryption.key_file.as_os_str().is_empty() {
+            return Err(self.invalid("encryption.key-file", "must not be empty"));
+        }
+        if !(1..=19).contains(&self.pipeline.compression_level) {
+            return Err(self.invalid("pipeline.compression-level", "must be between 1 and 19"));
+        }
+        if !(4..=65536).contains(&self.pipeline.segment_size_kib) {
+            return Err(self.invalid("pipeline.segment-size-kib", "must be between 4 and 65536"));
+        }
+        let mut names = HashSet::new();
+        for (i, r) in self.repositories.iter().enumerate() {
+            check_name(&r.name).map_err(|m| self.invalid(format!("repository[{i}].name"), m))?;
+            if !names.insert(r.name.as_str()) {
+                return Err(self.invalid(format!("repository[{i}].name"), format!("repository {:?} is defined twice", r.name)));
+            }
+            match &r.kind {
+                RepositoryKindConfig::Local { path } if path.as_os_str().is_empty() => {
+                    return Err(self.invalid(format!("repository[{i}].path"), "must not be empty"))
+                }
+                RepositoryKindConfig::Local { .. } => {}
+            }
+        }
+        let mut sources = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            check_name(&s.name).map_err(|m| self.invalid(format!("source[{i}].name"), m))?;
+            if !sources.insert(s.name.as_str()) {
+                return Err(self.invalid(format!("source[{i}].name"), format!("source {:?} is defined twice", s.name)));
+            }
+            if !names.contains(s.repository.as_str()) {
+                let known: Vec<_> = self.repositories.iter().map(|r| r.name.as_str()).collect();
+                return Err(self.invalid(
+                    format!("source[{i}].repository"),
+                    format!("unknown repository {:?}; defined repositories: {known:?}", s.repository),
+                ));
+            }
+            match &s.kind {
+                SourceKindConfig::Files { paths, .. } if paths.is_empty() => {
+                    return Err(self.invalid(format!("source[{i}].paths"), "list at least one path"))
+                }
+                SourceKindConfig::Files { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, name: &str) -> Result<(usize, &SourceConfig), ConfigError> {
+        self.sources.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| {
+            let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+            self.invalid("source", format!("no source named {name:?}; configured sources: {known:?}"))
+        })
+    }
+
+    pub fn repository(&self, name: &str) -> Result<&RepositoryConfig, ConfigError> {
+        self.repositories.iter().find(|r| r.name == name).ok_or_else(|| {
+            self.invalid("repository", format!("no repository named {name:?} (it may have been removed from the config)"))
+        })
+    }
+
+    /// Checks that a files source's paths exist, naming the config key on failure.
+    pub fn check_source_paths(&self, index: usize) -> Result<(), ConfigError> {
+        let SourceKindConfig::Files { paths, .. } = &self.sources[index].kind;
+        for (j, p) in paths.iter().enumerate() {
+            if let Err(e) = std::fs::symlink_metadata(p) {
+                return Err(self.invalid(format!("source[{index}].paths[{j}]"), format!("{}: {e}", p.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[catalog]
+url = "sqlite://var/catalog.db"
+[encryption]
+key-file = "var/keys/repo.key"
+[[repository]]
+name = "region-a"
+kind = "local"
+path = "var/repo/region-a"
+[[source]]
+name = "files"
+kind = "files"
+paths = ["./data"]
+repository = "region-a"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = Config::parse(GOOD, "test.toml").unwrap();
+        assert_eq!(c.repositories[0].name, "region-a");
+        assert_eq!(c.sources[0].kind.kind_name(), "files");
+        assert_eq!(c.pipeline.compression_level, 3);
+    }
+
+    #[test]
+    fn quickstart_config_is_valid() {
+        Config::load(None).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let err = Config::parse(&GOOD.replace("paths =", "pathz ="), "my.toml").unwrap_err().to_string();
+        assert!(err.contains("my.toml") && err.contains("pathz"), "{err}");
+        let err = Config::parse(&GOOD.replace("repository = \"region-a\"", "repository = \"nope\""), "my.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source[0].repository") && err.contains("nope"), "{err}");
+        let err = Config::parse(&GOOD.replace("kind = \"local\"", "kind = \"tape\""), "my.toml").unwrap_err().to_string();
+        assert!(err.contains("my.toml") && err.contains("tape"), "{err}");
+        let err = Config::parse(&GOOD.replace("sqlite://", "mysql://"), "my.toml").unwrap_err().to_string();
+        assert!(err.contains("catalog.url"), "{err}");
+        let err = Config::parse(&format!("{GOOD}\n[bogus]\nx = 1\n"), "my.toml").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/backupd.toml"))).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/backupd.toml"), "{err}");
+    }
+}

@@ -1,0 +1,58 @@
+//! The engine's error type, with the CLI exit code each failure maps to.
+
+use backup_catalog::CatalogError;
+use backup_core::format::FormatError;
+use backup_sinks::SinkError;
+use backup_sources::files::FilesError;
+
+use crate::config::ConfigError;
+
+/// Documented exit codes of `backupctl`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const INTEGRITY: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Key(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] FilesError),
+    #[error("integrity failure: {0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_) | Self::Usage(_) | Self::Key(_) => exit::USAGE,
+            Self::Integrity(_) => exit::INTEGRITY,
+            Self::Source(e) if e.is_integrity_failure() => exit::INTEGRITY,
+            _ => exit::FAILED,
+        }
+    }
+
+    /// A format error met while reading `what` (e.g. "backup X artifact Y").
+    pub fn from_format(what: &str, e: FormatError) -> Self {
+        if e.is_integrity_failure() {
+            Self::Integrity(format!("{what}: {e}"))
+        } else {
+            Self::Failed(format!("{what}: {e}"))
+        }
+    }
+}

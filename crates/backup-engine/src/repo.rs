@@ -1,0 +1,86 @@
+//! Opening configured repositories, and the small repository marker object
+//! that remembers which key a repository belongs to.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use backup_core::keys::{KeyId, MasterKey};
+use backup_sinks::LocalSink;
+use backup_sinks::{put_bytes, read_object, AnySink, SinkError};
+
+use crate::config::{Config, RepositoryConfig, RepositoryKindConfig};
+use crate::error::{EngineError, Result};
+
+pub const MARKER_KEY: &str = "backupd-repository.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryMarker {
+    pub format: u32,
+    pub name: String,
+    pub key_id: KeyId,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct Repository {
+    pub name: String,
+    pub sink: AnySink,
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    pub fn open(config: &Config, repo: &RepositoryConfig) -> Result<Repository> {
+        let sink = match &repo.kind {
+            RepositoryKindConfig::Local { path } => LocalSink::open(&repo.name, path).map_err(|e| {
+                EngineError::Failed(format!(
+                    "repository {} ({}): {e}; run `backupctl init` (config {}) to create it",
+                    repo.name,
+                    path.display(),
+                    config.origin
+                ))
+            })?,
+        };
+        Ok(Repository { name: repo.name.clone(), sink: AnySink::Local(sink) })
+    }
+
+    /// Creates the repository if needed and writes its marker. Returns true if it was new.
+    pub async fn init(repo: &RepositoryConfig, key: &MasterKey, cancel: &CancellationToken) -> Result<bool> {
+        let sink = match &repo.kind {
+            RepositoryKindConfig::Local { path } => AnySink::Local(LocalSink::create(&repo.name, path)?),
+        };
+        let repository = Repository { name: repo.name.clone(), sink };
+        if repository.check_key(key, cancel).await? {
+            return Ok(false);
+        }
+        let marker = RepositoryMarker { format: 1, name: repo.name.clone(), key_id: key.id().clone(), created_at: Utc::now() };
+        let body = serde_json::to_vec_pretty(&marker).expect("marker serializes");
+        put_bytes(&repository.sink, MARKER_KEY, body, cancel).await?;
+        Ok(true)
+    }
+
+    /// Checks the repository was created with `key`. Ok(false) if it has no marker yet.
+    pub async fn check_key(&self, key: &MasterKey, cancel: &CancellationToken) -> Result<bool> {
+        let bytes = match read_object(&self.sink, MARKER_KEY, cancel).await {
+            Ok(b) => b,
+            Err(SinkError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let marker: RepositoryMarker = serde_json::from_slice(&bytes)
+            .map_err(|e| EngineError::Integrity(format!("repository {}: {MARKER_KEY} is not valid: {e}", self.name)))?;
+        if &marker.key_id != key.id() {
+            return Err(EngineError::Key(format!(
+                "repository {} was created with key {}, but the key file holds key {}: use the key file this repository was created with",
+                self.name,
+                marker.key_id,
+                key.id()
+            )));
+        }
+        Ok(true)
+    }
+}
+
+/// How long a temp file of an interrupted write is left alone by default.
+pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(15 * 60);

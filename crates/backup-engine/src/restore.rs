@@ -1,0 +1,245 @@
+//! `backupctl restore`: fetch a backup's manifest and data from its
+//! repository, authenticate and decode them, and recreate the tree.
+
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{ArtifactWithCopies, BackupRecord, BackupStatus};
+use backup_core::envelope::{EnvelopeError, KeyEnvelope};
+use backup_core::format::{ArtifactReader, FormatError, ReadOptions};
+use backup_core::keys::{DataKey, MasterKey};
+use backup_core::manifest::{layout, ManifestLine, ManifestReader};
+use backup_core::{ArtifactId, BackupId};
+use backup_sinks::{ChannelReader, Sink};
+use backup_sources::files::{FilesError, TreeRestorer};
+
+use crate::error::{EngineError, Result};
+use crate::repo::Repository;
+use backup_sinks::read_object;
+use crate::{Engine, Progress};
+
+/// Which backup to restore.
+#[derive(Debug, Clone)]
+pub enum BackupSelector {
+    /// A backup id or unique prefix of one.
+    Id(String),
+    /// The newest complete backup of a source.
+    Latest(String),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreOutcome {
+    pub backup_id: BackupId,
+    pub source: String,
+    pub target: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Resolves a selector to a complete backup.
+pub async fn select_backup(engine: &Engine, selector: &BackupSelector) -> Result<BackupRecord> {
+    let record = match selector {
+        BackupSelector::Id(prefix) => engine.catalog.find_backup_by_prefix(prefix).await?,
+        BackupSelector::Latest(source) => {
+            engine.config.source(source)?;
+            engine.catalog.latest_complete_backup(source).await?.ok_or_else(|| {
+                EngineError::Failed(format!("source {source} has no complete backup yet; run `backupctl backup {source}`"))
+            })?
+        }
+    };
+    if record.status != BackupStatus::Complete {
+        return Err(EngineError::Failed(format!(
+            "backup {} is {} and cannot be restored; pick a complete backup from `backupctl list`",
+            record.id,
+            record.status.as_str()
+        )));
+    }
+    Ok(record)
+}
+
+/// A backup's artifacts as stored in one repository, with their data keys.
+pub(crate) struct OpenedBackup {
+    pub repo: Repository,
+    pub manifest: (ArtifactWithCopies, DataKey),
+    pub data: Vec<(ArtifactWithCopies, DataKey)>,
+}
+
+impl OpenedBackup {
+    pub async fn open(engine: &Engine, record: &BackupRecord, key: &MasterKey, cancel: &CancellationToken) -> Result<OpenedBackup> {
+        let repo = Repository::open(&engine.config, engine.config.repository(&record.repository)?)?;
+        let envelope_bytes = read_object(&repo.sink, &layout::envelope_key(record.id), cancel).await.map_err(|e| {
+            if e.is_not_found() {
+                EngineError::Integrity(format!("backup {}: its key envelope is missing from repository {}; the backup cannot be decrypted", record.id, repo.name))
+            } else {
+                e.into()
+            }
+        })?;
+        let envelope = KeyEnvelope::from_json(&record.id.to_string(), &envelope_bytes).map_err(|e| envelope_error(record.id, e))?;
+        let mut manifest = None;
+        let mut data = Vec::new();
+        for artifact in engine.catalog.backup_artifacts(record.id).await? {
+            let dek = envelope.data_key(key, artifact.artifact.id).map_err(|e| envelope_error(record.id, e))?;
+            if artifact.artifact.role == "manifest" {
+                manifest = Some((artifact, dek));
+            } else {
+                data.push((artifact, dek));
+            }
+        }
+        let manifest = manifest.ok_or_else(|| EngineError::Integrity(format!("backup {}: the catalog lists no manifest", record.id)))?;
+        Ok(OpenedBackup { repo, manifest, data })
+    }
+
+}
+
+/// The object key of `artifact` in repository `repo`.
+pub(crate) fn object_key(repo: &Repository, artifact: &ArtifactWithCopies) -> Result<String> {
+    artifact
+        .copies
+        .iter()
+        .find(|c| c.repository == repo.name)
+        .map(|c| c.object_key.clone())
+        .ok_or_else(|| EngineError::Failed(format!("artifact {} has no copy in repository {}", artifact.artifact.id, repo.name)))
+}
+
+pub(crate) fn envelope_error(backup: BackupId, e: EnvelopeError) -> EngineError {
+    match e {
+        EnvelopeError::WrongKey { .. } => EngineError::Key(e.to_string()),
+        other => EngineError::Integrity(format!("backup {backup}: {other}")),
+    }
+}
+
+/// Maps an I/O error from a decoding stream: integrity failures carry a `FormatError`.
+pub(crate) fn stream_error(what: &str, e: io::Error) -> EngineError {
+    EngineError::from_format(what, FormatError::from_io(e))
+}
+
+pub async fn run_restore(
+    engine: &Engine,
+    selector: &BackupSelector,
+    target: &Path,
+    force: bool,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreOutcome> {
+    let record = select_backup(engine, selector).await?;
+    prepare_target(target, force)?;
+    let key = engine.key()?;
+    let OpenedBackup { repo, manifest, data } = OpenedBackup::open(engine, &record, &key, cancel).await?;
+    let [(data_artifact, data_dek)] = <[_; 1]>::try_from(data).map_err(|_| {
+        EngineError::Integrity(format!("backup {}: expected exactly one data artifact", record.id))
+    })?;
+    progress.total_bytes.store(data_artifact.artifact.plaintext_size, std::sync::atomic::Ordering::Relaxed);
+    let (manifest_artifact, manifest_dek) = manifest;
+    let manifest_rx = repo.sink.get(&object_key(&repo, &manifest_artifact)?, cancel).await?;
+    let data_rx = repo.sink.get(&object_key(&repo, &data_artifact)?, cancel).await?;
+
+    let started = Instant::now();
+    let job = RestoreJob {
+        backup_id: record.id,
+        target: target.to_path_buf(),
+        manifest: (manifest_artifact.artifact.id, manifest_dek, ChannelReader::new(manifest_rx)),
+        data: (data_artifact.artifact.id, data_dek, ChannelReader::new(data_rx)),
+        progress,
+    };
+    let stats = tokio::task::spawn_blocking(move || job.run())
+        .await
+        .map_err(|e| EngineError::Failed(format!("restore crashed: {e}")))??;
+    Ok(RestoreOutcome {
+        backup_id: record.id,
+        source: record.source,
+        target: target.to_path_buf(),
+        files: stats.files,
+        dirs: stats.dirs,
+        symlinks: stats.symlinks,
+        bytes: stats.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn prepare_target(target: &Path, force: bool) -> Result<()> {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                return Err(EngineError::Usage(format!(
+                    "restore target {} is not empty; choose an empty directory or pass --force to write into it",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(target)
+            .map_err(|e| EngineError::Failed(format!("creating restore target {}: {e}", target.display()))),
+        Err(e) => Err(EngineError::Usage(format!("restore target {}: {e}", target.display()))),
+    }
+}
+
+struct RestoreJob {
+    backup_id: BackupId,
+    target: PathBuf,
+    manifest: (ArtifactId, DataKey, ChannelReader),
+    data: (ArtifactId, DataKey, ChannelReader),
+    progress: Arc<Progress>,
+}
+
+impl RestoreJob {
+    fn run(self) -> Result<backup_sources::files::RestoreStats> {
+        let (manifest_id, manifest_dek, manifest_in) = self.manifest;
+        let (data_id, data_dek, data_in) = self.data;
+        let what_m = format!("backup {} manifest artifact {manifest_id}", self.backup_id);
+        let what_d = format!("backup {} data artifact {data_id}", self.backup_id);
+        let options = ReadOptions::default();
+        let (manifest_reader, _) = ArtifactReader::open(manifest_in, Some(manifest_id), &manifest_dek, &options)
+            .map_err(|e| EngineError::from_format(&what_m, e))?;
+        let (mut manifest, header) = ManifestReader::open(BufReader::with_capacity(1 << 20, manifest_reader))
+            .map_err(|e| manifest_error(&what_m, e))?;
+        if header.backup_id != self.backup_id {
+            return Err(EngineError::Integrity(format!("{what_m} belongs to backup {}", header.backup_id)));
+        }
+        let (mut data, _) = ArtifactReader::open(data_in, Some(data_id), &data_dek, &options)
+            .map_err(|e| EngineError::from_format(&what_d, e))?;
+        let progress = self.progress.clone();
+        let mut on_bytes = |n| progress.add_bytes(n);
+        let mut restorer = TreeRestorer::new(&self.target, &mut data, &mut on_bytes);
+        loop {
+            match manifest.next_item().map_err(|e| manifest_error(&what_m, e))? {
+                Some(ManifestLine::Entry(e)) => restorer.entry(e).map_err(|e| files_error(&what_d, e))?,
+                Some(ManifestLine::Skipped(s)) => {
+                    tracing::warn!(path = %s.path.display(), error = %s.error, "not in backup (skipped at backup time)")
+                }
+                Some(ManifestLine::Footer(_)) | None => break,
+                Some(ManifestLine::Header(_)) => unreachable!("reader rejects a second header"),
+            }
+        }
+        let stats = restorer.finish().map_err(|e| files_error(&what_d, e))?;
+        // Read to the verified end: the trailer's length and SHA-256 must match.
+        io::copy(&mut data, &mut io::sink()).map_err(|e| stream_error(&what_d, e))?;
+        Ok(stats)
+    }
+}
+
+fn manifest_error(what: &str, e: backup_core::manifest::ManifestError) -> EngineError {
+    match e {
+        backup_core::manifest::ManifestError::Io(io) => stream_error(what, io),
+        other => EngineError::Integrity(format!("{what}: {other}")),
+    }
+}
+
+fn files_error(what: &str, e: FilesError) -> EngineError {
+    match e {
+        FilesError::Input { path, source } => {
+            let inner = stream_error(what, source);
+            match inner {
+                EngineError::Integrity(m) => EngineError::Integrity(format!("{m} (while restoring {path})")),
+                other => other,
+            }
+        }
+        other => other.into(),
+    }
+}
