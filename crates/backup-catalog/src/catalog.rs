@@ -2,7 +2,7 @@
 //!
 //! Every query is written once, in SQL both backends accept (`$1` placeholders,
 //! `ON CONFLICT`, `RETURNING`), and run on whichever pool the catalog holds via
-//! [`with_pool!`] / [`in_transaction!`]. The schema keeps the column types that matter to
+//! `with_pool!` / `in_transaction!`. The schema keeps the column types that matter to
 //! Rust identical (TEXT ids, BIGINT sizes, timestamps decoded as `DateTime<Utc>`), so the same
 //! row structs decode on both.
 
@@ -22,10 +22,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::error::{db, redact_url, CatalogError, Result};
 use crate::model::{
-    artifact_columns, backup_columns, copy_columns, micros, to_i64,
-    validate_not_empty, validate_role, validate_sha256, ArtifactRecord, ArtifactRow,
-    ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupRow, BackupStatus,
-    CopyRecord, CopyRow, ImportedBackup, NewBackup, SourceRecord, SourceRow,
+    artifact_columns, backup_columns, copy_columns, micros, to_i64, validate_not_empty,
+    validate_role, validate_sha256, ArtifactRecord, ArtifactRow, ArtifactWithCopies,
+    BackupCompletion, BackupFilter, BackupRecord, BackupRow, BackupStatus, CopyRecord, CopyRow,
+    ImportedBackup, NewBackup, SourceRecord, SourceRow,
 };
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -97,7 +97,6 @@ macro_rules! in_transaction {
                 // IMMEDIATE takes the write lock up front, so a concurrent writer makes us
                 // wait (busy_timeout) instead of failing later when a read lock would have
                 // to be upgraded.
-                #[allow(unused_mut)]
                 let mut $tx = pool
                     .begin_with("BEGIN IMMEDIATE")
                     .await
@@ -109,7 +108,6 @@ macro_rules! in_transaction {
                 out
             }
             Pool::Postgres(pool) => {
-                #[allow(unused_mut)]
                 let mut $tx = pool
                     .begin()
                     .await
@@ -940,10 +938,11 @@ impl Catalog {
 }
 
 async fn connect_sqlite(url: &str, rest: &str, shown: &str) -> Result<SqlitePool> {
-    let options = SqliteConnectOptions::from_str(url).map_err(|source| CatalogError::InvalidUrl {
-        url: shown.to_owned(),
-        source,
-    })?;
+    let options =
+        SqliteConnectOptions::from_str(url).map_err(|source| CatalogError::InvalidUrl {
+            url: shown.to_owned(),
+            source,
+        })?;
     let (path, query) = rest
         .trim_start_matches("//")
         .split_once('?')

@@ -159,11 +159,12 @@ impl CatalogError {
             CatalogError::Connect { source, .. } | CatalogError::Query { source, .. } => {
                 sqlx_kind(source)
             }
-            CatalogError::Migrate { source, .. } => match source {
-                sqlx::migrate::MigrateError::Execute(e)
-                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => sqlx_kind(e),
-                _ => ErrorKind::Permanent,
-            },
+            CatalogError::Migrate {
+                source:
+                    sqlx::migrate::MigrateError::Execute(e)
+                    | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+                ..
+            } => sqlx_kind(e),
             CatalogError::CreateDir { source, .. } => match source.kind() {
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut => {
                     ErrorKind::Temporary
@@ -192,9 +193,9 @@ pub(crate) fn db(action: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Catal
 /// restarts are worth retrying; everything else is not.
 fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed => ErrorKind::Temporary,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
+            ErrorKind::Temporary
+        }
         sqlx::Error::Database(db) => {
             if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // The code is SQLite's extended result code; the low byte is the primary code.
@@ -211,8 +212,9 @@ fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
                 // serialization_failure, deadlock_detected, lock_not_available,
                 // insufficient_resources, too_many_connections, admin/crash shutdown,
                 // cannot_connect_now, and the whole connection_exception class.
-                Some("40001" | "40P01" | "55P03" | "53000" | "53300" | "57P01" | "57P02"
-                | "57P03") => ErrorKind::Temporary,
+                Some(
+                    "40001" | "40P01" | "55P03" | "53000" | "53300" | "57P01" | "57P02" | "57P03",
+                ) => ErrorKind::Temporary,
                 Some(code) if code.starts_with("08") => ErrorKind::Temporary,
                 _ => ErrorKind::Permanent,
             }

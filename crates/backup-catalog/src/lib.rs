@@ -16,7 +16,6 @@ mod model;
 pub use catalog::{Backend, Catalog};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
 pub use model::{
-    ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord,
-    BackupStatus, CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord,
-    ARTIFACT_ROLES,
+    ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupStatus,
+    CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use backup_core::{ArtifactId, BackupId};
 use chrono::{DateTime, Timelike, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{CatalogError, Result};
 
@@ -16,7 +16,7 @@ pub const ARTIFACT_ROLES: &[&str] = &["data", "manifest"];
 /// Lifecycle of a backup: `running` until it ends as `complete` or `failed`, or until
 /// [`Catalog::abandon_stale_backups`](crate::Catalog::abandon_stale_backups) sees its
 /// heartbeat stop and marks it `abandoned`. Only `running` backups change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupStatus {
     Running,
@@ -223,7 +223,11 @@ pub(crate) fn parse_artifact_id(field: &'static str, value: &str) -> Result<Arti
 }
 
 pub(crate) fn validate_sha256(field: &'static str, value: &str) -> Result<()> {
-    if value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(())
     } else {
         Err(CatalogError::InvalidValue {
@@ -417,7 +421,10 @@ mod tests {
         for status in BackupStatus::ALL {
             assert_eq!(status.as_str().parse::<BackupStatus>(), Ok(status));
         }
-        assert_eq!("Complete".parse::<BackupStatus>(), Ok(BackupStatus::Complete));
+        assert_eq!(
+            "Complete".parse::<BackupStatus>(),
+            Ok(BackupStatus::Complete)
+        );
         let err = "done".parse::<BackupStatus>().unwrap_err();
         assert!(err.to_string().contains("running, complete"), "{err}");
     }

@@ -66,7 +66,10 @@ pub enum SinkError {
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
 
-    #[error("repository {repository:?}: {op} {key:?} failed: {source}{}", io_hint(source))]
+    #[error(
+        "repository {repository:?}: {op} {key:?} failed: {source}{}",
+        io_hint(source)
+    )]
     Io {
         repository: String,
         key: String,
@@ -146,7 +149,9 @@ impl SinkError {
     pub fn from_stream(repository: &str, key: &str, error: io::Error) -> Self {
         if error.get_ref().is_some_and(|inner| inner.is::<SinkError>()) {
             let inner = error.into_inner().expect("checked: wraps an error");
-            return *inner.downcast::<SinkError>().expect("checked: is a SinkError");
+            return *inner
+                .downcast::<SinkError>()
+                .expect("checked: is a SinkError");
         }
         SinkError::io(repository, key, IoOp::Read, error)
     }

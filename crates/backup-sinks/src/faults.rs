@@ -63,9 +63,9 @@ impl Fault {
         match self {
             Fault::PutFailsAfter { .. } => Op::Put,
             Fault::Fails { op, .. } | Fault::Stall { op, .. } => *op,
-            Fault::GetFailsAfter { .. } | Fault::GetTruncatedAt { .. } | Fault::GetCorruptAt { .. } => {
-                Op::Get
-            }
+            Fault::GetFailsAfter { .. }
+            | Fault::GetTruncatedAt { .. }
+            | Fault::GetCorruptAt { .. } => Op::Get,
         }
     }
 }

@@ -324,7 +324,10 @@ mod tests {
         w.abort(io::Error::new(io::ErrorKind::InvalidData, "bad source"));
         let items = collect(rx);
         assert_eq!(items.len(), 2);
-        assert_eq!(items[1].as_ref().unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            items[1].as_ref().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]
@@ -354,7 +357,10 @@ mod tests {
         let mut v = Vec::new();
         let err = r.read_to_end(&mut v).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(r.read(&mut [0; 4]).unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            r.read(&mut [0; 4]).unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
     }
 
     #[test]

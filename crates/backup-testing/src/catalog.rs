@@ -204,7 +204,11 @@ fn ids(backups: &[BackupRecord]) -> Vec<BackupId> {
     backups.iter().map(|b| b.id).collect()
 }
 
-async fn list(catalog: &Catalog, source: Option<&str>, status: Option<BackupStatus>) -> Vec<BackupRecord> {
+async fn list(
+    catalog: &Catalog,
+    source: Option<&str>,
+    status: Option<BackupStatus>,
+) -> Vec<BackupRecord> {
     catalog
         .list_backups(&BackupFilter {
             source: source.map(str::to_owned),
@@ -262,7 +266,10 @@ pub async fn lifecycle_round_trips_every_field(catalog: &Catalog) {
     };
     catalog.begin_backup(&b).await.unwrap();
     let mut expected = running_record(&b);
-    assert_eq!(catalog.get_backup(b.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(
+        catalog.get_backup(b.id).await.unwrap(),
+        Some(expected.clone())
+    );
     assert_eq!(expected.compression_ratio(), None);
 
     // Heartbeats move heartbeat_at; nanoseconds are truncated (not rounded) to micros.
@@ -336,7 +343,10 @@ pub async fn lifecycle_round_trips_every_field(catalog: &Catalog) {
         catalog.latest_complete_backup(&source).await.unwrap(),
         Some(expected.clone())
     );
-    assert_eq!(list(catalog, Some(&source), None).await, vec![expected.clone()]);
+    assert_eq!(
+        list(catalog, Some(&source), None).await,
+        vec![expected.clone()]
+    );
 
     // A finished backup no longer changes.
     let later = at("2024-03-01T11:00:00Z");
@@ -371,7 +381,11 @@ pub async fn lifecycle_round_trips_every_field(catalog: &Catalog) {
             .await,
         CatalogError::BackupNotRunning { .. }
     );
-    assert_eq!(get(catalog, b.id).await, expected, "finished backup unchanged");
+    assert_eq!(
+        get(catalog, b.id).await,
+        expected,
+        "finished backup unchanged"
+    );
 
     // Unknown backups are reported as such.
     let unknown = BackupId::new();
@@ -388,7 +402,13 @@ pub async fn lifecycle_round_trips_every_field(catalog: &Catalog) {
         catalog.complete_backup(unknown, &done).await,
         CatalogError::BackupNotFound { .. }
     );
-    assert_eq!(catalog.latest_complete_backup(&unique("none")).await.unwrap(), None);
+    assert_eq!(
+        catalog
+            .latest_complete_backup(&unique("none"))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 pub async fn complete_requires_artifacts_copies_and_manifest(catalog: &Catalog) {
@@ -441,9 +461,7 @@ pub async fn complete_requires_artifacts_copies_and_manifest(catalog: &Catalog) 
     }
     let (other, other_done) = stored_backup(catalog, &source, t0).await;
     assert_err!(
-        catalog
-            .complete_backup(b.id, &other_done)
-            .await,
+        catalog.complete_backup(b.id, &other_done).await,
         CatalogError::Incomplete { .. }
     );
     assert_eq!(status_of(catalog, b.id).await, BackupStatus::Running);
@@ -451,7 +469,10 @@ pub async fn complete_requires_artifacts_copies_and_manifest(catalog: &Catalog) 
 
     catalog.complete_backup(b.id, &done).await.unwrap();
     assert_eq!(status_of(catalog, b.id).await, BackupStatus::Complete);
-    catalog.complete_backup(other.id, &other_done).await.unwrap();
+    catalog
+        .complete_backup(other.id, &other_done)
+        .await
+        .unwrap();
 }
 
 pub async fn fail_marks_backup_failed(catalog: &Catalog) {
@@ -515,7 +536,10 @@ pub async fn stale_backups_are_abandoned(catalog: &Catalog) {
         .heartbeat_backup(just_before.id, at("2001-05-31T23:59:59.999999Z"))
         .await
         .unwrap();
-    catalog.heartbeat_backup(at_cutoff.id, cutoff).await.unwrap();
+    catalog
+        .heartbeat_backup(at_cutoff.id, cutoff)
+        .await
+        .unwrap();
     catalog
         .heartbeat_backup(fresh.id, at("2001-12-01T00:00:00Z"))
         .await
@@ -539,7 +563,10 @@ pub async fn stale_backups_are_abandoned(catalog: &Catalog) {
         get(catalog, just_before.id).await.heartbeat_at,
         at("2001-05-31T23:59:59.999999Z")
     );
-    assert_eq!(status_of(catalog, at_cutoff.id).await, BackupStatus::Running);
+    assert_eq!(
+        status_of(catalog, at_cutoff.id).await,
+        BackupStatus::Running
+    );
     assert_eq!(status_of(catalog, fresh.id).await, BackupStatus::Running);
     assert_eq!(
         get(catalog, finished_old.id).await,
@@ -655,7 +682,9 @@ pub async fn list_filters_and_orders_newest_first(catalog: &Catalog) {
             .iter()
             .all(|r| r.status == status));
     }
-    assert!(list(catalog, Some(&unique("nobody")), None).await.is_empty());
+    assert!(list(catalog, Some(&unique("nobody")), None)
+        .await
+        .is_empty());
 
     assert_eq!(catalog.latest_complete_backup(&a).await.unwrap(), Some(a1));
     assert_eq!(catalog.latest_complete_backup(&b).await.unwrap(), Some(b1));
@@ -705,7 +734,10 @@ pub async fn prefix_lookup(catalog: &Catalog) {
     );
     let text = e.to_string();
     assert!(text.contains("ambiguous"), "{text}");
-    assert!(text.contains(&s1) && text.contains(&id2.to_string()), "{text}");
+    assert!(
+        text.contains(&s1) && text.contains(&id2.to_string()),
+        "{text}"
+    );
     assert_eq!(e.kind(), ErrorKind::Permanent);
 
     let missing = Uuid::new_v4().to_string();
@@ -714,10 +746,16 @@ pub async fn prefix_lookup(catalog: &Catalog) {
         CatalogError::PrefixNotFound { .. }
     );
     assert!(e.to_string().contains(&missing[..12]), "{e}");
-    assert_err!(found(missing.clone()).await, CatalogError::BackupNotFound { .. });
+    assert_err!(
+        found(missing.clone()).await,
+        CatalogError::BackupNotFound { .. }
+    );
 
     for bad in ["abc", "0192f0c", "zzzzzzzz", "0192f0c4%", "0192f0c4_"] {
-        assert_err!(found(bad.to_owned()).await, CatalogError::InvalidValue { .. });
+        assert_err!(
+            found(bad.to_owned()).await,
+            CatalogError::InvalidValue { .. }
+        );
     }
     for id in [id1, id2, id3] {
         catalog
@@ -814,7 +852,11 @@ pub async fn copies_upsert_and_verify(catalog: &Catalog) {
     };
     catalog.record_copy(&archive).await.unwrap();
     let all = catalog.backup_artifacts(b.id).await.unwrap();
-    assert_eq!(all[0].copies, vec![archive, third, replica]);
+    let verified_replica = CopyRecord {
+        verified_at: verified,
+        ..replica
+    };
+    assert_eq!(all[0].copies, vec![archive, third, verified_replica]);
 }
 
 fn imported(source: &str, id: BackupId, t0: DateTime<Utc>) -> ImportedBackup {
@@ -896,10 +938,11 @@ pub async fn import_is_idempotent_and_transactional(catalog: &Catalog) {
     let mut v2 = imported(&source, id, t0);
     v2.completion.stored_bytes = 999;
     v2.backup.host = "rebuilt-host".into();
+    let data_id = v2.artifacts[0].artifact.id;
     v2.artifacts[0].copies.remove(0);
     v2.artifacts[0].copies.push(CopyRecord {
         storage_class: Some("GLACIER".into()),
-        ..copy(v2.artifacts[0].artifact.id, "vault", t0)
+        ..copy(data_id, "vault", t0)
     });
     catalog.import_backup(&v2).await.unwrap();
     assert_imported(catalog, &v2).await;
@@ -964,9 +1007,18 @@ pub async fn delete_removes_backup_artifacts_and_copies(catalog: &Catalog) {
         catalog.backup_artifacts(gone.id).await,
         CatalogError::BackupNotFound { .. }
     );
-    assert_eq!(ids(&list(catalog, Some(&source), None).await), vec![keep.id]);
-    assert_eq!(catalog.latest_complete_backup(&source).await.unwrap(), Some(keep.clone()));
-    assert_eq!(catalog.backup_artifacts(keep.id).await.unwrap(), kept_artifacts);
+    assert_eq!(
+        ids(&list(catalog, Some(&source), None).await),
+        vec![keep.id]
+    );
+    assert_eq!(
+        catalog.latest_complete_backup(&source).await.unwrap(),
+        Some(keep.clone())
+    );
+    assert_eq!(
+        catalog.backup_artifacts(keep.id).await.unwrap(),
+        kept_artifacts
+    );
     // The copies went too: their artifact ids are free again.
     for a in &gone_artifacts {
         assert_err!(
@@ -1103,7 +1155,10 @@ pub async fn invalid_input_is_rejected(catalog: &Catalog) {
         },
     ];
     for c in &bad_copies {
-        assert_err!(catalog.record_copy(c).await, CatalogError::InvalidValue { .. });
+        assert_err!(
+            catalog.record_copy(c).await,
+            CatalogError::InvalidValue { .. }
+        );
     }
     assert!(catalog.backup_artifacts(b.id).await.unwrap()[0]
         .copies
@@ -1130,10 +1185,7 @@ pub async fn invalid_input_is_rejected(catalog: &Catalog) {
         CatalogError::InvalidValue { .. }
     );
     assert_eq!(status_of(catalog, b.id).await, BackupStatus::Running);
-    catalog
-        .fail_backup(b.id, t0, "test over")
-        .await
-        .unwrap();
+    catalog.fail_backup(b.id, t0, "test over").await.unwrap();
 }
 
 /// Retry layers repeat calls whose reply was lost; repeating a call that succeeded must
@@ -1273,10 +1325,13 @@ impl PostgresTestDatabase {
     /// Drops the database, disconnecting any remaining sessions.
     pub async fn drop_database(self) {
         let mut admin = connect_admin(&self.admin_url).await;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("dropping test database {}: {e}", self.name));
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("dropping test database {}: {e}", self.name));
         let _ = admin.close().await;
     }
 }
@@ -1341,6 +1396,9 @@ mod tests {
             with_database("postgres://u:p@h/test?sslmode=disable", "x"),
             "postgres://u:p@h/x?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h:5432", "x"), "postgres://h:5432/x");
+        assert_eq!(
+            with_database("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
     }
 }

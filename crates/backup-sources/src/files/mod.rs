@@ -310,7 +310,7 @@ pub struct TreeRestorer<'a, R: Read> {
     data: R,
     position: u64,
     restore_owner: bool,
-    buf: Vec<u8>,
+    writers: writers::FileWriters,
     dirs: Vec<(PathBuf, FileEntry)>,
     symlinks: Vec<(PathBuf, FileEntry)>,
     created_dirs: HashSet<PathBuf>,
@@ -326,7 +326,7 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
             position: 0,
             // Only root can give files away; others keep their own uid like tar does.
             restore_owner: is_root(),
-            buf: vec![0; COPY_BUFFER],
+            writers: writers::FileWriters::new(),
             dirs: Vec::new(),
             symlinks: Vec::new(),
             created_dirs: HashSet::new(),
@@ -393,21 +393,13 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
         if let Some(parent) = dest.parent() {
             self.ensure_dir(parent)?;
         }
-        let restore_err = |source| FilesError::Restore {
-            path: dest.to_path_buf(),
-            source,
-        };
-        // Replace rather than write through whatever is there (only possible with --force).
-        match fs::symlink_metadata(dest) {
-            Ok(m) if !m.is_dir() => fs::remove_file(dest).map_err(restore_err)?,
-            _ => {}
-        }
-        let mut out = File::create(dest).map_err(restore_err)?;
+        let slot = self.writers.open(dest.to_path_buf())?;
         let mut hasher = blake3::Hasher::new();
         let mut left = e.size;
         while left > 0 {
-            let want = left.min(self.buf.len() as u64) as usize;
-            let n = match self.data.read(&mut self.buf[..want]) {
+            let want = left.min(COPY_BUFFER as u64) as usize;
+            let mut chunk = vec![0u8; want];
+            let n = match self.data.read(&mut chunk) {
                 Ok(0) => {
                     return Err(FilesError::Input {
                         path,
@@ -418,8 +410,9 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => return Err(FilesError::Input { path, source }),
             };
-            hasher.update(&self.buf[..n]);
-            out.write_all(&self.buf[..n]).map_err(restore_err)?;
+            chunk.truncate(n);
+            hasher.update(&chunk);
+            self.writers.data(slot, chunk)?;
             left -= n as u64;
             self.position += n as u64;
             (self.progress)(n as u64);
@@ -434,8 +427,7 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
                 });
             }
         }
-        drop(out);
-        apply_metadata(dest, e, self.restore_owner).map_err(restore_err)?;
+        self.writers.close(slot, e.clone(), self.restore_owner)?;
         self.stats.files += 1;
         self.stats.bytes += e.size;
         Ok(())
@@ -443,6 +435,8 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
 
     /// Creates symlinks and applies directory metadata; call after the last entry.
     pub fn finish(mut self) -> Result<RestoreStats, FilesError> {
+        // Every file must be complete before symlinks and directory times are applied.
+        std::mem::take(&mut self.writers).join()?;
         for (dest, e) in std::mem::take(&mut self.symlinks) {
             let target = e
                 .target
@@ -530,6 +524,8 @@ fn is_root() -> bool {
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
+
+mod writers;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,141 @@
+//! Restore writes files on background threads, so the thread decoding the
+//! backup stream keeps going while the kernel copies data into files.
+//! Each file is handled by one thread (in order); files alternate threads.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use backup_core::manifest::FileEntry;
+
+use super::{apply_metadata, FilesError};
+
+const THREADS: usize = 2;
+/// Chunks (up to 1 MiB each) queued per thread: bounds memory.
+const QUEUE: usize = 8;
+
+enum Job {
+    Open { slot: u64, path: PathBuf },
+    Data { slot: u64, bytes: Vec<u8> },
+    Close { slot: u64, entry: Box<FileEntry>, restore_owner: bool },
+}
+
+#[derive(Default)]
+pub(super) struct FileWriters {
+    senders: Vec<SyncSender<Job>>,
+    handles: Vec<JoinHandle<Result<(), FilesError>>>,
+    failed: Arc<AtomicBool>,
+    next_slot: u64,
+}
+
+impl FileWriters {
+    pub fn new() -> Self {
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..THREADS {
+            let (tx, rx) = sync_channel::<Job>(QUEUE);
+            let failed = failed.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("restore-writer-{i}"))
+                .spawn(move || {
+                    let mut open: HashMap<u64, (PathBuf, File)> = HashMap::new();
+                    let mut first_error = None;
+                    for job in rx {
+                        // After an error keep draining, so the sender never blocks forever.
+                        if first_error.is_some() {
+                            continue;
+                        }
+                        if let Err(e) = run_job(job, &mut open) {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error = Some(e);
+                        }
+                    }
+                    first_error.map_or(Ok(()), Err)
+                })
+                .expect("spawning a restore writer thread");
+            senders.push(tx);
+            handles.push(handle);
+        }
+        Self { senders, handles, failed, next_slot: 0 }
+    }
+
+    fn send(&mut self, slot: u64, job: Job) -> Result<(), FilesError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return self.join_error();
+        }
+        let tx = &self.senders[(slot % self.senders.len() as u64) as usize];
+        if tx.send(job).is_err() {
+            return self.join_error();
+        }
+        Ok(())
+    }
+
+    fn join_error(&mut self) -> Result<(), FilesError> {
+        let result = std::mem::take(self).join();
+        result.and(Err(FilesError::Restore {
+            path: PathBuf::new(),
+            source: std::io::Error::other("a restore writer stopped unexpectedly"),
+        }))
+    }
+
+    pub fn open(&mut self, path: PathBuf) -> Result<u64, FilesError> {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.send(slot, Job::Open { slot, path })?;
+        Ok(slot)
+    }
+
+    pub fn data(&mut self, slot: u64, bytes: Vec<u8>) -> Result<(), FilesError> {
+        self.send(slot, Job::Data { slot, bytes })
+    }
+
+    pub fn close(&mut self, slot: u64, entry: FileEntry, restore_owner: bool) -> Result<(), FilesError> {
+        self.send(slot, Job::Close { slot, entry: Box::new(entry), restore_owner })
+    }
+
+    /// Waits for every queued write; returns the first error.
+    pub fn join(self) -> Result<(), FilesError> {
+        drop(self.senders);
+        let mut result = Ok(());
+        for h in self.handles {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(FilesError::Restore { path: PathBuf::new(), source: std::io::Error::other("a restore writer panicked") })
+            });
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+fn run_job(job: Job, open: &mut HashMap<u64, (PathBuf, File)>) -> Result<(), FilesError> {
+    match job {
+        Job::Open { slot, path } => {
+            let err = |source| FilesError::Restore { path: path.clone(), source };
+            // Replace rather than write through whatever is there (only possible with --force).
+            match fs::symlink_metadata(&path) {
+                Ok(m) if !m.is_dir() => fs::remove_file(&path).map_err(err)?,
+                _ => {}
+            }
+            let file = File::create(&path).map_err(err)?;
+            open.insert(slot, (path, file));
+        }
+        Job::Data { slot, bytes } => {
+            let (path, file) = open.get_mut(&slot).expect("opened before data");
+            file.write_all(&bytes).map_err(|source| FilesError::Restore { path: path.clone(), source })?;
+        }
+        Job::Close { slot, entry, restore_owner } => {
+            let (path, file) = open.remove(&slot).expect("opened before close");
+            drop(file);
+            apply_metadata(&path, &entry, restore_owner).map_err(|source| FilesError::Restore { path, source })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs what the tests need when it is
+# missing (cargo-nextest) and makes sure the local PostgreSQL (catalog tests)
+# is up. Usage: scripts/test.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backupd/target}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
+
+# The catalog suite runs against PostgreSQL on 127.0.0.1:5432 (trust auth).
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    echo "starting the local PostgreSQL cluster" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+exec cargo nextest run --workspace --no-fail-fast "$@"

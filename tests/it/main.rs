@@ -1,0 +1,14 @@
+//! End-to-end tests of `backupctl`: each test runs the real binary in a
+//! temporary work directory with its own config, catalog, key and repository.
+//!
+//! Some scenarios need root (running as `nobody`, mounting a tmpfs); they fail
+//! when not root unless BACKUPD_SKIP_PRIVILEGED_TESTS=1.
+
+mod catalog;
+mod config;
+mod corruption;
+mod crash;
+mod keys;
+mod privileged;
+mod roundtrip;
+mod support;
