@@ -116,7 +116,6 @@ fn kill_9_during_a_backup_leaves_earlier_backups_intact_and_is_cleaned_up() {
 }
 
 #[test]
-#[ignore = "BUG: the next backup reaps an interrupted one but leaves its temp files (.NAME.tmp-UUID) until `gc` after the grace period (gc::reap_interrupted deletes only published objects)"]
 fn kill_9_the_next_backup_removes_the_killed_backups_temp_files() {
     kill_scenario(Strict {
         next_backup_removes_temp_files: true,
@@ -125,7 +124,6 @@ fn kill_9_the_next_backup_removes_the_killed_backups_temp_files() {
 }
 
 #[test]
-#[ignore = "BUG: an interrupted backup's emptied directory backups/<id>/ is never removed (LocalSink::sweep_incomplete does not prune directories)"]
 fn kill_9_leaves_no_empty_directory_behind() {
     kill_scenario(Strict {
         no_empty_dirs: true,

@@ -96,7 +96,6 @@ fn an_unreadable_file_fails_or_is_skipped_as_configured() {
 }
 
 #[test]
-#[ignore = "BUG: with on-unreadable = \"fail\" the error is the sink's 'producer stopped before finishing the stream', not the unreadable path (backup.rs reports data_put? before produced??)"]
 fn an_unreadable_file_with_the_fail_policy_is_named_in_the_error() {
     let (work, locked, _) = with_unreadable_file();
     work.run(&["backup", "files"])
@@ -145,7 +144,6 @@ fn a_full_repository_fails_the_backup_cleanly() {
 }
 
 #[test]
-#[ignore = "BUG: a failed backup's empty directory backups/<id>/ stays in the repository, even after gc"]
 fn a_full_repository_leaves_no_empty_directory_behind() {
     disk_full_scenario(true);
 }

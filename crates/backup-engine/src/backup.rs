@@ -15,17 +15,18 @@ use backup_core::envelope::KeyEnvelope;
 use backup_core::format::{ArtifactKind, ArtifactSummary, ArtifactWriter, WriteOptions};
 use backup_core::keys::{DataKey, KeyId};
 use backup_core::manifest::{
-    layout, FileEntry, ManifestFooter, ManifestHeader, ManifestWriter, SkippedEntry, MANIFEST_FORMAT,
+    layout, FileEntry, ManifestFooter, ManifestHeader, ManifestWriter, SkippedEntry,
+    MANIFEST_FORMAT,
 };
 use backup_core::{ArtifactId, BackupId, TOOL_VERSION};
-use backup_sinks::{ChannelWriter, PutReceipt, Sink};
+use backup_sinks::{ChannelWriter, PutReceipt, Sink, SinkError};
 use backup_sources::files::{self, EntryRecorder, TreeStats};
 
 use crate::config::SourceKindConfig;
 use crate::error::{EngineError, Result};
 use crate::repo::Repository;
-use backup_sinks::put_bytes;
 use crate::{Engine, Progress};
+use backup_sinks::put_bytes;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Chunks buffered between the pipeline and the sink (each up to one segment).
@@ -51,14 +52,22 @@ struct Produced {
     stats: TreeStats,
 }
 
-pub async fn run_backup(engine: &Engine, source_name: &str, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<BackupOutcome> {
+pub async fn run_backup(
+    engine: &Engine,
+    source_name: &str,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupOutcome> {
     let config = &engine.config;
     let (index, source) = config.source(source_name)?;
     config.check_source_paths(index)?;
     let repo = Repository::open(config, config.repository(&source.repository)?)?;
     let key = engine.key()?;
     if !repo.check_key(&key, cancel).await? {
-        return Err(EngineError::Failed(format!("repository {} has not been initialised; run `backupctl init`", repo.name)));
+        return Err(EngineError::Failed(format!(
+            "repository {} has not been initialised; run `backupctl init`",
+            repo.name
+        )));
     }
     // Leftovers of an interrupted earlier run are cleaned before starting a new one.
     crate::gc::reap_interrupted(engine, cancel).await?;
@@ -98,7 +107,17 @@ pub async fn run_backup(engine: &Engine, source_name: &str, progress: Arc<Progre
         guard
     };
 
-    let result = write_and_record(engine, &repo, backup_id, source_name, &source.kind, &key, progress, cancel).await;
+    let result = write_and_record(
+        engine,
+        &repo,
+        backup_id,
+        source_name,
+        &source.kind,
+        &key,
+        progress,
+        cancel,
+    )
+    .await;
     drop(heartbeat);
     match result {
         Ok(produced) => {
@@ -119,9 +138,13 @@ pub async fn run_backup(engine: &Engine, source_name: &str, progress: Arc<Progre
         }
         Err(err) => {
             tracing::error!(%backup_id, error = %err, "backup failed");
-            let _ = engine.catalog.fail_backup(backup_id, Utc::now(), &err.to_string()).await;
+            let _ = engine
+                .catalog
+                .fail_backup(backup_id, Utc::now(), &err.to_string())
+                .await;
             // Best effort; `backupctl gc` removes whatever this leaves.
-            let _ = crate::gc::delete_backup_objects(&repo, backup_id, &CancellationToken::new()).await;
+            let _ =
+                crate::gc::delete_backup_objects(&repo, backup_id, &CancellationToken::new()).await;
             Err(err)
         }
     }
@@ -179,19 +202,35 @@ async fn write_and_record(
         repo.sink.put(&manifest_key, manifest_rx, cancel),
         producer
     );
-    let produced = produced.map_err(|e| EngineError::Failed(format!("backup pipeline crashed: {e}")));
-    // A sink failure (e.g. disk full) also breaks the pipeline's channel; report the cause.
+    let produced =
+        produced.map_err(|e| EngineError::Failed(format!("backup pipeline crashed: {e}")))?;
+    // Either side failing breaks the other: report the cause. A sink that failed only
+    // because the pipeline abandoned its stream (`Body`) is a consequence, not a cause.
+    let sink_failure = |r: &Result<PutReceipt, SinkError>| matches!(r, Err(e) if !matches!(e, SinkError::Body { .. }));
+    let produced = match produced {
+        Err(e) if !sink_failure(&data_put) && !sink_failure(&manifest_put) => return Err(e),
+        other => other,
+    };
     let data_put = data_put?;
     let manifest_put = manifest_put?;
-    let produced = produced??;
+    let produced = produced?;
     check_receipt(repo, &data_key, &data_put, &produced.data)?;
     check_receipt(repo, &manifest_key, &manifest_put, &produced.manifest)?;
 
     // The envelope goes last: its presence marks a backup whose objects are all written.
-    put_bytes(&repo.sink, &layout::envelope_key(backup_id), envelope.to_json(), cancel).await?;
+    put_bytes(
+        &repo.sink,
+        &layout::envelope_key(backup_id),
+        envelope.to_json(),
+        cancel,
+    )
+    .await?;
 
     let now = Utc::now();
-    for (summary, object_key, role) in [(&produced.data, &data_key, "data"), (&produced.manifest, &manifest_key, "manifest")] {
+    for (summary, object_key, role) in [
+        (&produced.data, &data_key, "data"),
+        (&produced.manifest, &manifest_key, "manifest"),
+    ] {
         engine
             .catalog
             .record_artifact(&ArtifactRecord {
@@ -235,7 +274,12 @@ async fn write_and_record(
 }
 
 /// The sink hashed what it stored independently of the pipeline; both must agree.
-fn check_receipt(repo: &Repository, key: &str, receipt: &PutReceipt, summary: &ArtifactSummary) -> Result<()> {
+fn check_receipt(
+    repo: &Repository,
+    key: &str,
+    receipt: &PutReceipt,
+    summary: &ArtifactSummary,
+) -> Result<()> {
     if receipt.size != summary.stored_size || receipt.sha256 != summary.stored_sha256 {
         return Err(EngineError::Integrity(format!(
             "repository {} stored {} bytes (SHA-256 {}) for {key}, but the pipeline produced {} bytes (SHA-256 {}); the object is not recorded",
@@ -269,7 +313,9 @@ struct ManifestRecorder<'a, W: io::Write> {
 
 impl<W: io::Write> EntryRecorder for ManifestRecorder<'_, W> {
     fn entry(&mut self, entry: &FileEntry) -> io::Result<()> {
-        self.progress.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .files
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.manifest.entry(entry)
     }
     fn skipped(&mut self, skipped: SkippedEntry) -> io::Result<()> {
@@ -282,19 +328,39 @@ impl ProduceJob {
         let fmt = |what: &str, e| EngineError::from_format(what, e);
         let (data_id, data_dek, data_out) = self.data;
         let (manifest_id, manifest_dek, manifest_out) = self.manifest;
-        let mut data = ArtifactWriter::new(data_out, data_id, ArtifactKind::Data, &self.key_id, &data_dek, &self.options)
-            .map_err(|e| fmt("data artifact", e))?;
-        let manifest_writer =
-            ArtifactWriter::new(manifest_out, manifest_id, ArtifactKind::Manifest, &self.key_id, &manifest_dek, &self.options)
-                .map_err(|e| fmt("manifest artifact", e))?;
-        let mut manifest = ManifestWriter::new(manifest_writer, &self.header).map_err(output_error)?;
+        let mut data = ArtifactWriter::new(
+            data_out,
+            data_id,
+            ArtifactKind::Data,
+            &self.key_id,
+            &data_dek,
+            &self.options,
+        )
+        .map_err(|e| fmt("data artifact", e))?;
+        let manifest_writer = ArtifactWriter::new(
+            manifest_out,
+            manifest_id,
+            ArtifactKind::Manifest,
+            &self.key_id,
+            &manifest_dek,
+            &self.options,
+        )
+        .map_err(|e| fmt("manifest artifact", e))?;
+        let mut manifest =
+            ManifestWriter::new(manifest_writer, &self.header).map_err(output_error)?;
         let progress = self.progress.clone();
         let stats = match &self.source {
-            SourceKindConfig::Files { paths, on_unreadable } => files::backup_tree(
+            SourceKindConfig::Files {
+                paths,
+                on_unreadable,
+            } => files::backup_tree(
                 paths,
                 *on_unreadable,
                 &mut data,
-                &mut ManifestRecorder { manifest: &mut manifest, progress: &progress },
+                &mut ManifestRecorder {
+                    manifest: &mut manifest,
+                    progress: &progress,
+                },
                 &mut |n| progress.add_bytes(n),
             )?,
         };
@@ -308,9 +374,15 @@ impl ProduceJob {
             artifacts: vec![data_summary.clone()],
         };
         let manifest_writer = manifest.finish(footer).map_err(output_error)?;
-        let (manifest_out, manifest_summary) = manifest_writer.finish().map_err(|e| fmt("manifest artifact", e))?;
+        let (manifest_out, manifest_summary) = manifest_writer
+            .finish()
+            .map_err(|e| fmt("manifest artifact", e))?;
         manifest_out.finish().map_err(output_error)?;
-        Ok(Produced { data: data_summary, manifest: manifest_summary, stats })
+        Ok(Produced {
+            data: data_summary,
+            manifest: manifest_summary,
+            stats,
+        })
     }
 }
 

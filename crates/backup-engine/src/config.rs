@@ -18,11 +18,18 @@ pub const QUICKSTART_NAME: &str = "<embedded config/quickstart.toml>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {file}: {message}")]
     Parse { file: String, message: String },
     #[error("config file {file}: `{key}`: {message}")]
-    Invalid { file: String, key: String, message: String },
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +82,10 @@ fn default_segment_kib() -> usize {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { compression_level: default_level(), segment_size_kib: default_segment_kib() }
+        Self {
+            compression_level: default_level(),
+            segment_size_kib: default_segment_kib(),
+        }
     }
 }
 
@@ -131,7 +141,10 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
                 Self::parse(&text, &p.display().to_string())
             }
             None => Self::parse(QUICKSTART_TOML, QUICKSTART_NAME),
@@ -149,13 +162,23 @@ impl Config {
     }
 
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { file: self.origin.clone(), key: key.into(), message: message.into() }
+        ConfigError::Invalid {
+            file: self.origin.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.catalog.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(self.invalid("catalog.url", "must start with sqlite://, postgres:// or postgresql://"));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(self.invalid(
+                "catalog.url",
+                "must start with sqlite://, postgres:// or postgresql://",
+            ));
         }
         if self.encryption.key_file.as_os_str().is_empty() {
             return Err(self.invalid("encryption.key-file", "must not be empty"));
@@ -170,7 +193,10 @@ impl Config {
         for (i, r) in self.repositories.iter().enumerate() {
             check_name(&r.name).map_err(|m| self.invalid(format!("repository[{i}].name"), m))?;
             if !names.insert(r.name.as_str()) {
-                return Err(self.invalid(format!("repository[{i}].name"), format!("repository {:?} is defined twice", r.name)));
+                return Err(self.invalid(
+                    format!("repository[{i}].name"),
+                    format!("repository {:?} is defined twice", r.name),
+                ));
             }
             match &r.kind {
                 RepositoryKindConfig::Local { path } if path.as_os_str().is_empty() => {
@@ -183,13 +209,19 @@ impl Config {
         for (i, s) in self.sources.iter().enumerate() {
             check_name(&s.name).map_err(|m| self.invalid(format!("source[{i}].name"), m))?;
             if !sources.insert(s.name.as_str()) {
-                return Err(self.invalid(format!("source[{i}].name"), format!("source {:?} is defined twice", s.name)));
+                return Err(self.invalid(
+                    format!("source[{i}].name"),
+                    format!("source {:?} is defined twice", s.name),
+                ));
             }
             if !names.contains(s.repository.as_str()) {
                 let known: Vec<_> = self.repositories.iter().map(|r| r.name.as_str()).collect();
                 return Err(self.invalid(
                     format!("source[{i}].repository"),
-                    format!("unknown repository {:?}; defined repositories: {known:?}", s.repository),
+                    format!(
+                        "unknown repository {:?}; defined repositories: {known:?}",
+                        s.repository
+                    ),
                 ));
             }
             match &s.kind {
@@ -203,16 +235,31 @@ impl Config {
     }
 
     pub fn source(&self, name: &str) -> Result<(usize, &SourceConfig), ConfigError> {
-        self.sources.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| {
-            let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
-            self.invalid("source", format!("no source named {name:?}; configured sources: {known:?}"))
-        })
+        self.sources
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+                self.invalid(
+                    "source",
+                    format!("no source named {name:?}; configured sources: {known:?}"),
+                )
+            })
     }
 
     pub fn repository(&self, name: &str) -> Result<&RepositoryConfig, ConfigError> {
-        self.repositories.iter().find(|r| r.name == name).ok_or_else(|| {
-            self.invalid("repository", format!("no repository named {name:?} (it may have been removed from the config)"))
-        })
+        self.repositories
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| {
+                self.invalid(
+                    "repository",
+                    format!(
+                        "no repository named {name:?} (it may have been removed from the config)"
+                    ),
+                )
+            })
     }
 
     /// Checks that a files source's paths exist, naming the config key on failure.
@@ -220,7 +267,10 @@ impl Config {
         let SourceKindConfig::Files { paths, .. } = &self.sources[index].kind;
         for (j, p) in paths.iter().enumerate() {
             if let Err(e) = std::fs::symlink_metadata(p) {
-                return Err(self.invalid(format!("source[{index}].paths[{j}]"), format!("{}: {e}", p.display())));
+                return Err(self.invalid(
+                    format!("source[{index}].paths[{j}]"),
+                    format!("{}: {e}", p.display()),
+                ));
             }
         }
         Ok(())
@@ -230,11 +280,15 @@ impl Config {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"))
+        Err(format!(
+            "{name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        ))
     }
 }
 
@@ -273,19 +327,38 @@ repository = "region-a"
 
     #[test]
     fn errors_name_the_file_and_key() {
-        let err = Config::parse(&GOOD.replace("paths =", "pathz ="), "my.toml").unwrap_err().to_string();
-        assert!(err.contains("my.toml") && err.contains("pathz"), "{err}");
-        let err = Config::parse(&GOOD.replace("repository = \"region-a\"", "repository = \"nope\""), "my.toml")
+        let err = Config::parse(&GOOD.replace("paths =", "pathz ="), "my.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("source[0].repository") && err.contains("nope"), "{err}");
-        let err = Config::parse(&GOOD.replace("kind = \"local\"", "kind = \"tape\""), "my.toml").unwrap_err().to_string();
+        assert!(err.contains("my.toml") && err.contains("pathz"), "{err}");
+        let err = Config::parse(
+            &GOOD.replace("repository = \"region-a\"", "repository = \"nope\""),
+            "my.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source[0].repository") && err.contains("nope"),
+            "{err}"
+        );
+        let err = Config::parse(
+            &GOOD.replace("kind = \"local\"", "kind = \"tape\""),
+            "my.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("my.toml") && err.contains("tape"), "{err}");
-        let err = Config::parse(&GOOD.replace("sqlite://", "mysql://"), "my.toml").unwrap_err().to_string();
+        let err = Config::parse(&GOOD.replace("sqlite://", "mysql://"), "my.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("catalog.url"), "{err}");
-        let err = Config::parse(&format!("{GOOD}\n[bogus]\nx = 1\n"), "my.toml").unwrap_err().to_string();
+        let err = Config::parse(&format!("{GOOD}\n[bogus]\nx = 1\n"), "my.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
-        let err = Config::load(Some(Path::new("/nonexistent/backupd.toml"))).unwrap_err().to_string();
+        let err = Config::load(Some(Path::new("/nonexistent/backupd.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/backupd.toml"), "{err}");
     }
 }

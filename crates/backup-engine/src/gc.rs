@@ -31,34 +31,75 @@ pub struct GcReport {
     pub unknown_backups: Vec<String>,
 }
 
+/// What a cleanup removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub objects: u64,
+    pub temp_files: u64,
+}
+
+impl std::ops::AddAssign for Removed {
+    fn add_assign(&mut self, other: Removed) {
+        self.objects += other.objects;
+        self.temp_files += other.temp_files;
+    }
+}
+
 /// Marks running backups whose process is gone (same host) or whose heartbeat
 /// stopped (any host) as failed, and deletes their objects.
-pub async fn reap_interrupted(engine: &Engine, cancel: &CancellationToken) -> Result<Vec<BackupRecord>> {
+pub async fn reap_interrupted(
+    engine: &Engine,
+    cancel: &CancellationToken,
+) -> Result<(Vec<BackupRecord>, Removed)> {
     let host = crate::host_name();
-    let running = engine.catalog.list_backups(&BackupFilter { source: None, status: Some(BackupStatus::Running) }).await?;
+    let running = engine
+        .catalog
+        .list_backups(&BackupFilter {
+            source: None,
+            status: Some(BackupStatus::Running),
+        })
+        .await?;
     let mut reaped = Vec::new();
     for b in running {
         if b.host == host && !std::path::Path::new(&format!("/proc/{}", b.pid)).exists() {
-            let why = format!("interrupted: process {} on {} exited before the backup finished", b.pid, b.host);
+            let why = format!(
+                "interrupted: process {} on {} exited before the backup finished",
+                b.pid, b.host
+            );
             engine.catalog.fail_backup(b.id, Utc::now(), &why).await?;
             reaped.push(b);
         }
     }
-    let stale_before = Utc::now() - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
+    let stale_before =
+        Utc::now() - chrono::Duration::from_std(STALE_AFTER).expect("small duration");
     reaped.extend(engine.catalog.abandon_stale_backups(stale_before).await?);
+    let mut removed = Removed::default();
     for b in &reaped {
         tracing::warn!(backup_id = %b.id, source = %b.source, "cleaning up an interrupted backup");
         // A repository removed from the config cannot be cleaned here; gc reports it later.
-        if let Ok(repo) = engine.config.repository(&b.repository).map_err(Into::into).and_then(|r| Repository::open(&engine.config, r)) {
-            delete_backup_objects(&repo, b.id, cancel).await?;
+        if let Ok(repo) = engine
+            .config
+            .repository(&b.repository)
+            .map_err(Into::into)
+            .and_then(|r| Repository::open(&engine.config, r))
+        {
+            removed += delete_backup_objects(&repo, b.id, cancel).await?;
         }
     }
-    Ok(reaped)
+    Ok((reaped, removed))
 }
 
-/// Deletes every object under a backup's prefix. Safe to re-run.
-pub async fn delete_backup_objects(repo: &Repository, backup: BackupId, cancel: &CancellationToken) -> Result<u64> {
-    let objects = repo.sink.list(&layout::backup_prefix(backup), cancel).await?;
+/// Deletes every object and unfinished upload under a backup's prefix. Only for backups
+/// whose writer is known to be gone (failed or interrupted). Safe to re-run.
+pub async fn delete_backup_objects(
+    repo: &Repository,
+    backup: BackupId,
+    cancel: &CancellationToken,
+) -> Result<Removed> {
+    let objects = repo
+        .sink
+        .list(&layout::backup_prefix(backup), cancel)
+        .await?;
     // The envelope first: once it is gone nothing left behind is readable.
     let envelope = layout::envelope_key(backup);
     let mut keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
@@ -66,17 +107,47 @@ pub async fn delete_backup_objects(repo: &Repository, backup: BackupId, cancel: 
     for key in &keys {
         repo.sink.delete(key, cancel).await?;
     }
-    Ok(keys.len() as u64)
+    // Its writer is gone, so its unfinished uploads can go at once, whatever their age.
+    let swept = repo
+        .sink
+        .sweep_incomplete(&layout::backup_prefix(backup), Duration::ZERO, cancel)
+        .await?;
+    Ok(Removed {
+        objects: keys.len() as u64,
+        temp_files: swept,
+    })
 }
 
-pub async fn run_gc(engine: &Engine, grace: Duration, cancel: &CancellationToken) -> Result<GcReport> {
-    let mut report = GcReport::default();
-    report.interrupted = reap_interrupted(engine, cancel).await?.iter().map(|b| b.id.to_string()).collect();
-    let known: HashSet<BackupId> =
-        engine.catalog.list_backups(&BackupFilter::default()).await?.into_iter().map(|b| b.id).collect();
+pub async fn run_gc(
+    engine: &Engine,
+    grace: Duration,
+    cancel: &CancellationToken,
+) -> Result<GcReport> {
+    let (reaped, removed) = reap_interrupted(engine, cancel).await?;
+    let mut report = GcReport {
+        interrupted: reaped.iter().map(|b| b.id.to_string()).collect(),
+        objects_deleted: removed.objects,
+        temp_files_removed: removed.temp_files,
+        unknown_backups: Vec::new(),
+    };
+    let known: HashSet<BackupId> = engine
+        .catalog
+        .list_backups(&BackupFilter::default())
+        .await?
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
     let mut dead = Vec::new();
     for status in [BackupStatus::Failed, BackupStatus::Abandoned] {
-        dead.extend(engine.catalog.list_backups(&BackupFilter { source: None, status: Some(status) }).await?);
+        dead.extend(
+            engine
+                .catalog
+                .list_backups(&BackupFilter {
+                    source: None,
+                    status: Some(status),
+                })
+                .await?,
+        );
     }
     for repo_config in &engine.config.repositories {
         let repo = match Repository::open(&engine.config, repo_config) {
@@ -87,7 +158,9 @@ pub async fn run_gc(engine: &Engine, grace: Duration, cancel: &CancellationToken
             }
         };
         for b in dead.iter().filter(|b| b.repository == repo.name) {
-            report.objects_deleted += delete_backup_objects(&repo, b.id, cancel).await?;
+            let removed = delete_backup_objects(&repo, b.id, cancel).await?;
+            report.objects_deleted += removed.objects;
+            report.temp_files_removed += removed.temp_files;
         }
         let mut unknown = HashSet::new();
         for object in repo.sink.list(layout::BACKUPS_PREFIX, cancel).await? {
@@ -97,7 +170,7 @@ pub async fn run_gc(engine: &Engine, grace: Duration, cancel: &CancellationToken
                 }
             }
         }
-        report.temp_files_removed += repo.sink.sweep_incomplete(grace, cancel).await?;
+        report.temp_files_removed += repo.sink.sweep_incomplete("", grace, cancel).await?;
     }
     Ok(report)
 }

@@ -29,9 +29,16 @@ pub async fn run_init(config: &Config, cancel: &CancellationToken) -> Result<Ini
         (keyfile::create(key_path)?, true)
     };
     if let Some(path) = config.catalog.url.strip_prefix("sqlite://") {
-        if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| EngineError::Failed(format!("creating catalog directory {}: {e}", parent.display())))?;
+        if let Some(parent) = std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                EngineError::Failed(format!(
+                    "creating catalog directory {}: {e}",
+                    parent.display()
+                ))
+            })?;
         }
     }
     Catalog::connect(&config.catalog.url).await?;

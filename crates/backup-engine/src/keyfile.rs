@@ -30,26 +30,36 @@ pub fn load(config: &Config) -> Result<MasterKey> {
             tracing::warn!(path = %path.display(), "key file is readable by other users; chmod 600 it");
         }
     }
-    MasterKey::from_base64(&text).map_err(|e| EngineError::Key(format!("key file {}: {e}", path.display())))
+    MasterKey::from_base64(&text)
+        .map_err(|e| EngineError::Key(format!("key file {}: {e}", path.display())))
 }
 
 /// Creates a new key file (0600, parent 0700). Refuses to overwrite an existing one.
 pub fn create(path: &Path) -> Result<MasterKey> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
-            fs::create_dir_all(parent)
-                .map_err(|e| EngineError::Failed(format!("creating key directory {}: {e}", parent.display())))?;
+            fs::create_dir_all(parent).map_err(|e| {
+                EngineError::Failed(format!("creating key directory {}: {e}", parent.display()))
+            })?;
             let _ = fs::set_permissions(parent, fs::Permissions::from_mode(0o700));
         }
     }
     let key = MasterKey::generate();
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            EngineError::Usage(format!("key file {} already exists; refusing to overwrite it", path.display()))
-        } else {
-            EngineError::Failed(format!("creating key file {}: {e}", path.display()))
-        }
-    })?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                EngineError::Usage(format!(
+                    "key file {} already exists; refusing to overwrite it",
+                    path.display()
+                ))
+            } else {
+                EngineError::Failed(format!("creating key file {}: {e}", path.display()))
+            }
+        })?;
     f.write_all(key.to_base64().as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| EngineError::Failed(format!("writing key file {}: {e}", path.display())))?;

@@ -9,7 +9,9 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use backup_catalog::{ArtifactRecord, ArtifactWithCopies, BackupCompletion, CopyRecord, ImportedBackup, NewBackup};
+use backup_catalog::{
+    ArtifactRecord, ArtifactWithCopies, BackupCompletion, CopyRecord, ImportedBackup, NewBackup,
+};
 use backup_core::envelope::KeyEnvelope;
 use backup_core::format::{ArtifactReader, ArtifactSummary, ReadOptions, VerifiedArtifact};
 use backup_core::manifest::{layout, ManifestFooter, ManifestHeader, ManifestReader};
@@ -18,10 +20,10 @@ use backup_sinks::{ChannelReader, ObjectInfo, Sink};
 
 use crate::error::{EngineError, Result};
 use crate::repo::Repository;
-use backup_sinks::read_object;
 use crate::restore::envelope_error;
 use crate::streams::HashingReader;
 use crate::Engine;
+use backup_sinks::read_object;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RebuildReport {
@@ -48,7 +50,9 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
                 Err(e @ EngineError::Key(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(%backup_id, repository = %repo.name, "not imported: {e}");
-                    report.incomplete.push((backup_id.to_string(), e.to_string()));
+                    report
+                        .incomplete
+                        .push((backup_id.to_string(), e.to_string()));
                 }
             }
         }
@@ -66,26 +70,37 @@ async fn import_one(
 ) -> Result<()> {
     let envelope_key = layout::envelope_key(backup_id);
     if !objects.iter().any(|o| o.key == envelope_key) {
-        return Err(EngineError::Failed("no key envelope: the backup was interrupted (`backupctl gc` removes it)".into()));
+        return Err(EngineError::Failed(
+            "no key envelope: the backup was interrupted (`backupctl gc` removes it)".into(),
+        ));
     }
     let (manifest_id, manifest_key) = objects
         .iter()
         .find_map(|o| layout::manifest_artifact_of_key(&o.key).map(|id| (id, o.key.clone())))
         .ok_or_else(|| EngineError::Failed("no manifest: the backup was interrupted".into()))?;
-    let envelope = KeyEnvelope::from_json(&backup_id.to_string(), &read_object(&repo.sink, &envelope_key, cancel).await?)
+    let envelope = KeyEnvelope::from_json(
+        &backup_id.to_string(),
+        &read_object(&repo.sink, &envelope_key, cancel).await?,
+    )
+    .map_err(|e| envelope_error(backup_id, e))?;
+    let dek = envelope
+        .data_key(key, manifest_id)
         .map_err(|e| envelope_error(backup_id, e))?;
-    let dek = envelope.data_key(key, manifest_id).map_err(|e| envelope_error(backup_id, e))?;
     let rx = repo.sink.get(&manifest_key, cancel).await?;
     let what = format!("backup {backup_id} manifest {manifest_key}");
     let (header, footer, verified, stored) = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut input = HashingReader::new(ChannelReader::new(rx));
-        let (reader, _) = ArtifactReader::open(&mut input, Some(manifest_id), &dek, &ReadOptions::default())
-            .map_err(|e| EngineError::from_format(&what, e))?;
+        let (reader, _) =
+            ArtifactReader::open(&mut input, Some(manifest_id), &dek, &ReadOptions::default())
+                .map_err(|e| EngineError::from_format(&what, e))?;
         let (mut manifest, header) = ManifestReader::open(BufReader::new(reader))
             .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
-        let footer = manifest.footer().map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
+        let footer = manifest
+            .footer()
+            .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
         let mut reader = manifest.into_inner().into_inner();
-        io::copy(&mut reader, &mut io::sink()).map_err(|e| crate::restore::stream_error(&what, e))?;
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| crate::restore::stream_error(&what, e))?;
         let verified = reader.verified().expect("read to the end");
         drop(reader);
         Ok((header, footer, verified, input.finish()))
@@ -93,19 +108,36 @@ async fn import_one(
     .await
     .map_err(|e| EngineError::Failed(format!("reading manifest crashed: {e}")))??;
     if header.backup_id != backup_id {
-        return Err(EngineError::Integrity(format!("manifest {manifest_key} belongs to backup {}", header.backup_id)));
+        return Err(EngineError::Integrity(format!(
+            "manifest {manifest_key} belongs to backup {}",
+            header.backup_id
+        )));
     }
     for a in &footer.artifacts {
         let expected = layout::data_key(backup_id, a.artifact_id);
         match objects.iter().find(|o| o.key == expected) {
             Some(o) if o.size == a.stored_size => {}
             Some(o) => {
-                return Err(EngineError::Integrity(format!("{expected} has {} bytes, the manifest says {}", o.size, a.stored_size)))
+                return Err(EngineError::Integrity(format!(
+                    "{expected} has {} bytes, the manifest says {}",
+                    o.size, a.stored_size
+                )))
             }
             None => return Err(EngineError::Integrity(format!("{expected} is missing"))),
         }
     }
-    engine.catalog.import_backup(&imported(repo, &header, &footer, manifest_id, &manifest_key, verified, stored)).await?;
+    engine
+        .catalog
+        .import_backup(&imported(
+            repo,
+            &header,
+            &footer,
+            manifest_id,
+            &manifest_key,
+            verified,
+            stored,
+        ))
+        .await?;
     Ok(())
 }
 
@@ -148,8 +180,11 @@ fn imported(
             verified_at: now,
         }],
     };
-    let mut artifacts: Vec<ArtifactWithCopies> =
-        footer.artifacts.iter().map(|a| artifact(a, layout::data_key(header.backup_id, a.artifact_id))).collect();
+    let mut artifacts: Vec<ArtifactWithCopies> = footer
+        .artifacts
+        .iter()
+        .map(|a| artifact(a, layout::data_key(header.backup_id, a.artifact_id)))
+        .collect();
     artifacts.push(artifact(&manifest_summary, manifest_key.to_owned()));
     let stored_bytes = footer.artifacts.iter().map(|a| a.stored_size).sum::<u64>() + stored_size;
     ImportedBackup {

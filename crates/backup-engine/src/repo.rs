@@ -34,28 +34,47 @@ impl Repository {
     /// Opens an existing repository.
     pub fn open(config: &Config, repo: &RepositoryConfig) -> Result<Repository> {
         let sink = match &repo.kind {
-            RepositoryKindConfig::Local { path } => LocalSink::open(&repo.name, path).map_err(|e| {
-                EngineError::Failed(format!(
-                    "repository {} ({}): {e}; run `backupctl init` (config {}) to create it",
-                    repo.name,
-                    path.display(),
-                    config.origin
-                ))
-            })?,
+            RepositoryKindConfig::Local { path } => {
+                LocalSink::open(&repo.name, path).map_err(|e| {
+                    EngineError::Failed(format!(
+                        "repository {} ({}): {e}; run `backupctl init` (config {}) to create it",
+                        repo.name,
+                        path.display(),
+                        config.origin
+                    ))
+                })?
+            }
         };
-        Ok(Repository { name: repo.name.clone(), sink: AnySink::Local(sink) })
+        Ok(Repository {
+            name: repo.name.clone(),
+            sink: AnySink::Local(sink),
+        })
     }
 
     /// Creates the repository if needed and writes its marker. Returns true if it was new.
-    pub async fn init(repo: &RepositoryConfig, key: &MasterKey, cancel: &CancellationToken) -> Result<bool> {
+    pub async fn init(
+        repo: &RepositoryConfig,
+        key: &MasterKey,
+        cancel: &CancellationToken,
+    ) -> Result<bool> {
         let sink = match &repo.kind {
-            RepositoryKindConfig::Local { path } => AnySink::Local(LocalSink::create(&repo.name, path)?),
+            RepositoryKindConfig::Local { path } => {
+                AnySink::Local(LocalSink::create(&repo.name, path)?)
+            }
         };
-        let repository = Repository { name: repo.name.clone(), sink };
+        let repository = Repository {
+            name: repo.name.clone(),
+            sink,
+        };
         if repository.check_key(key, cancel).await? {
             return Ok(false);
         }
-        let marker = RepositoryMarker { format: 1, name: repo.name.clone(), key_id: key.id().clone(), created_at: Utc::now() };
+        let marker = RepositoryMarker {
+            format: 1,
+            name: repo.name.clone(),
+            key_id: key.id().clone(),
+            created_at: Utc::now(),
+        };
         let body = serde_json::to_vec_pretty(&marker).expect("marker serializes");
         put_bytes(&repository.sink, MARKER_KEY, body, cancel).await?;
         Ok(true)
@@ -68,8 +87,12 @@ impl Repository {
             Err(SinkError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        let marker: RepositoryMarker = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::Integrity(format!("repository {}: {MARKER_KEY} is not valid: {e}", self.name)))?;
+        let marker: RepositoryMarker = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Integrity(format!(
+                "repository {}: {MARKER_KEY} is not valid: {e}",
+                self.name
+            ))
+        })?;
         if &marker.key_id != key.id() {
             return Err(EngineError::Key(format!(
                 "repository {} was created with key {}, but the key file holds key {}: use the key file this repository was created with",

@@ -19,8 +19,8 @@ use backup_sources::files::{FilesError, TreeRestorer};
 
 use crate::error::{EngineError, Result};
 use crate::repo::Repository;
-use backup_sinks::read_object;
 use crate::{Engine, Progress};
+use backup_sinks::read_object;
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -72,8 +72,16 @@ pub(crate) struct OpenedBackup {
 }
 
 impl OpenedBackup {
-    pub async fn open(engine: &Engine, record: &BackupRecord, key: &MasterKey, cancel: &CancellationToken) -> Result<OpenedBackup> {
-        let repo = Repository::open(&engine.config, engine.config.repository(&record.repository)?)?;
+    pub async fn open(
+        engine: &Engine,
+        record: &BackupRecord,
+        key: &MasterKey,
+        cancel: &CancellationToken,
+    ) -> Result<OpenedBackup> {
+        let repo = Repository::open(
+            &engine.config,
+            engine.config.repository(&record.repository)?,
+        )?;
         let envelope_bytes = read_object(&repo.sink, &layout::envelope_key(record.id), cancel).await.map_err(|e| {
             if e.is_not_found() {
                 EngineError::Integrity(format!("backup {}: its key envelope is missing from repository {}; the backup cannot be decrypted", record.id, repo.name))
@@ -81,21 +89,32 @@ impl OpenedBackup {
                 e.into()
             }
         })?;
-        let envelope = KeyEnvelope::from_json(&record.id.to_string(), &envelope_bytes).map_err(|e| envelope_error(record.id, e))?;
+        let envelope = KeyEnvelope::from_json(&record.id.to_string(), &envelope_bytes)
+            .map_err(|e| envelope_error(record.id, e))?;
         let mut manifest = None;
         let mut data = Vec::new();
         for artifact in engine.catalog.backup_artifacts(record.id).await? {
-            let dek = envelope.data_key(key, artifact.artifact.id).map_err(|e| envelope_error(record.id, e))?;
+            let dek = envelope
+                .data_key(key, artifact.artifact.id)
+                .map_err(|e| envelope_error(record.id, e))?;
             if artifact.artifact.role == "manifest" {
                 manifest = Some((artifact, dek));
             } else {
                 data.push((artifact, dek));
             }
         }
-        let manifest = manifest.ok_or_else(|| EngineError::Integrity(format!("backup {}: the catalog lists no manifest", record.id)))?;
-        Ok(OpenedBackup { repo, manifest, data })
+        let manifest = manifest.ok_or_else(|| {
+            EngineError::Integrity(format!(
+                "backup {}: the catalog lists no manifest",
+                record.id
+            ))
+        })?;
+        Ok(OpenedBackup {
+            repo,
+            manifest,
+            data,
+        })
     }
-
 }
 
 /// The object key of `artifact` in repository `repo`.
@@ -105,7 +124,12 @@ pub(crate) fn object_key(repo: &Repository, artifact: &ArtifactWithCopies) -> Re
         .iter()
         .find(|c| c.repository == repo.name)
         .map(|c| c.object_key.clone())
-        .ok_or_else(|| EngineError::Failed(format!("artifact {} has no copy in repository {}", artifact.artifact.id, repo.name)))
+        .ok_or_else(|| {
+            EngineError::Failed(format!(
+                "artifact {} has no copy in repository {}",
+                artifact.artifact.id, repo.name
+            ))
+        })
 }
 
 pub(crate) fn envelope_error(backup: BackupId, e: EnvelopeError) -> EngineError {
@@ -131,21 +155,45 @@ pub async fn run_restore(
     let record = select_backup(engine, selector).await?;
     prepare_target(target, force)?;
     let key = engine.key()?;
-    let OpenedBackup { repo, manifest, data } = OpenedBackup::open(engine, &record, &key, cancel).await?;
+    let OpenedBackup {
+        repo,
+        manifest,
+        data,
+    } = OpenedBackup::open(engine, &record, &key, cancel).await?;
     let [(data_artifact, data_dek)] = <[_; 1]>::try_from(data).map_err(|_| {
-        EngineError::Integrity(format!("backup {}: expected exactly one data artifact", record.id))
+        EngineError::Integrity(format!(
+            "backup {}: expected exactly one data artifact",
+            record.id
+        ))
     })?;
-    progress.total_bytes.store(data_artifact.artifact.plaintext_size, std::sync::atomic::Ordering::Relaxed);
+    progress.total_bytes.store(
+        data_artifact.artifact.plaintext_size,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (manifest_artifact, manifest_dek) = manifest;
-    let manifest_rx = repo.sink.get(&object_key(&repo, &manifest_artifact)?, cancel).await?;
-    let data_rx = repo.sink.get(&object_key(&repo, &data_artifact)?, cancel).await?;
+    let manifest_rx = repo
+        .sink
+        .get(&object_key(&repo, &manifest_artifact)?, cancel)
+        .await?;
+    let data_rx = repo
+        .sink
+        .get(&object_key(&repo, &data_artifact)?, cancel)
+        .await?;
 
     let started = Instant::now();
     let job = RestoreJob {
         backup_id: record.id,
         target: target.to_path_buf(),
-        manifest: (manifest_artifact.artifact.id, manifest_dek, ChannelReader::new(manifest_rx)),
-        data: (data_artifact.artifact.id, data_dek, ChannelReader::new(data_rx)),
+        manifest: (
+            manifest_artifact.artifact.id,
+            manifest_dek,
+            ChannelReader::new(manifest_rx),
+        ),
+        data: (
+            data_artifact.artifact.id,
+            data_dek,
+            ChannelReader::new(data_rx),
+        ),
         progress,
     };
     let stats = tokio::task::spawn_blocking(move || job.run())
@@ -174,9 +222,15 @@ fn prepare_target(target: &Path, force: bool) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(target)
-            .map_err(|e| EngineError::Failed(format!("creating restore target {}: {e}", target.display()))),
-        Err(e) => Err(EngineError::Usage(format!("restore target {}: {e}", target.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(|e| {
+                EngineError::Failed(format!("creating restore target {}: {e}", target.display()))
+            })
+        }
+        Err(e) => Err(EngineError::Usage(format!(
+            "restore target {}: {e}",
+            target.display()
+        ))),
     }
 }
 
@@ -195,12 +249,17 @@ impl RestoreJob {
         let what_m = format!("backup {} manifest artifact {manifest_id}", self.backup_id);
         let what_d = format!("backup {} data artifact {data_id}", self.backup_id);
         let options = ReadOptions::default();
-        let (manifest_reader, _) = ArtifactReader::open(manifest_in, Some(manifest_id), &manifest_dek, &options)
-            .map_err(|e| EngineError::from_format(&what_m, e))?;
-        let (mut manifest, header) = ManifestReader::open(BufReader::with_capacity(1 << 20, manifest_reader))
-            .map_err(|e| manifest_error(&what_m, e))?;
+        let (manifest_reader, _) =
+            ArtifactReader::open(manifest_in, Some(manifest_id), &manifest_dek, &options)
+                .map_err(|e| EngineError::from_format(&what_m, e))?;
+        let (mut manifest, header) =
+            ManifestReader::open(BufReader::with_capacity(1 << 20, manifest_reader))
+                .map_err(|e| manifest_error(&what_m, e))?;
         if header.backup_id != self.backup_id {
-            return Err(EngineError::Integrity(format!("{what_m} belongs to backup {}", header.backup_id)));
+            return Err(EngineError::Integrity(format!(
+                "{what_m} belongs to backup {}",
+                header.backup_id
+            )));
         }
         let (mut data, _) = ArtifactReader::open(data_in, Some(data_id), &data_dek, &options)
             .map_err(|e| EngineError::from_format(&what_d, e))?;
@@ -208,8 +267,13 @@ impl RestoreJob {
         let mut on_bytes = |n| progress.add_bytes(n);
         let mut restorer = TreeRestorer::new(&self.target, &mut data, &mut on_bytes);
         loop {
-            match manifest.next_item().map_err(|e| manifest_error(&what_m, e))? {
-                Some(ManifestLine::Entry(e)) => restorer.entry(e).map_err(|e| files_error(&what_d, e))?,
+            match manifest
+                .next_item()
+                .map_err(|e| manifest_error(&what_m, e))?
+            {
+                Some(ManifestLine::Entry(e)) => {
+                    restorer.entry(e).map_err(|e| files_error(&what_d, e))?
+                }
                 Some(ManifestLine::Skipped(s)) => {
                     tracing::warn!(path = %s.path.display(), error = %s.error, "not in backup (skipped at backup time)")
                 }
@@ -218,8 +282,10 @@ impl RestoreJob {
             }
         }
         let stats = restorer.finish().map_err(|e| files_error(&what_d, e))?;
-        // Read to the verified end: the trailer's length and SHA-256 must match.
+        // Read both artifacts to their verified ends: each trailer's length and SHA-256 must match.
         io::copy(&mut data, &mut io::sink()).map_err(|e| stream_error(&what_d, e))?;
+        io::copy(&mut manifest.into_inner(), &mut io::sink())
+            .map_err(|e| stream_error(&what_m, e))?;
         Ok(stats)
     }
 }
@@ -236,7 +302,9 @@ fn files_error(what: &str, e: FilesError) -> EngineError {
         FilesError::Input { path, source } => {
             let inner = stream_error(what, source);
             match inner {
-                EngineError::Integrity(m) => EngineError::Integrity(format!("{m} (while restoring {path})")),
+                EngineError::Integrity(m) => {
+                    EngineError::Integrity(format!("{m} (while restoring {path})"))
+                }
                 other => other,
             }
         }

@@ -62,15 +62,30 @@ impl VerifyReport {
     }
 }
 
-pub async fn run_verify(engine: &Engine, scope: &VerifyScope, quick: bool, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<VerifyReport> {
+pub async fn run_verify(
+    engine: &Engine,
+    scope: &VerifyScope,
+    quick: bool,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<VerifyReport> {
     let backups: Vec<BackupRecord> = match scope {
         VerifyScope::One(id) => vec![select_backup(engine, &BackupSelector::Id(id.clone())).await?],
         VerifyScope::All => {
-            engine.catalog.list_backups(&BackupFilter { source: None, status: Some(BackupStatus::Complete) }).await?
+            engine
+                .catalog
+                .list_backups(&BackupFilter {
+                    source: None,
+                    status: Some(BackupStatus::Complete),
+                })
+                .await?
         }
     };
     let key = engine.key()?;
-    let mut report = VerifyReport { quick, backups: Vec::new() };
+    let mut report = VerifyReport {
+        quick,
+        backups: Vec::new(),
+    };
     for record in backups {
         let mut check = BackupCheck {
             backup_id: record.id.to_string(),
@@ -87,7 +102,9 @@ pub async fn run_verify(engine: &Engine, scope: &VerifyScope, quick: bool, progr
             Ok(opened) => {
                 let all = std::iter::once(&opened.manifest).chain(opened.data.iter());
                 for (artifact, dek) in all {
-                    match verify_artifact(&opened, &record, artifact, dek, quick, &progress, cancel).await {
+                    match verify_artifact(&opened, &record, artifact, dek, quick, &progress, cancel)
+                        .await
+                    {
                         Ok(bytes) => check.bytes_read += bytes,
                         Err(e) => check.problems.push(problem(e)),
                     }
@@ -105,7 +122,10 @@ pub async fn run_verify(engine: &Engine, scope: &VerifyScope, quick: bool, progr
 }
 
 fn problem(e: EngineError) -> Problem {
-    Problem { integrity: e.exit_code() == exit::INTEGRITY, message: e.to_string() }
+    Problem {
+        integrity: e.exit_code() == exit::INTEGRITY,
+        message: e.to_string(),
+    }
 }
 
 async fn verify_artifact(
@@ -118,9 +138,16 @@ async fn verify_artifact(
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let a = &artifact.artifact;
-    let what = format!("backup {} artifact {} ({}) in repository {}", record.id, a.id, a.role, opened.repo.name);
+    let what = format!(
+        "backup {} artifact {} ({}) in repository {}",
+        record.id, a.id, a.role, opened.repo.name
+    );
     let key = object_key(&opened.repo, artifact)?;
-    let copy = artifact.copies.iter().find(|c| c.repository == opened.repo.name).expect("object_key found it");
+    let copy = artifact
+        .copies
+        .iter()
+        .find(|c| c.repository == opened.repo.name)
+        .expect("object_key found it");
     let missing = |e: backup_sinks::SinkError| {
         if e.is_not_found() {
             EngineError::Integrity(format!("{what}: object {key} is missing"))
@@ -129,20 +156,30 @@ async fn verify_artifact(
         }
     };
     let (stored_size, stored_sha) = if quick {
-        backup_sinks::sha256_of_object(&opened.repo.sink, &key, cancel).await.map_err(missing)?
+        backup_sinks::sha256_of_object(&opened.repo.sink, &key, cancel)
+            .await
+            .map_err(missing)?
     } else {
         let rx = opened.repo.sink.get(&key, cancel).await.map_err(missing)?;
         let (id, dek, what2, progress) = (a.id, dek.clone(), what.clone(), progress.clone());
         let (verified, stored) = tokio::task::spawn_blocking(move || {
-            let mut input = HashingReader::new(ProgressReader { inner: ChannelReader::new(rx), progress });
-            let (reader, _) = ArtifactReader::open(&mut input, Some(id), &dek, &ReadOptions::default())
+            let mut input = HashingReader::new(ProgressReader {
+                inner: ChannelReader::new(rx),
+                progress,
+            });
+            let (reader, _) =
+                ArtifactReader::open(&mut input, Some(id), &dek, &ReadOptions::default())
+                    .map_err(|e| EngineError::from_format(&what2, e))?;
+            let verified = reader
+                .verify_to_end()
                 .map_err(|e| EngineError::from_format(&what2, e))?;
-            let verified = reader.verify_to_end().map_err(|e| EngineError::from_format(&what2, e))?;
             Ok::<_, EngineError>((verified, input.finish()))
         })
         .await
         .map_err(|e| EngineError::Failed(format!("{what}: verification crashed: {e}")))??;
-        if verified.plaintext_size != a.plaintext_size || hex::encode(verified.plaintext_sha256) != a.plaintext_sha256 {
+        if verified.plaintext_size != a.plaintext_size
+            || hex::encode(verified.plaintext_sha256) != a.plaintext_sha256
+        {
             return Err(EngineError::Integrity(format!(
                 "{what}: decoded {} bytes with SHA-256 {}, the catalog recorded {} bytes with SHA-256 {}",
                 verified.plaintext_size,

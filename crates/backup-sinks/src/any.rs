@@ -90,10 +90,11 @@ fn faulty_delete<'a, S: Sink>(
 
 fn faulty_sweep<'a, S: Sink>(
     sink: &'a S,
+    prefix: &'a str,
     older_than: Duration,
     cancel: &'a CancellationToken,
 ) -> BoxFuture<'a, Result<u64, SinkError>> {
-    boxed(sink.sweep_incomplete(older_than, cancel))
+    boxed(sink.sweep_incomplete(prefix, older_than, cancel))
 }
 
 impl Sink for AnySink {
@@ -168,13 +169,14 @@ impl Sink for AnySink {
 
     async fn sweep_incomplete(
         &self,
+        prefix: &str,
         older_than: Duration,
         cancel: &CancellationToken,
     ) -> Result<u64, SinkError> {
         match self {
-            AnySink::Local(s) => s.sweep_incomplete(older_than, cancel).await,
-            AnySink::Memory(s) => s.sweep_incomplete(older_than, cancel).await,
-            AnySink::Faulty(s) => faulty_sweep(&**s, older_than, cancel).await,
+            AnySink::Local(s) => s.sweep_incomplete(prefix, older_than, cancel).await,
+            AnySink::Memory(s) => s.sweep_incomplete(prefix, older_than, cancel).await,
+            AnySink::Faulty(s) => faulty_sweep(&**s, prefix, older_than, cancel).await,
         }
     }
 }

@@ -305,11 +305,14 @@ impl<S: Sink> Sink for FaultySink<S> {
 
     async fn sweep_incomplete(
         &self,
+        prefix: &str,
         older_than: Duration,
         cancel: &CancellationToken,
     ) -> Result<u64, SinkError> {
-        self.before(Op::Sweep, "", cancel).await?;
-        self.inner.sweep_incomplete(older_than, cancel).await
+        self.before(Op::Sweep, prefix, cancel).await?;
+        self.inner
+            .sweep_incomplete(prefix, older_than, cancel)
+            .await
     }
 }
 

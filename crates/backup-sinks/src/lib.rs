@@ -99,7 +99,8 @@ pub trait Sink: Send + Sync {
 
     /// Streams the object in chunks through a bounded channel; [`SinkError::NotFound`] if
     /// absent. A failure while streaming arrives as an `Err` item (use
-    /// [`SinkError::from_stream`] to recover the sink error).
+    /// [`SinkError::from_stream`] to recover the sink error); `cancel` keeps governing the
+    /// stream after `get` returns. A stream never ends cleanly before the whole object.
     fn get(
         &self,
         key: &str,
@@ -128,10 +129,12 @@ pub trait Sink: Send + Sync {
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Removes leftovers of interrupted puts (local temp files; S3 incomplete multipart
-    /// uploads) older than `older_than`, which must exceed the longest pause of a live
-    /// upload. Returns how many were removed.
+    /// uploads) under `prefix` ("" = everywhere) older than `older_than`, which must exceed
+    /// the longest pause of a live upload (or be zero for a prefix whose writer is known to
+    /// be dead). Returns how many were removed.
     fn sweep_incomplete(
         &self,
+        prefix: &str,
         older_than: Duration,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;

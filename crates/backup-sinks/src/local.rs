@@ -220,12 +220,19 @@ impl Sink for LocalSink {
 
     async fn sweep_incomplete(
         &self,
+        prefix: &str,
         older_than: Duration,
         cancel: &CancellationToken,
     ) -> Result<u64, SinkError> {
+        validate_prefix(prefix)?;
         let inner = self.inner.clone();
         let token = cancel.clone();
-        run_blocking(cancel, move || inner.sweep_blocking(older_than, &token)).await
+        // Only whole directories: "backups/x" sweeps the folder backups/x/.
+        let start = inner.root.join(prefix.trim_end_matches('/'));
+        run_blocking(cancel, move || {
+            inner.sweep_blocking(start, older_than, &token)
+        })
+        .await
     }
 }
 
@@ -356,7 +363,7 @@ impl Inner {
         receipt: &PutReceipt,
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
-        if false && self.hard_links.load(Ordering::Relaxed) {
+        if self.hard_links.load(Ordering::Relaxed) {
             match fs::hard_link(temp, path) {
                 Ok(()) => {
                     let _ = fs::remove_file(temp);
@@ -378,8 +385,7 @@ impl Inner {
             }
         }
         match fs::symlink_metadata(path) {
-            Ok(_) if false => return self.compare_existing(key, path, dir, receipt, cancel),
-            Ok(_) => {}
+            Ok(_) => return self.compare_existing(key, path, dir, receipt, cancel),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io(key, IoOp::Publish, e)),
         }
@@ -581,6 +587,7 @@ impl Inner {
 
     fn sweep_blocking(
         &self,
+        start: PathBuf,
         older_than: Duration,
         cancel: &CancellationToken,
     ) -> Result<u64, SinkError> {
@@ -589,7 +596,8 @@ impl Inner {
             return Ok(0);
         };
         let mut removed = 0;
-        let mut pending = vec![self.root.clone()];
+        let mut visited = Vec::new();
+        let mut pending = vec![start];
         while let Some(dir) = pending.pop() {
             if cancel.is_cancelled() {
                 return Err(SinkError::Cancelled);
@@ -599,6 +607,7 @@ impl Inner {
                 Err(e) if is_missing(&e) => continue,
                 Err(e) => return Err(err(e)),
             };
+            visited.push(dir.clone());
             for entry in entries {
                 let entry = entry.map_err(err)?;
                 let file_name = entry.file_name();
@@ -630,6 +639,18 @@ impl Inner {
                         }
                     }
                 }
+            }
+        }
+        // Folders emptied by the sweep (e.g. of an interrupted backup) go too; deepest first,
+        // never the root, and remove_dir refuses any folder that still holds something.
+        visited.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in visited {
+            // A young folder may be one a live upload has just created.
+            let old_enough = fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m <= cutoff);
+            if dir != self.root && old_enough && fs::remove_dir(&dir).is_ok() {
+                let _ = sync_dir(dir.parent().expect("below the root"));
             }
         }
         Ok(removed)

@@ -183,9 +183,11 @@ impl Sink for MemorySink {
     /// Nothing to sweep: an interrupted put never reaches the map.
     async fn sweep_incomplete(
         &self,
+        prefix: &str,
         _older_than: Duration,
         cancel: &CancellationToken,
     ) -> Result<u64, SinkError> {
+        validate_prefix(prefix)?;
         if cancel.is_cancelled() {
             return Err(SinkError::Cancelled);
         }

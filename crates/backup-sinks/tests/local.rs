@@ -70,7 +70,7 @@ async fn leftover_temp_file_is_not_listed_and_is_swept() {
         .is_none());
 
     let removed = sink
-        .sweep_incomplete(Duration::from_secs(3600), &cancel)
+        .sweep_incomplete("", Duration::from_secs(3600), &cancel)
         .await
         .unwrap();
     assert_eq!(removed, 1, "only the old leftover goes");
@@ -86,7 +86,7 @@ async fn leftover_temp_file_is_not_listed_and_is_swept() {
         b"complete"
     );
     assert_eq!(
-        sink.sweep_incomplete(Duration::ZERO, &cancel)
+        sink.sweep_incomplete("", Duration::ZERO, &cancel)
             .await
             .unwrap(),
         1

@@ -527,7 +527,7 @@ impl<S: Sink> Suite<'_, S> {
         expect("delete", matches!(r, Err(SinkError::Cancelled)));
         let r = self
             .sink
-            .sweep_incomplete(Duration::from_secs(3600), &cancelled)
+            .sweep_incomplete("", Duration::from_secs(3600), &cancelled)
             .await;
         expect("sweep_incomplete", matches!(r, Err(SinkError::Cancelled)));
         assert!(
@@ -667,7 +667,7 @@ impl<S: Sink> Suite<'_, S> {
         step(
             "sweep",
             self.sink
-                .sweep_incomplete(Duration::from_secs(3600), &cancel),
+                .sweep_incomplete("", Duration::from_secs(3600), &cancel),
         )
         .await
         .unwrap_or_else(|e| panic!("{}: sweep_incomplete: {e}", self.who()));

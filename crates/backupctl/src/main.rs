@@ -20,7 +20,9 @@ use backup_engine::{exit, Config, Engine, EngineError, Progress};
 
 #[derive(Parser)]
 #[command(name = "backupctl", version, about = "Back up, verify and restore with backupd", long_about = None)]
-#[command(after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or configuration, 3 integrity failure.")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or configuration, 3 integrity failure."
+)]
 struct Cli {
     /// Configuration file (default: the embedded quickstart config).
     #[arg(long, global = true, env = "BACKUPD_CONFIG", value_name = "PATH")]
@@ -120,13 +122,20 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code as u8);
         }
     };
     init_logging(&cli.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = runtime.block_on(run(cli));
     ExitCode::from(code as u8)
 }
@@ -134,7 +143,11 @@ fn main() -> ExitCode {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 async fn run(cli: Cli) -> i32 {
@@ -170,12 +183,19 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
         Command::Backup { source, json } => {
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "backing up");
-            let outcome = backup_engine::backup::run_backup(&engine, &source, progress, cancel).await;
+            let outcome =
+                backup_engine::backup::run_backup(&engine, &source, progress, cancel).await;
             progress::finish(bar);
             output::backup(&outcome?, json.json);
         }
         Command::List { source, json } => {
-            let backups = engine.catalog.list_backups(&BackupFilter { source, status: None }).await?;
+            let backups = engine
+                .catalog
+                .list_backups(&BackupFilter {
+                    source,
+                    status: None,
+                })
+                .await?;
             output::list(&backups, json.json);
         }
         Command::Show { backup_id, json } => {
@@ -183,32 +203,54 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             let artifacts = engine.catalog.backup_artifacts(record.id).await?;
             output::show(&record, &artifacts, json.json);
         }
-        Command::Restore { backup_id, target, source, latest: _, force, json } => {
+        Command::Restore {
+            backup_id,
+            target,
+            source,
+            latest: _,
+            force,
+            json,
+        } => {
             let selector = match (backup_id, source) {
                 (Some(id), _) => BackupSelector::Id(id),
                 (None, Some(source)) => BackupSelector::Latest(source),
-                (None, None) => return Err(EngineError::Usage("give a BACKUP_ID or --source S --latest".into())),
+                (None, None) => {
+                    return Err(EngineError::Usage(
+                        "give a BACKUP_ID or --source S --latest".into(),
+                    ))
+                }
             };
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "restoring");
-            let outcome = backup_engine::restore::run_restore(&engine, &selector, &target, force, progress, cancel).await;
+            let outcome = backup_engine::restore::run_restore(
+                &engine, &selector, &target, force, progress, cancel,
+            )
+            .await;
             progress::finish(bar);
             output::restore(&outcome?, json.json);
         }
-        Command::Verify { backup_id, all, quick, json } => {
+        Command::Verify {
+            backup_id,
+            all,
+            quick,
+            json,
+        } => {
             let scope = match (backup_id, all) {
                 (Some(id), false) => VerifyScope::One(id),
                 _ => VerifyScope::All,
             };
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "verifying");
-            let report = backup_engine::verify::run_verify(&engine, &scope, quick, progress, cancel).await;
+            let report =
+                backup_engine::verify::run_verify(&engine, &scope, quick, progress, cancel).await;
             progress::finish(bar);
             let report = report?;
             output::verify(&report, json.json);
             return Ok(report.exit_code());
         }
-        Command::Catalog { command: CatalogCommand::Rebuild { json } } => {
+        Command::Catalog {
+            command: CatalogCommand::Rebuild { json },
+        } => {
             let report = backup_engine::rebuild::run_rebuild(&engine, cancel).await?;
             output::rebuild(&report, json.json);
         }

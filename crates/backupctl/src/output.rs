@@ -11,7 +11,10 @@ use backup_engine::restore::RestoreOutcome;
 use backup_engine::verify::VerifyReport;
 
 fn json<T: Serialize + ?Sized>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -30,7 +33,10 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 fn rate(bytes: u64, seconds: f64) -> String {
-    format!("{}/s", human_bytes((bytes as f64 / seconds.max(1e-3)) as u64))
+    format!(
+        "{}/s",
+        human_bytes((bytes as f64 / seconds.max(1e-3)) as u64)
+    )
 }
 
 pub fn init(r: &InitReport) {
@@ -41,7 +47,14 @@ pub fn init(r: &InitReport) {
     }
     eprintln!("catalog ready at {}", r.catalog);
     for (name, created) in &r.repositories {
-        eprintln!("repository {name}: {}", if *created { "created" } else { "already initialised" });
+        eprintln!(
+            "repository {name}: {}",
+            if *created {
+                "created"
+            } else {
+                "already initialised"
+            }
+        );
     }
 }
 
@@ -60,7 +73,11 @@ pub fn backup(o: &BackupOutcome, as_json: bool) {
         o.seconds,
         rate(o.plaintext_bytes, o.seconds),
         human_bytes(o.stored_bytes),
-        if o.skipped > 0 { format!("; {} paths skipped (see `backupctl show`)", o.skipped) } else { String::new() }
+        if o.skipped > 0 {
+            format!("; {} paths skipped (see `backupctl show`)", o.skipped)
+        } else {
+            String::new()
+        }
     );
     // The id alone on stdout, for scripts.
     println!("{}", o.backup_id);
@@ -70,7 +87,10 @@ pub fn list(backups: &[BackupRecord], as_json: bool) {
     if as_json {
         return json(backups);
     }
-    println!("{:<36}  {:<12}  {:<10}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}", "ID", "SOURCE", "STATUS", "STARTED (UTC)", "FILES", "SIZE", "STORED", "RATIO");
+    println!(
+        "{:<36}  {:<12}  {:<10}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}",
+        "ID", "SOURCE", "STATUS", "STARTED (UTC)", "FILES", "SIZE", "STORED", "RATIO"
+    );
     for b in backups {
         println!(
             "{:<36}  {:<12}  {:<10}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}",
@@ -81,7 +101,9 @@ pub fn list(backups: &[BackupRecord], as_json: bool) {
             b.file_count,
             human_bytes(b.plaintext_bytes),
             human_bytes(b.stored_bytes),
-            b.compression_ratio().map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into())
+            b.compression_ratio()
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
 }
@@ -93,7 +115,10 @@ pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
             backup: &'a BackupRecord,
             artifacts: &'a [ArtifactWithCopies],
         }
-        return json(&Show { backup: b, artifacts });
+        return json(&Show {
+            backup: b,
+            artifacts,
+        });
     }
     println!("backup      {}", b.id);
     println!("source      {} ({})", b.source, b.backup_type);
@@ -101,7 +126,11 @@ pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
     println!("repository  {}", b.repository);
     println!("started     {}", b.started_at.to_rfc3339());
     if let Some(f) = b.finished_at {
-        println!("finished    {} ({:.1}s)", f.to_rfc3339(), (f - b.started_at).num_milliseconds() as f64 / 1000.0);
+        println!(
+            "finished    {} ({:.1}s)",
+            f.to_rfc3339(),
+            (f - b.started_at).num_milliseconds() as f64 / 1000.0
+        );
     }
     println!("host        {} (pid {}), {}", b.host, b.pid, b.tool_version);
     println!("files       {} ({} skipped)", b.file_count, b.skipped_count);
@@ -109,15 +138,31 @@ pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
         "size        {} -> {} stored (ratio {})",
         human_bytes(b.plaintext_bytes),
         human_bytes(b.stored_bytes),
-        b.compression_ratio().map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into())
+        b.compression_ratio()
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "-".into())
     );
     if let Some(e) = &b.error {
         println!("error       {e}");
     }
     for a in artifacts {
-        println!("artifact    {} {} {} plaintext, {} segments, sha256 {}", a.artifact.id, a.artifact.role, human_bytes(a.artifact.plaintext_size), a.artifact.segment_count, a.artifact.plaintext_sha256);
+        println!(
+            "artifact    {} {} {} plaintext, {} segments, sha256 {}",
+            a.artifact.id,
+            a.artifact.role,
+            human_bytes(a.artifact.plaintext_size),
+            a.artifact.segment_count,
+            a.artifact.plaintext_sha256
+        );
         for c in &a.copies {
-            println!("  copy      {}:{} {} sha256 {} verified {}", c.repository, c.object_key, human_bytes(c.stored_size), c.stored_sha256, c.verified_at.to_rfc3339());
+            println!(
+                "  copy      {}:{} {} sha256 {} verified {}",
+                c.repository,
+                c.object_key,
+                human_bytes(c.stored_size),
+                c.stored_sha256,
+                c.verified_at.to_rfc3339()
+            );
         }
     }
 }
@@ -147,7 +192,13 @@ pub fn verify(r: &VerifyReport, as_json: bool) {
     let mode = if r.quick { "quick" } else { "full" };
     for b in &r.backups {
         if b.ok {
-            println!("ok      {} ({}): {} artifacts, {} read ({mode})", b.backup_id, b.source, b.artifacts_checked, human_bytes(b.bytes_read));
+            println!(
+                "ok      {} ({}): {} artifacts, {} read ({mode})",
+                b.backup_id,
+                b.source,
+                b.artifacts_checked,
+                human_bytes(b.bytes_read)
+            );
         } else {
             println!("FAILED  {} ({}):", b.backup_id, b.source);
             for p in &b.problems {
@@ -156,7 +207,10 @@ pub fn verify(r: &VerifyReport, as_json: bool) {
         }
     }
     let failed = r.backups.iter().filter(|b| !b.ok).count();
-    println!("{} backups verified ({mode}), {failed} failed", r.backups.len());
+    println!(
+        "{} backups verified ({mode}), {failed} failed",
+        r.backups.len()
+    );
 }
 
 pub fn rebuild(r: &RebuildReport, as_json: bool) {
@@ -169,7 +223,11 @@ pub fn rebuild(r: &RebuildReport, as_json: bool) {
     for (id, why) in &r.incomplete {
         println!("not a complete backup: {id}: {why}");
     }
-    println!("{} backups imported, {} incomplete", r.imported.len(), r.incomplete.len());
+    println!(
+        "{} backups imported, {} incomplete",
+        r.imported.len(),
+        r.incomplete.len()
+    );
 }
 
 pub fn gc(r: &GcReport, as_json: bool) {
@@ -182,5 +240,8 @@ pub fn gc(r: &GcReport, as_json: bool) {
     for id in &r.unknown_backups {
         println!("not in the catalog (left alone; `backupctl catalog rebuild` imports complete ones): {id}");
     }
-    println!("{} objects of failed backups deleted, {} temporary files removed", r.objects_deleted, r.temp_files_removed);
+    println!(
+        "{} objects of failed backups deleted, {} temporary files removed",
+        r.objects_deleted, r.temp_files_removed
+    );
 }

@@ -30,12 +30,16 @@ pub fn start(progress: Arc<Progress>, label: &'static str) -> Option<Bar> {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
-                let total = progress.total_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                let total = progress
+                    .total_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 if total > 0 && bar.length() != Some(total) {
                     bar.set_length(total);
                     bar.set_style(
-                        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-                            .expect("valid template"),
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+                        )
+                        .expect("valid template"),
                     );
                 }
                 bar.set_position(progress.bytes());

@@ -33,14 +33,21 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("while loading the configuration")?;
-    let engine = Arc::new(Engine::open(config).await.context("while opening the catalog")?);
+    let engine = Arc::new(
+        Engine::open(config)
+            .await
+            .context("while opening the catalog")?,
+    );
     let app = router(engine);
-    let listener = tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("while binding {}", cli.listen))?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("while binding {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "backupd listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -86,44 +93,83 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list_backups(State(engine): State<Arc<Engine>>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list_backups(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let status = match q.status.as_deref().map(str::parse::<BackupStatus>) {
-        Some(Err(e)) => return Ok((StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e.to_string() }))).into_response()),
+        Some(Err(e)) => {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": e.to_string() })),
+            )
+                .into_response())
+        }
         Some(Ok(s)) => Some(s),
         None => None,
     };
-    let backups = engine.catalog.list_backups(&BackupFilter { source: q.source, status }).await?;
+    let backups = engine
+        .catalog
+        .list_backups(&BackupFilter {
+            source: q.source,
+            status,
+        })
+        .await?;
     Ok(Json(backups).into_response())
 }
 
 /// Prometheus text exposition; names are stable (see docs/operations.md).
 async fn metrics(State(engine): State<Arc<Engine>>) -> Result<String, ApiError> {
     use std::fmt::Write;
-    let backups = engine.catalog.list_backups(&BackupFilter::default()).await?;
+    let backups = engine
+        .catalog
+        .list_backups(&BackupFilter::default())
+        .await?;
     let mut out = String::new();
     out.push_str("# HELP backupd_backups Backups in the catalog by source and status.\n# TYPE backupd_backups gauge\n");
     let mut counts = std::collections::BTreeMap::new();
     for b in &backups {
-        *counts.entry((b.source.clone(), b.status.as_str())).or_insert(0u64) += 1;
+        *counts
+            .entry((b.source.clone(), b.status.as_str()))
+            .or_insert(0u64) += 1;
     }
     for ((source, status), n) in &counts {
-        let _ = writeln!(out, "backupd_backups{{source=\"{}\",status=\"{status}\"}} {n}", escape(source));
+        let _ = writeln!(
+            out,
+            "backupd_backups{{source=\"{}\",status=\"{status}\"}} {n}",
+            escape(source)
+        );
     }
     // Newest first: the first complete backup per source is its latest.
     let mut seen = std::collections::HashSet::new();
-    let latest: Vec<_> = backups.iter().filter(|b| b.status == BackupStatus::Complete && seen.insert(b.source.clone())).collect();
+    let latest: Vec<_> = backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Complete && seen.insert(b.source.clone()))
+        .collect();
     out.push_str("# HELP backupd_last_backup_completion_timestamp_seconds Finish time of the newest complete backup.\n# TYPE backupd_last_backup_completion_timestamp_seconds gauge\n");
     for b in &latest {
         let at = b.finished_at.unwrap_or(b.started_at).timestamp();
-        let _ = writeln!(out, "backupd_last_backup_completion_timestamp_seconds{{source=\"{}\"}} {at}", escape(&b.source));
+        let _ = writeln!(
+            out,
+            "backupd_last_backup_completion_timestamp_seconds{{source=\"{}\"}} {at}",
+            escape(&b.source)
+        );
     }
     out.push_str("# HELP backupd_last_backup_bytes Plaintext bytes of the newest complete backup.\n# TYPE backupd_last_backup_bytes gauge\n");
     for b in &latest {
-        let _ = writeln!(out, "backupd_last_backup_bytes{{source=\"{}\"}} {}", escape(&b.source), b.plaintext_bytes);
+        let _ = writeln!(
+            out,
+            "backupd_last_backup_bytes{{source=\"{}\"}} {}",
+            escape(&b.source),
+            b.plaintext_bytes
+        );
     }
     Ok(out)
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

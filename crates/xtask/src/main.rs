@@ -20,16 +20,23 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/xtask is two levels deep").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/xtask is two levels deep")
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn cargo_build_backupctl(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root()).args(["build", "--quiet", "-p", "backupctl"]);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", "backupctl"]);
     if release {
         cmd.arg("--release");
     }
@@ -37,13 +44,19 @@ fn cargo_build_backupctl(release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p backupctl failed");
     }
-    Ok(target_dir().join(if release { "release" } else { "debug" }).join("backupctl"))
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("backupctl"))
 }
 
 /// Runs `bin args` in `dir`, echoing the command, failing on a non-zero exit.
 fn run(dir: &Path, bin: &Path, args: &[&str]) -> Result<String> {
     println!("$ backupctl {}", args.join(" "));
-    let out = Command::new(bin).current_dir(dir).args(args).stderr(Stdio::inherit()).output()?;
+    let out = Command::new(bin)
+        .current_dir(dir)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{stdout}");
     if !out.status.success() {
@@ -66,18 +79,29 @@ fn quickstart() -> Result<()> {
     for dir in ["docs", "config", "crates"] {
         copy_tree(&workspace_root().join(dir), &data.join(dir))?;
     }
-    println!("quickstart work directory: {} (data: {})", work.display(), data.display());
+    println!(
+        "quickstart work directory: {} (data: {})",
+        work.display(),
+        data.display()
+    );
     run(&work, &bin, &["init"])?;
     let id = run(&work, &bin, &["backup", "files"])?.trim().to_owned();
     run(&work, &bin, &["list"])?;
     run(&work, &bin, &["verify", &id])?;
     run(&work, &bin, &["verify", "--all", "--quick"])?;
     run(&work, &bin, &["restore", &id, "--target", "restored"])?;
-    let status = Command::new("diff").args(["-r", "--no-dereference"]).arg(&data).arg(work.join("restored/data")).status()?;
+    let status = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&data)
+        .arg(work.join("restored/data"))
+        .status()?;
     if !status.success() {
         bail!("restored tree differs from the original");
     }
-    println!("quickstart OK: backup {id} verified and restored byte for byte into {}", work.join("restored").display());
+    println!(
+        "quickstart OK: backup {id} verified and restored byte for byte into {}",
+        work.join("restored").display()
+    );
     Ok(())
 }
 
@@ -120,15 +144,32 @@ fn timed(dir: &Path, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Re
         .context("running /usr/bin/time (apt-get install time)")?;
     let seconds = started.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("{} {} failed: {}", program.display(), args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} {} failed: {}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let peak_rss_kib = fs::read_to_string(&rss_file)?.trim().lines().last().unwrap_or("0").parse()?;
-    Ok(Measured { seconds, peak_rss_kib })
+    let peak_rss_kib = fs::read_to_string(&rss_file)?
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .parse()?;
+    Ok(Measured {
+        seconds,
+        peak_rss_kib,
+    })
 }
 
 fn du_bytes(path: &Path) -> Result<u64> {
     let out = Command::new("du").arg("-sb").arg(path).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("0").parse()?)
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("0")
+        .parse()?)
 }
 
 fn sync() {
@@ -162,24 +203,52 @@ fn bench(args: &[String]) -> Result<()> {
     let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
     let corpus = home.join(format!(".cache/backupd/corpus-{scale}"));
     let script = workspace_root().join("../shared/bench/make-corpus.sh");
-    let status = Command::new("bash").arg(&script).arg(&corpus).arg(&scale).status().context("running make-corpus.sh")?;
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&corpus)
+        .arg(&scale)
+        .status()
+        .context("running make-corpus.sh")?;
     if !status.success() {
         bail!("make-corpus.sh failed");
     }
     let corpus_bytes = du_bytes(&corpus)?;
     let bin = cargo_build_backupctl(true)?;
-    println!("corpus {} ({:.2} GB), {rounds} rounds", corpus.display(), corpus_bytes as f64 / 1e9);
+    println!(
+        "corpus {} ({:.2} GB), {rounds} rounds",
+        corpus.display(),
+        corpus_bytes as f64 / 1e9
+    );
 
     let mut rows: Vec<Row> = Vec::new();
     for round in 1..=rounds {
         // restic, as the reference script runs it (same flags), measured the same way as ours.
         let work = tempdir("restic")?;
         let repo = work.join("repo");
-        let env = [("RESTIC_PASSWORD", "bench"), ("RESTIC_REPOSITORY", repo.to_str().expect("utf-8 path"))];
+        let env = [
+            ("RESTIC_PASSWORD", "bench"),
+            ("RESTIC_REPOSITORY", repo.to_str().expect("utf-8 path")),
+        ];
         timed(&work, restic, &["init", "-q"], &env)?;
         sync();
-        let b = timed(&work, restic, &["backup", "-q", "--compression", "auto", corpus.to_str().expect("utf-8")], &env)?;
-        let r = timed(&work, restic, &["restore", "-q", "latest", "--target", "out"], &env)?;
+        let b = timed(
+            &work,
+            restic,
+            &[
+                "backup",
+                "-q",
+                "--compression",
+                "auto",
+                corpus.to_str().expect("utf-8"),
+            ],
+            &env,
+        )?;
+        let r = timed(
+            &work,
+            restic,
+            &["restore", "-q", "latest", "--target", "out"],
+            &env,
+        )?;
         rows.push(row("restic 0.14", corpus_bytes, &b, &r, du_bytes(&repo)?));
         fs::remove_dir_all(&work)?;
 
@@ -196,11 +265,41 @@ fn bench(args: &[String]) -> Result<()> {
         let cfg = ["--config", "bench.toml"];
         timed(&work, &bin, &[&cfg[..], &["init"]].concat(), &[])?;
         sync();
-        let b = timed(&work, &bin, &[&cfg[..], &["backup", "corpus"]].concat(), &[])?;
-        let r = timed(&work, &bin, &[&cfg[..], &["restore", "--source", "corpus", "--latest", "--target", "out"]].concat(), &[])?;
-        rows.push(row("backupd", corpus_bytes, &b, &r, du_bytes(&work.join("var/repo"))?));
+        let b = timed(
+            &work,
+            &bin,
+            &[&cfg[..], &["backup", "corpus"]].concat(),
+            &[],
+        )?;
+        let r = timed(
+            &work,
+            &bin,
+            &[
+                &cfg[..],
+                &[
+                    "restore", "--source", "corpus", "--latest", "--target", "out",
+                ],
+            ]
+            .concat(),
+            &[],
+        )?;
+        rows.push(row(
+            "backupd",
+            corpus_bytes,
+            &b,
+            &r,
+            du_bytes(&work.join("var/repo"))?,
+        ));
         fs::remove_dir_all(&work)?;
-        println!("round {round}: {}", rows.iter().rev().take(2).map(describe).collect::<Vec<_>>().join(" | "));
+        println!(
+            "round {round}: {}",
+            rows.iter()
+                .rev()
+                .take(2)
+                .map(describe)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     let best = |tool: &str| -> Row {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.tool == tool).collect();
@@ -241,18 +340,31 @@ fn row(tool: &'static str, bytes: u64, b: &Measured, r: &Measured, stored: u64) 
 fn describe(r: &Row) -> String {
     format!(
         "{} backup {:.0} MB/s ({:.0} MiB) restore {:.0} MB/s ({:.0} MiB) stored {:.1} MB",
-        r.tool, r.backup_mb_s, r.backup_rss_mib, r.restore_mb_s, r.restore_rss_mib, r.stored as f64 / 1e6
+        r.tool,
+        r.backup_mb_s,
+        r.backup_rss_mib,
+        r.restore_mb_s,
+        r.restore_rss_mib,
+        r.stored as f64 / 1e6
     )
 }
 
-fn write_report(corpus: &Path, corpus_bytes: u64, rounds: usize, ours: &Row, peer: &Row) -> Result<()> {
+fn write_report(
+    corpus: &Path,
+    corpus_bytes: u64,
+    rounds: usize,
+    ours: &Row,
+    peer: &Row,
+) -> Result<()> {
     let cpu = fs::read_to_string("/proc/cpuinfo")?
         .lines()
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let table = format!(
         "| tool | backup MB/s | backup peak RSS | restore MB/s | restore peak RSS | stored | ratio |\n\
          |---|---:|---:|---:|---:|---:|---:|\n\
@@ -283,7 +395,10 @@ fn write_report(corpus: &Path, corpus_bytes: u64, rounds: usize, ours: &Row, pee
     let mut text = fs::read_to_string(&path).unwrap_or_else(|_| header.to_string());
     // Replace the previous files-benchmark section, keep any other sections.
     if let Some(start) = text.find("## Files: reference corpus") {
-        let end = text[start + 3..].find("\n## ").map(|i| start + 3 + i + 1).unwrap_or(text.len());
+        let end = text[start + 3..]
+            .find("\n## ")
+            .map(|i| start + 3 + i + 1)
+            .unwrap_or(text.len());
         text.replace_range(start..end, "");
     }
     if !text.ends_with("\n\n") {

@@ -464,7 +464,7 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
         }
         // Deepest first, so setting a parent's mtime is not undone by its children.
         self.dirs
-            .sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+            .sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
         for (dest, e) in &self.dirs {
             apply_metadata(dest, e, self.restore_owner).map_err(|source| FilesError::Restore {
                 path: dest.clone(),

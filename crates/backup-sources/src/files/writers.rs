@@ -20,9 +20,19 @@ const THREADS: usize = 2;
 const QUEUE: usize = 8;
 
 enum Job {
-    Open { slot: u64, path: PathBuf },
-    Data { slot: u64, bytes: Vec<u8> },
-    Close { slot: u64, entry: Box<FileEntry>, restore_owner: bool },
+    Open {
+        slot: u64,
+        path: PathBuf,
+    },
+    Data {
+        slot: u64,
+        bytes: Vec<u8>,
+    },
+    Close {
+        slot: u64,
+        entry: Box<FileEntry>,
+        restore_owner: bool,
+    },
 }
 
 #[derive(Default)]
@@ -62,7 +72,12 @@ impl FileWriters {
             senders.push(tx);
             handles.push(handle);
         }
-        Self { senders, handles, failed, next_slot: 0 }
+        Self {
+            senders,
+            handles,
+            failed,
+            next_slot: 0,
+        }
     }
 
     fn send(&mut self, slot: u64, job: Job) -> Result<(), FilesError> {
@@ -95,8 +110,20 @@ impl FileWriters {
         self.send(slot, Job::Data { slot, bytes })
     }
 
-    pub fn close(&mut self, slot: u64, entry: FileEntry, restore_owner: bool) -> Result<(), FilesError> {
-        self.send(slot, Job::Close { slot, entry: Box::new(entry), restore_owner })
+    pub fn close(
+        &mut self,
+        slot: u64,
+        entry: FileEntry,
+        restore_owner: bool,
+    ) -> Result<(), FilesError> {
+        self.send(
+            slot,
+            Job::Close {
+                slot,
+                entry: Box::new(entry),
+                restore_owner,
+            },
+        )
     }
 
     /// Waits for every queued write; returns the first error.
@@ -105,7 +132,10 @@ impl FileWriters {
         let mut result = Ok(());
         for h in self.handles {
             let r = h.join().unwrap_or_else(|_| {
-                Err(FilesError::Restore { path: PathBuf::new(), source: std::io::Error::other("a restore writer panicked") })
+                Err(FilesError::Restore {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("a restore writer panicked"),
+                })
             });
             if result.is_ok() {
                 result = r;
@@ -118,7 +148,10 @@ impl FileWriters {
 fn run_job(job: Job, open: &mut HashMap<u64, (PathBuf, File)>) -> Result<(), FilesError> {
     match job {
         Job::Open { slot, path } => {
-            let err = |source| FilesError::Restore { path: path.clone(), source };
+            let err = |source| FilesError::Restore {
+                path: path.clone(),
+                source,
+            };
             // Replace rather than write through whatever is there (only possible with --force).
             match fs::symlink_metadata(&path) {
                 Ok(m) if !m.is_dir() => fs::remove_file(&path).map_err(err)?,
@@ -129,12 +162,21 @@ fn run_job(job: Job, open: &mut HashMap<u64, (PathBuf, File)>) -> Result<(), Fil
         }
         Job::Data { slot, bytes } => {
             let (path, file) = open.get_mut(&slot).expect("opened before data");
-            file.write_all(&bytes).map_err(|source| FilesError::Restore { path: path.clone(), source })?;
+            file.write_all(&bytes)
+                .map_err(|source| FilesError::Restore {
+                    path: path.clone(),
+                    source,
+                })?;
         }
-        Job::Close { slot, entry, restore_owner } => {
+        Job::Close {
+            slot,
+            entry,
+            restore_owner,
+        } => {
             let (path, file) = open.remove(&slot).expect("opened before close");
             drop(file);
-            apply_metadata(&path, &entry, restore_owner).map_err(|source| FilesError::Restore { path, source })?;
+            apply_metadata(&path, &entry, restore_owner)
+                .map_err(|source| FilesError::Restore { path, source })?;
         }
     }
     Ok(())
