@@ -109,3 +109,98 @@ fn rebuild_imports_complete_backups_and_reports_incomplete_ones() {
     again.expect_mentions(&[&c]);
     assert_eq!(sorted_essentials(&work.list()), sorted_essentials(&before));
 }
+
+/// A database of its own on the local PostgreSQL, dropped at the end.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> Option<PgDatabase> {
+        let name = format!(
+            "backupd_it_{}_{}",
+            std::process::id(),
+            Rng::new(7).next_u64() % 1_000_000
+        );
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qXc"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(PgDatabase { name }),
+            other => {
+                if std::env::var_os("BACKUPD_SKIP_POSTGRES_TESTS").is_some() {
+                    eprintln!(
+                        "SKIPPED: PostgreSQL unavailable and BACKUPD_SKIP_POSTGRES_TESTS is set"
+                    );
+                    return None;
+                }
+                panic!(
+                    "PostgreSQL at 127.0.0.1:5432 (database test, trust auth) is needed: {other:?}; \
+                     start it or set BACKUPD_SKIP_POSTGRES_TESTS=1"
+                )
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qXc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+#[test]
+fn a_postgres_catalog_works_like_the_sqlite_one() {
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
+    let work = Work::with_config(&ConfigOpts {
+        catalog_url: Some(db.url()),
+        ..ConfigOpts::default()
+    });
+    write_file(
+        &work.data().join("a/hello.txt"),
+        b"hello postgres catalog\n",
+        0o644,
+    );
+    write_file(
+        &work.data().join("blob.bin"),
+        &mixed_bytes(300_000, 3),
+        0o600,
+    );
+    let source = snapshot(&work.data());
+    work.init();
+    let id = work.backup();
+    assert_eq!(work.status_of(&id), "complete");
+    work.ok(&["verify", &id]);
+    let target = work.path("out");
+    work.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_eq!(snapshot(&target.join("data")), source);
+
+    // Rebuild into the same (emptied) Postgres catalog from the repository alone.
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db.name, "-qXc"])
+        .arg("DELETE FROM copies; DELETE FROM artifacts; DELETE FROM backups;")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(work.list().is_empty());
+    work.ok(&["catalog", "rebuild"]).expect_mentions(&[&id]);
+    assert_eq!(work.status_of(&id), "complete");
+    work.ok(&["verify", "--all"]);
+}

@@ -26,6 +26,8 @@ pub const EXIT_INTEGRITY: i32 = 3;
 pub struct ConfigOpts {
     pub on_unreadable: &'static str,
     pub segment_size_kib: Option<usize>,
+    /// Catalog URL; the embedded SQLite default when `None`.
+    pub catalog_url: Option<String>,
 }
 
 impl Default for ConfigOpts {
@@ -33,15 +35,20 @@ impl Default for ConfigOpts {
         Self {
             on_unreadable: "fail",
             segment_size_kib: None,
+            catalog_url: None,
         }
     }
 }
 
 /// The documented example config (relative paths, resolved against the work dir).
 pub fn config_toml(opts: &ConfigOpts) -> String {
-    let mut s = String::from(
+    let url = opts
+        .catalog_url
+        .as_deref()
+        .unwrap_or("sqlite://var/catalog.db");
+    let mut s = format!(
         r#"[catalog]
-url = "sqlite://var/catalog.db"
+url = "{url}"
 
 [encryption]
 key-file = "var/keys/repo.key"

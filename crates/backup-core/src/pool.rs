@@ -80,7 +80,8 @@ impl BackgroundHasher {
     #[allow(clippy::new_without_default)] // spawns a thread: keep it explicit
     pub fn new() -> Self {
         use sha2::{Digest, Sha256};
-        let (tx, rx) = bounded::<std::sync::Arc<Vec<u8>>>(16);
+        // A short queue: each item may be a whole segment, and memory must stay bounded.
+        let (tx, rx) = bounded::<std::sync::Arc<Vec<u8>>>(4);
         let done = thread::Builder::new()
             .name("backup-hasher".into())
             .spawn(move || {

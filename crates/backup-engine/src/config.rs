@@ -321,8 +321,10 @@ repository = "region-a"
     }
 
     #[test]
-    fn quickstart_config_is_valid() {
+    fn shipped_configs_are_valid() {
         Config::load(None).unwrap();
+        let production = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/production.toml");
+        Config::load(Some(Path::new(production))).unwrap();
     }
 
     #[test]

@@ -212,6 +212,8 @@ fn bench(args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("make-corpus.sh failed");
     }
+    // Measure and back up the real directory, not a symlink to it.
+    let corpus = fs::canonicalize(&corpus)?;
     let corpus_bytes = du_bytes(&corpus)?;
     let bin = cargo_build_backupctl(true)?;
     println!(
