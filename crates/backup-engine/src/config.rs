@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use backup_scheduler::{parse_timezone, CronSchedule};
 use backup_sources::files::UnreadablePolicy;
+
+use crate::policy::{line_of, BackupType, KeepPolicy, RecoveryTargets, ScheduleEntry, Tier};
 
 /// The embedded default configuration (works with no server at all).
 pub const QUICKSTART_TOML: &str = include_str!("../../../config/quickstart.toml");
@@ -24,9 +27,10 @@ pub enum ConfigError {
     },
     #[error("config file {file}: {message}")]
     Parse { file: String, message: String },
-    #[error("config file {file}: `{key}`: {message}")]
+    #[error("config file {file}{}: `{key}`: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
     Invalid {
         file: String,
+        line: Option<usize>,
         key: String,
         message: String,
     },
@@ -46,6 +50,9 @@ pub struct Config {
     /// Where this config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
+    /// The config text, to point errors at a line.
+    #[serde(skip)]
+    text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +122,47 @@ pub struct SourceConfig {
     pub repository: String,
     #[serde(flatten)]
     pub kind: SourceKindConfig,
+    /// When to back up; empty means only on demand.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleEntry>,
+    /// IANA time zone the cron expressions are evaluated in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Retention; none means keep everything.
+    #[serde(default)]
+    pub keep: Option<KeepPolicy>,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    /// Explicit recovery point objective (overrides the tier's).
+    #[serde(default, with = "humantime_serde")]
+    pub rpo: Option<std::time::Duration>,
+    /// Explicit recovery time objective (overrides the tier's).
+    #[serde(default, with = "humantime_serde")]
+    pub rto: Option<std::time::Duration>,
+    /// The parsed `schedule`, in the same order (filled in by validation).
+    #[serde(skip)]
+    pub schedules: Vec<CronSchedule>,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+impl SourceConfig {
+    /// Recovery targets from `rpo`/`rto`, falling back to the tier; `None` when neither is set.
+    pub fn targets(&self) -> Option<RecoveryTargets> {
+        let tier = self.tier.map(Tier::targets);
+        match (self.rpo, self.rto, tier) {
+            (None, None, None) => None,
+            (rpo, rto, tier) => {
+                let fallback = tier.unwrap_or(Tier::Standard.targets());
+                Some(RecoveryTargets {
+                    rpo: rpo.unwrap_or(fallback.rpo),
+                    rto: rto.unwrap_or(fallback.rto),
+                })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +205,7 @@ impl Config {
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
         config.origin = origin.to_owned();
+        config.text = text.to_owned();
         config.validate()?;
         Ok(config)
     }
@@ -164,12 +213,63 @@ impl Config {
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.origin.clone(),
+            line: None,
             key: key.into(),
             message: message.into(),
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Like `invalid`, with the line where `needle` first appears.
+    fn invalid_at(&self, key: String, needle: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.origin.clone(),
+            line: line_of(&self.text, needle),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        self.validate_structure()?;
+        for i in 0..self.sources.len() {
+            let parsed = self.parse_policy(i)?;
+            self.sources[i].schedules = parsed;
+        }
+        Ok(())
+    }
+
+    fn parse_policy(&self, i: usize) -> Result<Vec<CronSchedule>, ConfigError> {
+        let s = &self.sources[i];
+        let tz = parse_timezone(&s.timezone).map_err(|e| {
+            self.invalid_at(
+                format!("source[{i}].timezone"),
+                &format!("\"{}\"", s.timezone),
+                e.to_string(),
+            )
+        })?;
+        let mut out = Vec::new();
+        for (j, entry) in s.schedule.iter().enumerate() {
+            let schedule = CronSchedule::parse(&entry.cron, tz).map_err(|e| {
+                self.invalid_at(
+                    format!("source[{i}].schedule[{j}].cron"),
+                    &format!("\"{}\"", entry.cron),
+                    e.to_string(),
+                )
+            })?;
+            if entry.backup_type == BackupType::Incr
+                && matches!(s.kind, SourceKindConfig::Files { .. })
+            {
+                return Err(self.invalid(
+                    format!("source[{i}].schedule[{j}].type"),
+                    "files sources take full backups only; remove `type = \"incr\"`",
+                ));
+            }
+            out.push(schedule);
+        }
+        Ok(out)
+    }
+
+    fn validate_structure(&self) -> Result<(), ConfigError> {
         let url = &self.catalog.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -318,6 +418,52 @@ repository = "region-a"
         assert_eq!(c.repositories[0].name, "region-a");
         assert_eq!(c.sources[0].kind.kind_name(), "files");
         assert_eq!(c.pipeline.compression_level, 3);
+    }
+
+    #[test]
+    fn policies_parse_and_bad_ones_name_the_line() {
+        let policy = GOOD.replace(
+            "repository = \"region-a\"\n\"#",
+            "repository = \"region-a\"\ntimezone = \"Europe/Rome\"\nschedule = [{ cron = \"0 */6 * * *\", type = \"full\" }, { cron = \"0 3 * * SAT\", tag = \"weekly\" }]\nkeep = { last = 4, daily = 7, within = \"2d\" }\ntier = \"premium\"\n\"#",
+        );
+        let policy = if policy == GOOD {
+            format!("{GOOD}timezone = \"Europe/Rome\"\nschedule = [{{ cron = \"0 */6 * * *\", type = \"full\" }}, {{ cron = \"0 3 * * SAT\", tag = \"weekly\" }}]\nkeep = {{ last = 4, daily = 7, within = \"2d\" }}\ntier = \"premium\"\n")
+        } else {
+            policy
+        };
+        let c = Config::parse(&policy, "p.toml").unwrap();
+        let s = &c.sources[0];
+        assert_eq!(s.schedules.len(), 2);
+        assert_eq!(s.schedule[1].tag.as_deref(), Some("weekly"));
+        assert_eq!(
+            s.keep.as_ref().unwrap().within,
+            Some(std::time::Duration::from_secs(2 * 86400))
+        );
+        assert_eq!(
+            s.targets().unwrap().rpo,
+            std::time::Duration::from_secs(15 * 60)
+        );
+
+        let bad_cron = policy.replace("0 3 * * SAT", "0 3 * * SATURDAYS");
+        let err = Config::parse(&bad_cron, "p.toml").unwrap_err().to_string();
+        let line = policy
+            .lines()
+            .position(|l| l.contains("0 3 * * SAT"))
+            .unwrap()
+            + 1;
+        assert!(
+            err.contains("source[0].schedule[1].cron") && err.contains(&format!("line {line}")),
+            "{err}"
+        );
+        let bad_tz = policy.replace("Europe/Rome", "Europe/Atlantis");
+        let err = Config::parse(&bad_tz, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("source[0].timezone") && err.contains("Atlantis") && err.contains("line"),
+            "{err}"
+        );
+        let bad_keep = policy.replace("daily = 7", "dayly = 7");
+        let err = Config::parse(&bad_keep, "p.toml").unwrap_err().to_string();
+        assert!(err.contains("dayly"), "{err}");
     }
 
     #[test]

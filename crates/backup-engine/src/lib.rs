@@ -10,6 +10,7 @@ pub mod error;
 pub mod gc;
 pub mod init;
 pub mod keyfile;
+pub mod policy;
 pub mod rebuild;
 pub mod repo;
 pub mod restore;
