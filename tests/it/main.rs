@@ -10,5 +10,7 @@ mod corruption;
 mod crash;
 mod keys;
 mod privileged;
+mod retention;
 mod roundtrip;
+mod schedule;
 mod support;

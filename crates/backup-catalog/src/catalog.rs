@@ -70,7 +70,7 @@ impl fmt::Display for Backend {
 }
 
 #[derive(Clone)]
-enum Pool {
+pub(crate) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -121,14 +121,18 @@ macro_rules! in_transaction {
         }
     };
 }
+// Shared with the other query modules of this crate (jobs.rs).
+pub(crate) use {in_transaction, with_pool};
 
 const UPSERT_SOURCE: &str = "INSERT INTO sources (name, kind, created_at) VALUES ($1, $2, $3) \
      ON CONFLICT (name) DO UPDATE SET kind = excluded.kind";
 
+// `created_at` (when the copy was first recorded; minimum storage durations count from it)
+// is set on insert only, so re-recording or re-verifying a copy does not move it.
 const UPSERT_COPY: &str = concat!(
     "INSERT INTO copies (",
     copy_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ", created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
      ON CONFLICT (artifact_id, repository) DO UPDATE SET \
      object_key = excluded.object_key, stored_size = excluded.stored_size, \
      stored_sha256 = excluded.stored_sha256, storage_class = excluded.storage_class, \
@@ -239,7 +243,7 @@ fn validate_new_backup(b: &NewBackup) -> Result<()> {
 /// in repositories. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Catalog {
-    pool: Pool,
+    pub(crate) pool: Pool,
     /// The connection URL with its password redacted, for messages.
     url: Arc<str>,
 }
@@ -348,8 +352,8 @@ impl Catalog {
         let started_at = micros(b.started_at);
         let result = with_pool!(self, |pool| sqlx::query(
             "INSERT INTO backups (id, source, repository, backup_type, status, started_at, \
-             heartbeat_at, host, pid, tool_version) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6, $7, $8)"
+             heartbeat_at, host, pid, tool_version, tag) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6, $7, $8, $9)"
         )
         .bind(&id)
         .bind(&b.source)
@@ -359,6 +363,7 @@ impl Catalog {
         .bind(&b.host)
         .bind(i64::from(b.pid))
         .bind(&b.tool_version)
+        .bind(b.tag.as_deref())
         .execute(pool)
         .await
         .map(|_| ()));
@@ -379,7 +384,8 @@ impl Catalog {
                             && existing.started_at == started_at
                             && existing.host == b.host
                             && existing.pid == b.pid
-                            && existing.tool_version == b.tool_version =>
+                            && existing.tool_version == b.tool_version
+                            && existing.tag == b.tag =>
                     {
                         Ok(())
                     }
@@ -789,23 +795,24 @@ impl Catalog {
 
     /// Removes a backup with its artifacts and copies (the catalog rows only; deleting the
     /// stored objects is the caller's job). Running backups are refused: fail or abandon them
-    /// first.
+    /// first. So are backups under legal hold.
     #[tracing::instrument(skip_all, fields(backup_id = %id))]
     pub async fn delete_backup(&self, id: BackupId) -> Result<()> {
         let key = id.to_string();
         let action = format!("deleting backup {id}");
         in_transaction!(self, action, |tx| {
-            let status: Option<(String,)> =
-                sqlx::query_as("SELECT status FROM backups WHERE id = $1")
+            let status: Option<(String, bool)> =
+                sqlx::query_as("SELECT status, legal_hold FROM backups WHERE id = $1")
                     .bind(&key)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db(action.clone()))?;
             match status {
                 None => return Err(CatalogError::BackupNotFound { id }),
-                Some((status,)) if status == BackupStatus::Running.as_str() => {
+                Some((status, _)) if status == BackupStatus::Running.as_str() => {
                     return Err(CatalogError::BackupRunning { id })
                 }
+                Some((_, true)) => return Err(CatalogError::LegalHold { id }),
                 Some(_) => {}
             }
             for sql in DELETE_BACKUP_ROWS {
@@ -821,7 +828,8 @@ impl Catalog {
 
     /// For `catalog rebuild`: writes a complete backup with its artifacts and copies in one
     /// transaction, registering the source if needed. Idempotent: an existing backup with
-    /// the same id (and its artifacts and copies) is replaced.
+    /// the same id (and its artifacts and copies) is replaced, keeping its legal hold. A
+    /// backup that is being deleted is refused (`BackupDeleting`): prune decided it goes.
     #[tracing::instrument(skip_all, fields(backup_id = %b.backup.id, source = %b.backup.source))]
     pub async fn import_backup(&self, b: &ImportedBackup) -> Result<()> {
         let new = &b.backup;
@@ -843,6 +851,19 @@ impl Catalog {
         let stored_bytes = to_i64("stored_bytes", b.completion.stored_bytes)?;
         let action = format!("importing backup {id}");
         in_transaction!(self, action, |tx| {
+            let existing: Option<(String, bool)> =
+                sqlx::query_as("SELECT status, legal_hold FROM backups WHERE id = $1")
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(action.clone()))?;
+            let legal_hold = match existing {
+                Some((status, _)) if status == BackupStatus::Deleting.as_str() => {
+                    return Err(CatalogError::BackupDeleting { id })
+                }
+                Some((_, hold)) => hold,
+                None => false,
+            };
             sqlx::query(UPSERT_SOURCE)
                 .bind(&new.source)
                 .bind(&b.source_kind)
@@ -860,9 +881,9 @@ impl Catalog {
             sqlx::query(
                 "INSERT INTO backups (id, source, repository, backup_type, status, started_at, \
                  finished_at, heartbeat_at, host, pid, tool_version, file_count, skipped_count, \
-                 plaintext_bytes, stored_bytes, manifest_artifact) \
+                 plaintext_bytes, stored_bytes, manifest_artifact, tag, legal_hold) \
                  VALUES ($1, $2, $3, $4, 'complete', $5, $6, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14)",
+                 $13, $14, $15, $16)",
             )
             .bind(&key)
             .bind(&new.source)
@@ -878,6 +899,8 @@ impl Catalog {
             .bind(plaintext_bytes)
             .bind(stored_bytes)
             .bind(b.completion.manifest_artifact.to_string())
+            .bind(new.tag.as_deref())
+            .bind(legal_hold)
             .execute(&mut *tx)
             .await
             .map_err(db(action.clone()))?;

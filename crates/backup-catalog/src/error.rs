@@ -115,6 +115,18 @@ pub enum CatalogError {
     )]
     BackupRunning { id: BackupId },
 
+    #[error(
+        "backup {id} is under legal hold, so it cannot be deleted; release the hold first \
+         (`backupctl unhold {id}`) if it is no longer needed"
+    )]
+    LegalHold { id: BackupId },
+
+    #[error(
+        "backup {id} is being deleted (status deleting); it cannot be restored, verified, held \
+         or imported; `backupctl prune` or `backupctl gc` finishes the deletion"
+    )]
+    BackupDeleting { id: BackupId },
+
     #[error("cannot complete backup {id}: {reason}")]
     Incomplete { id: BackupId, reason: String },
 
@@ -149,6 +161,7 @@ fn not_running_hint(status: BackupStatus) -> &'static str {
         BackupStatus::Complete | BackupStatus::Failed => {
             "; a finished backup cannot change, start a new backup"
         }
+        BackupStatus::Deleting => "; it is being deleted by retention, start a new backup",
     }
 }
 

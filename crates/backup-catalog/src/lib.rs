@@ -11,11 +11,15 @@
 
 mod catalog;
 mod error;
+mod jobs;
 mod model;
+mod retention;
 
 pub use catalog::{Backend, Catalog};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
+pub use jobs::*;
 pub use model::{
     ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupStatus,
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
+pub use retention::StoredCopy;

@@ -15,7 +15,9 @@ pub const ARTIFACT_ROLES: &[&str] = &["data", "manifest"];
 
 /// Lifecycle of a backup: `running` until it ends as `complete` or `failed`, or until
 /// [`Catalog::abandon_stale_backups`](crate::Catalog::abandon_stale_backups) sees its
-/// heartbeat stop and marks it `abandoned`. Only `running` backups change.
+/// heartbeat stop and marks it `abandoned`. A finished backup that retention (`prune`)
+/// removes becomes `deleting` (see [`Catalog::mark_deleting`](crate::Catalog::mark_deleting))
+/// until its objects and then its rows are gone; it can no longer be restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupStatus {
@@ -23,14 +25,16 @@ pub enum BackupStatus {
     Complete,
     Failed,
     Abandoned,
+    Deleting,
 }
 
 impl BackupStatus {
-    pub const ALL: [BackupStatus; 4] = [
+    pub const ALL: [BackupStatus; 5] = [
         BackupStatus::Running,
         BackupStatus::Complete,
         BackupStatus::Failed,
         BackupStatus::Abandoned,
+        BackupStatus::Deleting,
     ];
 
     /// The value stored in the `status` column.
@@ -40,6 +44,7 @@ impl BackupStatus {
             BackupStatus::Complete => "complete",
             BackupStatus::Failed => "failed",
             BackupStatus::Abandoned => "abandoned",
+            BackupStatus::Deleting => "deleting",
         }
     }
 }
@@ -52,7 +57,9 @@ impl fmt::Display for BackupStatus {
 
 /// A string that is not a backup status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a backup status (expected one of: running, complete, failed, abandoned)")]
+#[error(
+    "{0:?} is not a backup status (expected one of: running, complete, failed, abandoned, deleting)"
+)]
 pub struct ParseBackupStatusError(pub String);
 
 impl FromStr for BackupStatus {
@@ -89,6 +96,9 @@ pub struct NewBackup {
     pub host: String,
     pub pid: u32,
     pub tool_version: String,
+    /// A label chosen by whoever started the backup (e.g. "weekly", "pre-upgrade"); shown
+    /// by `list` and recorded in the manifest so `catalog rebuild` restores it.
+    pub tag: Option<String>,
 }
 
 /// Totals recorded when a backup completes.
@@ -123,6 +133,10 @@ pub struct BackupRecord {
     pub stored_bytes: u64,
     pub manifest_artifact: Option<ArtifactId>,
     pub error: Option<String>,
+    pub tag: Option<String>,
+    /// A legal hold: retention never deletes this backup while it is set
+    /// ([`Catalog::set_legal_hold`](crate::Catalog::set_legal_hold)).
+    pub legal_hold: bool,
 }
 
 impl BackupRecord {
@@ -284,7 +298,7 @@ macro_rules! backup_columns {
     () => {
         "id, source, repository, backup_type, status, started_at, finished_at, heartbeat_at, \
          host, pid, tool_version, file_count, skipped_count, plaintext_bytes, stored_bytes, \
-         manifest_artifact, error"
+         manifest_artifact, error, tag, legal_hold"
     };
 }
 pub(crate) use backup_columns;
@@ -308,6 +322,8 @@ pub(crate) struct BackupRow {
     stored_bytes: i64,
     manifest_artifact: Option<String>,
     error: Option<String>,
+    tag: Option<String>,
+    legal_hold: bool,
 }
 
 impl TryFrom<BackupRow> for BackupRecord {
@@ -339,6 +355,8 @@ impl TryFrom<BackupRow> for BackupRecord {
                 .map(|id| parse_artifact_id("backups.manifest_artifact", id))
                 .transpose()?,
             error: row.error,
+            tag: row.tag,
+            legal_hold: row.legal_hold,
         })
     }
 }
@@ -465,6 +483,8 @@ mod tests {
             stored_bytes: 100,
             manifest_artifact: None,
             error: None,
+            tag: None,
+            legal_hold: false,
         };
         assert_eq!(r.compression_ratio(), Some(3.0));
         r.stored_bytes = 0;

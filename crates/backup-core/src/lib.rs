@@ -1,5 +1,5 @@
 //! The sans-IO heart of backupd: identifiers, keys, the artifact format,
-//! the parallel compress/encrypt pipeline and backup manifests.
+//! the parallel compress/encrypt pipeline, backup manifests and retention planning.
 //!
 //! Nothing here talks to the network or a database; all I/O goes through
 //! `std::io::Read`/`Write` supplied by the caller.
@@ -10,6 +10,7 @@ pub mod ids;
 pub mod keys;
 pub mod manifest;
 pub mod pool;
+pub mod retention;
 
 pub use ids::{ArtifactId, BackupId};
 

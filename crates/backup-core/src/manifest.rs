@@ -38,6 +38,9 @@ pub struct ManifestHeader {
     pub host: String,
     pub tool_version: String,
     pub key_id: KeyId,
+    /// The backup's tag, if it has one. Optional in the format: older manifests have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// A path as bytes: plain UTF-8 when possible, base64 otherwise (Unix names need not be UTF-8).
@@ -318,7 +321,29 @@ mod tests {
             host: "h".into(),
             tool_version: crate::TOOL_VERSION.into(),
             key_id: KeyId::new("k-1"),
+            tag: None,
         }
+    }
+
+    #[test]
+    fn the_tag_is_optional_in_headers() {
+        let untagged = header();
+        let line = serde_json::to_string(&ManifestLine::Header(untagged.clone())).unwrap();
+        assert!(
+            !line.contains("tag\""),
+            "no tag field when there is none: {line}"
+        );
+        // Manifests written before tags existed read as untagged.
+        let back: ManifestLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ManifestLine::Header(untagged.clone()));
+        let tagged = ManifestHeader {
+            tag: Some("pre-upgrade".into()),
+            ..untagged
+        };
+        let line = serde_json::to_string(&ManifestLine::Header(tagged.clone())).unwrap();
+        assert!(line.contains(r#""tag":"pre-upgrade""#), "{line}");
+        let back: ManifestLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ManifestLine::Header(tagged));
     }
 
     #[test]

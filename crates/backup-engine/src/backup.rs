@@ -52,12 +52,29 @@ struct Produced {
     stats: TreeStats,
 }
 
+/// Backs up `source_name` under a new backup id, labelled with `tag` if given.
 pub async fn run_backup(
     engine: &Engine,
     source_name: &str,
+    tag: Option<String>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupOutcome> {
+    run_backup_with_id(engine, source_name, tag, BackupId::new(), progress, cancel).await
+}
+
+/// Like [`run_backup`], with an id chosen by the caller (e.g. a job that records it first).
+pub async fn run_backup_with_id(
+    engine: &Engine,
+    source_name: &str,
+    tag: Option<String>,
+    backup_id: BackupId,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupOutcome> {
+    if let Some(tag) = &tag {
+        check_tag(tag)?;
+    }
     let config = &engine.config;
     let (index, source) = config.source(source_name)?;
     config.check_source_paths(index)?;
@@ -73,7 +90,6 @@ pub async fn run_backup(
     crate::gc::reap_interrupted(engine, cancel).await?;
 
     let started = Instant::now();
-    let backup_id = BackupId::new();
     let kind = source.kind.kind_name();
     engine.catalog.upsert_source(source_name, kind).await?;
     engine
@@ -87,6 +103,7 @@ pub async fn run_backup(
             host: crate::host_name(),
             pid: std::process::id(),
             tool_version: TOOL_VERSION.into(),
+            tag: tag.clone(),
         })
         .await?;
     tracing::info!(%backup_id, source = source_name, repository = %repo.name, "backup started");
@@ -113,6 +130,7 @@ pub async fn run_backup(
         backup_id,
         source_name,
         &source.kind,
+        tag,
         &key,
         progress,
         cancel,
@@ -157,6 +175,7 @@ async fn write_and_record(
     backup_id: BackupId,
     source_name: &str,
     source: &SourceKindConfig,
+    tag: Option<String>,
     key: &backup_core::keys::MasterKey,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
@@ -182,6 +201,7 @@ async fn write_and_record(
         host: crate::host_name(),
         tool_version: TOOL_VERSION.into(),
         key_id: key.id().clone(),
+        tag,
     };
     let job = ProduceJob {
         source: source.clone(),
@@ -271,6 +291,22 @@ async fn write_and_record(
         )
         .await?;
     Ok(produced)
+}
+
+/// Tags are labels for people and scripts: 1-64 letters, digits, '-', '_', '.' or ':'.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Usage(format!(
+            "invalid tag {tag:?}: use 1-64 letters, digits, '-', '_', '.' or ':'"
+        )))
+    }
 }
 
 /// The sink hashed what it stored independently of the pipeline; both must agree.

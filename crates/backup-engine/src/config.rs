@@ -43,6 +43,13 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `[scheduler]`: job planning, claiming and retries.
+    #[serde(default)]
+    pub scheduler: crate::schedule::SchedulerConfig,
+    #[serde(default)]
+    pub api: crate::service::ApiConfig,
+    #[serde(default)]
+    pub alerts: crate::service::AlertsConfig,
     #[serde(default, rename = "repository")]
     pub repositories: Vec<RepositoryConfig>,
     #[serde(default, rename = "source")]
@@ -270,6 +277,9 @@ impl Config {
     }
 
     fn validate_structure(&self) -> Result<(), ConfigError> {
+        self.scheduler
+            .validate()
+            .map_err(|(key, message)| self.invalid(key, message))?;
         let url = &self.catalog.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

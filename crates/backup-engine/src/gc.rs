@@ -1,4 +1,5 @@
-//! `backupctl gc`: clean up after interrupted or failed backups.
+//! `backupctl gc`: clean up after interrupted or failed backups, and finish deletions an
+//! interrupted `backupctl prune` left `deleting`.
 //!
 //! Only objects of backups the catalog knows to be failed or interrupted are
 //! deleted. Backup folders the catalog does not know are reported, never
@@ -26,6 +27,8 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct GcReport {
     pub interrupted: Vec<String>,
+    /// Backups an interrupted prune left `deleting`, now deleted.
+    pub deletions_finished: Vec<String>,
     pub objects_deleted: u64,
     pub temp_files_removed: u64,
     pub unknown_backups: Vec<String>,
@@ -123,9 +126,12 @@ pub async fn run_gc(
     grace: Duration,
     cancel: &CancellationToken,
 ) -> Result<GcReport> {
-    let (reaped, removed) = reap_interrupted(engine, cancel).await?;
+    let (reaped, mut removed) = reap_interrupted(engine, cancel).await?;
+    let (finished, deleted) = crate::prune::finish_interrupted_deletions(engine, cancel).await?;
+    removed += deleted;
     let mut report = GcReport {
         interrupted: reaped.iter().map(|b| b.id.to_string()).collect(),
+        deletions_finished: finished.iter().map(ToString::to_string).collect(),
         objects_deleted: removed.objects,
         temp_files_removed: removed.temp_files,
         unknown_backups: Vec::new(),

@@ -1,5 +1,5 @@
 //! backupd operations shared by `backupctl` and `backupd`: configuration,
-//! backup, restore, verify, catalog rebuild and garbage collection.
+//! backup, restore, verify, catalog rebuild, retention (prune) and garbage collection.
 //!
 //! Binaries stay thin: they parse arguments, build an [`Engine`] and call one
 //! of these functions, then map [`EngineError::exit_code`] to the process exit.
@@ -11,9 +11,12 @@ pub mod gc;
 pub mod init;
 pub mod keyfile;
 pub mod policy;
+pub mod prune;
 pub mod rebuild;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
+pub mod service;
 mod streams;
 pub mod verify;
 

@@ -35,26 +35,9 @@ impl BackupType {
     }
 }
 
-/// `keep = { last = 4, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 3, within = "2d" }`
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct KeepPolicy {
-    #[serde(default)]
-    pub last: Option<u32>,
-    #[serde(default)]
-    pub hourly: Option<u32>,
-    #[serde(default)]
-    pub daily: Option<u32>,
-    #[serde(default)]
-    pub weekly: Option<u32>,
-    #[serde(default)]
-    pub monthly: Option<u32>,
-    #[serde(default)]
-    pub yearly: Option<u32>,
-    /// Keep everything newer than this.
-    #[serde(default, with = "humantime_serde")]
-    pub within: Option<Duration>,
-}
+/// `keep = { last = 4, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 3, within = "2d" }`:
+/// defined next to the retention planner that applies it.
+pub use backup_core::retention::KeepPolicy;
 
 /// Service tiers of the seeds: standard RTO 4h / RPO 1h, premium 1h / 15m, enterprise 30m / 5m.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

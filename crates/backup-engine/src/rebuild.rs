@@ -197,6 +197,7 @@ fn imported(
             host: header.host.clone(),
             pid: 0,
             tool_version: header.tool_version.clone(),
+            tag: header.tag.clone(),
         },
         source_kind: header.source_kind.clone(),
         completion: BackupCompletion {

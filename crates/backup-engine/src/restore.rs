@@ -54,6 +54,14 @@ pub async fn select_backup(engine: &Engine, selector: &BackupSelector) -> Result
             })?
         }
     };
+    if record.status == BackupStatus::Deleting {
+        return Err(EngineError::Failed(format!(
+            "backup {} is being deleted by retention (status deleting): its objects may already \
+             be gone, so it cannot be restored or verified; `backupctl prune` or `backupctl gc` \
+             finishes the deletion; pick another backup from `backupctl list`",
+            record.id
+        )));
+    }
     if record.status != BackupStatus::Complete {
         return Err(EngineError::Failed(format!(
             "backup {} is {} and cannot be restored; pick a complete backup from `backupctl list`",

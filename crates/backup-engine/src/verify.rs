@@ -113,6 +113,14 @@ pub async fn run_verify(
             }
         }
         check.ok = check.problems.is_empty();
+        if !check.ok && matches!(scope, VerifyScope::All) {
+            // A prune may have started deleting it while we read it: that is not damage.
+            let now = engine.catalog.get_backup(record.id).await?;
+            if now.is_none_or(|b| b.status == BackupStatus::Deleting) {
+                tracing::info!(backup_id = %record.id, "deleted while being verified; skipped");
+                continue;
+            }
+        }
         for p in &check.problems {
             tracing::error!(backup_id = %record.id, "{}", p.message);
         }

@@ -34,6 +34,8 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     invalid_input_is_rejected(catalog).await;
     retries_are_idempotent(catalog).await;
     concurrent_writers_succeed(catalog).await;
+    retention::retention_conformance(catalog).await;
+    jobs::jobs_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ fn new_backup(source: &str, started_at: DateTime<Utc>) -> NewBackup {
         host: "db-host-1".into(),
         pid: 4242,
         tool_version: "0.1.0-test".into(),
+        tag: None,
     }
 }
 
@@ -139,6 +142,8 @@ fn running_record(b: &NewBackup) -> BackupRecord {
         stored_bytes: 0,
         manifest_artifact: None,
         error: None,
+        tag: b.tag.clone(),
+        legal_hold: false,
     }
 }
 
@@ -217,6 +222,11 @@ async fn list(
         .await
         .expect("list_backups")
 }
+
+// The job queue checks (after the helpers: they use `assert_err!`).
+pub mod jobs;
+// Tags, legal holds, `deleting` and stored copies (what `prune` needs).
+pub mod retention;
 
 // ---- checks ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 
 mod output;
 mod progress;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use backup_catalog::BackupFilter;
+use backup_catalog::{BackupFilter, JobFilter, JobStatus};
 use backup_engine::restore::BackupSelector;
 use backup_engine::verify::VerifyScope;
 use backup_engine::{exit, Config, Engine, EngineError, Progress};
@@ -41,6 +42,9 @@ enum Command {
     /// Back up a source and print the new backup id.
     Backup {
         source: String,
+        /// Label the backup (shown by `list`, kept in its manifest).
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -87,10 +91,59 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Show a source's schedule: entries, next runs, last planned slot, queued and running jobs.
+    Schedule {
+        source: String,
+        /// Upcoming runs to show per schedule entry.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        count: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List scheduler jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        source: Option<String>,
+        /// queued, running, succeeded, failed, dead or cancelled.
+        #[arg(long)]
+        status: Option<JobStatus>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Catalog maintenance.
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
+    },
+    /// Apply the sources' `keep` policies: delete the backups they do not keep.
+    Prune {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the plan without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete backups whose archive copies have not reached their minimum storage
+        /// duration (the estimated early-deletion charge is printed).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Put a backup under legal hold: prune never deletes it until `unhold`.
+    Hold {
+        backup_id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Release a backup's legal hold.
+    Unhold {
+        backup_id: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Remove what interrupted or failed backups left behind.
     Gc {
@@ -180,11 +233,11 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
     let engine = Engine::open(config).await?;
     match cli.command {
         Command::Init => unreachable!("handled above"),
-        Command::Backup { source, json } => {
+        Command::Backup { source, tag, json } => {
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "backing up");
             let outcome =
-                backup_engine::backup::run_backup(&engine, &source, progress, cancel).await;
+                backup_engine::backup::run_backup(&engine, &source, tag, progress, cancel).await;
             progress::finish(bar);
             output::backup(&outcome?, json.json);
         }
@@ -248,11 +301,62 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             output::verify(&report, json.json);
             return Ok(report.exit_code());
         }
+        Command::Schedule {
+            source,
+            count,
+            json,
+        } => {
+            let report = backup_engine::schedule::schedule_report(
+                &engine,
+                &source,
+                chrono::Utc::now(),
+                count,
+            )
+            .await?;
+            schedule::schedule(&report, json.json);
+        }
+        Command::Jobs {
+            source,
+            status,
+            limit,
+            json,
+        } => {
+            let filter = JobFilter {
+                source,
+                status,
+                limit: Some(limit),
+            };
+            let jobs = backup_engine::schedule::list_jobs(&engine, &filter).await?;
+            schedule::jobs(&jobs, json.json);
+        }
         Command::Catalog {
             command: CatalogCommand::Rebuild { json },
         } => {
             let report = backup_engine::rebuild::run_rebuild(&engine, cancel).await?;
             output::rebuild(&report, json.json);
+        }
+        Command::Prune {
+            source,
+            dry_run,
+            force,
+            json,
+        } => {
+            let options = backup_engine::prune::PruneOptions {
+                source,
+                dry_run,
+                force,
+            };
+            let report = backup_engine::prune::run_prune(&engine, &options, cancel).await?;
+            output::prune(&report, json.json);
+            return Ok(report.exit_code());
+        }
+        Command::Hold { backup_id, json } => {
+            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, true).await?;
+            output::hold(&record, json.json);
+        }
+        Command::Unhold { backup_id, json } => {
+            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, false).await?;
+            output::hold(&record, json.json);
         }
         Command::Gc { grace, json } => {
             let report = backup_engine::gc::run_gc(&engine, grace, cancel).await?;

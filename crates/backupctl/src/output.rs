@@ -6,6 +6,7 @@ use backup_catalog::{ArtifactWithCopies, BackupRecord};
 use backup_engine::backup::BackupOutcome;
 use backup_engine::gc::GcReport;
 use backup_engine::init::InitReport;
+use backup_engine::prune::PruneReport;
 use backup_engine::rebuild::RebuildReport;
 use backup_engine::restore::RestoreOutcome;
 use backup_engine::verify::VerifyReport;
@@ -88,22 +89,24 @@ pub fn list(backups: &[BackupRecord], as_json: bool) {
         return json(backups);
     }
     println!(
-        "{:<36}  {:<12}  {:<10}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}",
-        "ID", "SOURCE", "STATUS", "STARTED (UTC)", "FILES", "SIZE", "STORED", "RATIO"
+        "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  TAG",
+        "ID", "SOURCE", "STATUS", "HOLD", "STARTED (UTC)", "FILES", "SIZE", "STORED", "RATIO"
     );
     for b in backups {
         println!(
-            "{:<36}  {:<12}  {:<10}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}",
+            "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  {}",
             b.id,
             b.source,
             b.status.as_str(),
+            if b.legal_hold { "HOLD" } else { "" },
             b.started_at.format("%Y-%m-%d %H:%M:%S"),
             b.file_count,
             human_bytes(b.plaintext_bytes),
             human_bytes(b.stored_bytes),
             b.compression_ratio()
                 .map(|r| format!("{r:.2}"))
-                .unwrap_or_else(|| "-".into())
+                .unwrap_or_else(|| "-".into()),
+            b.tag.as_deref().unwrap_or("")
         );
     }
 }
@@ -123,6 +126,12 @@ pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
     println!("backup      {}", b.id);
     println!("source      {} ({})", b.source, b.backup_type);
     println!("status      {}", b.status.as_str());
+    if let Some(tag) = &b.tag {
+        println!("tag         {tag}");
+    }
+    if b.legal_hold {
+        println!("legal hold  yes (prune never deletes it; `backupctl unhold` releases it)");
+    }
     println!("repository  {}", b.repository);
     println!("started     {}", b.started_at.to_rfc3339());
     if let Some(f) = b.finished_at {
@@ -234,6 +243,9 @@ pub fn gc(r: &GcReport, as_json: bool) {
     if as_json {
         return json(r);
     }
+    for id in &r.deletions_finished {
+        println!("finished deleting backup {id} (left `deleting` by an interrupted prune)");
+    }
     for id in &r.interrupted {
         println!("marked interrupted backup {id} as failed");
     }
@@ -244,4 +256,90 @@ pub fn gc(r: &GcReport, as_json: bool) {
         "{} objects of failed backups deleted, {} temporary files removed",
         r.objects_deleted, r.temp_files_removed
     );
+}
+
+pub fn prune(r: &PruneReport, as_json: bool) {
+    if as_json {
+        return json(r);
+    }
+    if r.dry_run {
+        println!("dry run: nothing is deleted");
+    }
+    for s in &r.sources {
+        println!(
+            "source {} (keep {}, time zone {}):",
+            s.source, s.policy, s.timezone
+        );
+        for b in &s.backups {
+            let reasons: Vec<String> = b.reasons.iter().map(ToString::to_string).collect();
+            let outcome = match (&b.error, b.deleted) {
+                (Some(e), _) => format!("  FAILED: {e}"),
+                (None, true) => "  deleted".to_owned(),
+                (None, false) => String::new(),
+            };
+            println!(
+                "  {:<6}  {}  {:<9}  {:<22}  {:<4}  {}{}{outcome}",
+                b.action.as_str(),
+                b.backup_id,
+                b.status.as_str(),
+                b.finished_local.as_deref().unwrap_or("-"),
+                if b.legal_hold { "HOLD" } else { "" },
+                b.tag
+                    .as_deref()
+                    .map(|t| format!("[{t}] "))
+                    .unwrap_or_default(),
+                reasons.join(", "),
+            );
+        }
+        if s.early_deletion_charge_usd > 0.0 {
+            println!(
+                "  early-deletion charges (estimated): ${:.2}",
+                s.early_deletion_charge_usd
+            );
+        }
+    }
+    for s in &r.skipped {
+        println!("skipped source {}: {}", s.source, s.reason);
+    }
+    let done = if r.dry_run {
+        format!("{} would be deleted", r.planned_deletions)
+    } else {
+        format!(
+            "{} of {} planned deleted, {} failed ({} objects removed)",
+            r.deleted, r.planned_deletions, r.failed, r.objects_deleted
+        )
+    };
+    println!(
+        "{} kept, {done}{}",
+        r.kept,
+        if r.early_deletion_charge_usd > 0.0 {
+            format!(
+                "; estimated early-deletion charges ${:.2}",
+                r.early_deletion_charge_usd
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+pub fn hold(b: &BackupRecord, as_json: bool) {
+    if as_json {
+        return json(b);
+    }
+    if b.legal_hold {
+        println!(
+            "backup {} ({}, {}) is under legal hold: prune will not delete it",
+            b.id,
+            b.source,
+            b.status.as_str()
+        );
+    } else {
+        println!(
+            "backup {} ({}, {}) is not under legal hold: its source's keep policy applies",
+            b.id,
+            b.source,
+            b.status.as_str()
+        );
+    }
 }

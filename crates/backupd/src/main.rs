@@ -1,32 +1,37 @@
-//! backupd: the long-running service. For now it serves health, readiness,
-//! the backup list and Prometheus metrics from the catalog; the scheduler,
-//! replication and drills build on this (see the project issues).
+//! backupd binary: parse flags, load config, take the instance lock (SQLite),
+//! start the scheduler and the HTTP server, shut down gracefully on SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use clap::Parser;
-use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
-use backup_catalog::{BackupFilter, BackupStatus};
 use backup_engine::{Config, Engine};
+use backupd::alerts::Alerter;
+use backupd::api::{router, AppState};
+use backupd::metrics::Metrics;
+use backupd::runner::Runner;
 
 #[derive(Parser)]
-#[command(name = "backupd", version, about = "The backupd service")]
+#[command(
+    name = "backupd",
+    version,
+    about = "The backupd service: scheduler, HTTP API, health and metrics"
+)]
 struct Cli {
     /// Configuration file (default: the embedded quickstart config).
     #[arg(long, env = "BACKUPD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Address for the HTTP API, health and metrics.
-    #[arg(long, env = "BACKUPD_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address for the HTTP API (default: `[api] listen` from the config).
+    #[arg(long, env = "BACKUPD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Name of this replica in job leases (default: host:pid).
+    #[arg(long, env = "BACKUPD_REPLICA")]
+    replica: Option<String>,
 }
 
 #[tokio::main]
@@ -36,140 +41,72 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("while loading the configuration")?;
+    let _lock = backupd::lock::lock_for_catalog(&config.catalog.url)?;
+    let listen: SocketAddr =
+        match cli.listen {
+            Some(l) => l,
+            None => config.api.listen.parse().with_context(|| {
+                format!("`api.listen` = {:?} is not an address", config.api.listen)
+            })?,
+        };
     let engine = Arc::new(
         Engine::open(config)
             .await
             .context("while opening the catalog")?,
     );
-    let app = router(engine);
-    let listener = tokio::net::TcpListener::bind(cli.listen)
+    let metrics = Arc::new(Metrics::default());
+    let last_tick = Arc::new(AtomicI64::new(0));
+    let owner = cli
+        .replica
+        .unwrap_or_else(|| format!("{}:{}", hostname(), std::process::id()));
+    let runner = Arc::new(Runner {
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        alerts: Arc::new(Alerter::new(engine.config.alerts.clone())),
+        owner: owner.clone(),
+        last_tick: last_tick.clone(),
+    });
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let scheduler = tokio::spawn(runner.run(shutdown.clone()));
+
+    let app = router(AppState {
+        engine,
+        metrics,
+        last_tick,
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("while binding {}", cli.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "backupd listening");
+        .with_context(|| format!("while binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, replica = %owner, "backupd started");
+    let stop = shutdown.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .context("while serving HTTP")?;
+    scheduler.await.context("the scheduler task failed")?;
+    tracing::info!("backupd stopped");
     Ok(())
 }
 
-fn router(engine: Arc<Engine>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/backups", get(list_backups))
-        .route("/metrics", get(metrics))
-        .with_state(engine)
-}
-
-struct ApiError(backup_engine::EngineError);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.0.to_string() }));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
 }
 
-impl From<backup_catalog::CatalogError> for ApiError {
-    fn from(e: backup_catalog::CatalogError) -> Self {
-        Self(e.into())
-    }
-}
-
-async fn readyz(State(engine): State<Arc<Engine>>) -> Result<&'static str, ApiError> {
-    engine.catalog.list_sources().await?;
-    Ok("ready\n")
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    source: Option<String>,
-    status: Option<String>,
-}
-
-async fn list_backups(
-    State(engine): State<Arc<Engine>>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    let status = match q.status.as_deref().map(str::parse::<BackupStatus>) {
-        Some(Err(e)) => {
-            return Ok((
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "error": e.to_string() })),
-            )
-                .into_response())
-        }
-        Some(Ok(s)) => Some(s),
-        None => None,
-    };
-    let backups = engine
-        .catalog
-        .list_backups(&BackupFilter {
-            source: q.source,
-            status,
-        })
-        .await?;
-    Ok(Json(backups).into_response())
-}
-
-/// Prometheus text exposition; names are stable (see docs/operations.md).
-async fn metrics(State(engine): State<Arc<Engine>>) -> Result<String, ApiError> {
-    use std::fmt::Write;
-    let backups = engine
-        .catalog
-        .list_backups(&BackupFilter::default())
-        .await?;
-    let mut out = String::new();
-    out.push_str("# HELP backupd_backups Backups in the catalog by source and status.\n# TYPE backupd_backups gauge\n");
-    let mut counts = std::collections::BTreeMap::new();
-    for b in &backups {
-        *counts
-            .entry((b.source.clone(), b.status.as_str()))
-            .or_insert(0u64) += 1;
-    }
-    for ((source, status), n) in &counts {
-        let _ = writeln!(
-            out,
-            "backupd_backups{{source=\"{}\",status=\"{status}\"}} {n}",
-            escape(source)
-        );
-    }
-    // Newest first: the first complete backup per source is its latest.
-    let mut seen = std::collections::HashSet::new();
-    let latest: Vec<_> = backups
-        .iter()
-        .filter(|b| b.status == BackupStatus::Complete && seen.insert(b.source.clone()))
-        .collect();
-    out.push_str("# HELP backupd_last_backup_completion_timestamp_seconds Finish time of the newest complete backup.\n# TYPE backupd_last_backup_completion_timestamp_seconds gauge\n");
-    for b in &latest {
-        let at = b.finished_at.unwrap_or(b.started_at).timestamp();
-        let _ = writeln!(
-            out,
-            "backupd_last_backup_completion_timestamp_seconds{{source=\"{}\"}} {at}",
-            escape(&b.source)
-        );
-    }
-    out.push_str("# HELP backupd_last_backup_bytes Plaintext bytes of the newest complete backup.\n# TYPE backupd_last_backup_bytes gauge\n");
-    for b in &latest {
-        let _ = writeln!(
-            out,
-            "backupd_last_backup_bytes{{source=\"{}\"}} {}",
-            escape(&b.source),
-            b.plaintext_bytes
-        );
-    }
-    Ok(out)
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }

@@ -10,10 +10,12 @@ use anyhow::{bail, Context, Result};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("quickstart") => quickstart(),
+        Some("quickstart") => quickstart(args.iter().any(|a| a == "--no-daemon")),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask quickstart | bench [--scale S] [--rounds N]");
+            eprintln!(
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N]"
+            );
             std::process::exit(2);
         }
     }
@@ -66,8 +68,9 @@ fn run(dir: &Path, bin: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// A real round trip on the embedded quickstart config: init, backup, list,
-/// verify, restore, and a byte-for-byte comparison of the restored tree.
-fn quickstart() -> Result<()> {
+/// verify, restore, and a byte-for-byte comparison of the restored tree; then
+/// (unless `--no-daemon`) backupd runs the demo policy on the same catalog.
+fn quickstart(no_daemon: bool) -> Result<()> {
     let bin = cargo_build_backupctl(false)?;
     let work = workspace_root().join("var/quickstart");
     if work.exists() {
@@ -102,6 +105,25 @@ fn quickstart() -> Result<()> {
         "quickstart OK: backup {id} verified and restored byte for byte into {}",
         work.join("restored").display()
     );
+    if no_daemon {
+        return Ok(());
+    }
+    let backupd = bin.with_file_name("backupd");
+    println!(
+        "\nstarting backupd on the same catalog (Ctrl-C to stop): the demo policy backs up {} every minute and keeps 10.\n\
+         health: http://127.0.0.1:8080/healthz   metrics: http://127.0.0.1:8080/metrics\n\
+         in another terminal: cd {} && {} list",
+        data.display(),
+        work.display(),
+        bin.display()
+    );
+    let status = Command::new(backupd)
+        .current_dir(&work)
+        .status()
+        .context("starting backupd")?;
+    if !status.success() {
+        bail!("backupd exited with {status}");
+    }
     Ok(())
 }
 

@@ -1,0 +1,380 @@
+//! `backupctl prune`: apply each source's `keep` policy.
+//!
+//! The decisions come from the pure planner in `backup_core::retention`; this module feeds it
+//! from the catalog and carries the deletions out. Deleting one backup is crash-safe at every
+//! step ([`finish_deletion`]):
+//!
+//! 1. the catalog marks it `deleting` (refused for held and running backups); from then on
+//!    restore, verify and `catalog rebuild` leave it alone;
+//! 2. its key envelope is deleted from every repository that holds a copy, which makes every
+//!    remaining object unreadable (crypto-shredding), then the rest of its objects;
+//! 3. its catalog rows are deleted.
+//!
+//! A prune or gc that finds a backup still `deleting` repeats 2 and 3, which are idempotent.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{BackupFilter, BackupRecord, BackupStatus, CatalogError, StoredCopy};
+use backup_core::manifest::layout;
+use backup_core::retention::{
+    self, Action, BackupInfo, BackupState, CopyInfo, PlanOptions, Reason, RetentionPlan,
+};
+use backup_core::BackupId;
+use backup_sinks::Sink;
+
+use crate::config::SourceConfig;
+use crate::error::{exit, EngineError, Result};
+use crate::gc::{delete_backup_objects, Removed};
+use crate::repo::Repository;
+use crate::Engine;
+
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Only this source (it must be configured); all configured sources when `None`.
+    pub source: Option<String>,
+    /// Plan and report, delete nothing.
+    pub dry_run: bool,
+    /// Delete even before archive storage classes' minimum storage durations end.
+    pub force: bool,
+}
+
+/// Everything a prune decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub force: bool,
+    pub sources: Vec<SourcePrune>,
+    /// Sources that were not pruned, and why.
+    pub skipped: Vec<SkippedSource>,
+    pub kept: u64,
+    /// Backups the plans delete (in a dry run: would delete).
+    pub planned_deletions: u64,
+    /// Backups actually deleted.
+    pub deleted: u64,
+    pub failed: u64,
+    pub objects_deleted: u64,
+    /// Estimated early-deletion charges of the planned deletions (only with `force`).
+    pub early_deletion_charge_usd: f64,
+}
+
+impl PruneReport {
+    pub fn exit_code(&self) -> i32 {
+        if self.failed > 0 {
+            exit::FAILED
+        } else {
+            exit::OK
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedSource {
+    pub source: String,
+    pub reason: String,
+}
+
+/// The plan for one source and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourcePrune {
+    pub source: String,
+    pub timezone: String,
+    /// The `keep` policy, as written in the config.
+    pub policy: String,
+    /// Newest first.
+    pub backups: Vec<PlannedBackup>,
+    pub early_deletion_charge_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedBackup {
+    pub backup_id: BackupId,
+    pub status: BackupStatus,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `finished_at` on the source's wall clock (the calendar the keep rules use).
+    pub finished_local: Option<String>,
+    pub tag: Option<String>,
+    pub legal_hold: bool,
+    pub action: Action,
+    pub reasons: Vec<Reason>,
+    /// True once a planned deletion was carried out.
+    pub deleted: bool,
+    /// Why a planned deletion failed (the backup is left for the next prune or gc).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Plans every selected source and, unless `dry_run`, deletes what the plans say.
+pub async fn run_prune(
+    engine: &Engine,
+    options: &PruneOptions,
+    cancel: &CancellationToken,
+) -> Result<PruneReport> {
+    let config = &engine.config;
+    let selected: Vec<&SourceConfig> = match &options.source {
+        Some(name) => vec![config.source(name)?.1],
+        None => config.sources.iter().collect(),
+    };
+    let mut report = PruneReport {
+        dry_run: options.dry_run,
+        force: options.force,
+        sources: Vec::new(),
+        skipped: Vec::new(),
+        kept: 0,
+        planned_deletions: 0,
+        deleted: 0,
+        failed: 0,
+        objects_deleted: 0,
+        early_deletion_charge_usd: 0.0,
+    };
+    if options.source.is_none() {
+        for known in engine.catalog.list_sources().await? {
+            if !config.sources.iter().any(|s| s.name == known.name) {
+                report.skipped.push(SkippedSource {
+                    source: known.name,
+                    reason: "not in the config, so it has no `keep` policy; its backups are kept"
+                        .into(),
+                });
+            }
+        }
+    }
+    let now = Utc::now();
+    for source in selected {
+        let Some(policy) = &source.keep else {
+            report.skipped.push(SkippedSource {
+                source: source.name.clone(),
+                reason: "no `keep` policy: all its backups are kept".into(),
+            });
+            continue;
+        };
+        let (records, plan) = plan_source(engine, source, now, options.force).await?;
+        let timezone = backup_scheduler::parse_timezone(&source.timezone)
+            .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
+        let mut pruned = SourcePrune {
+            source: source.name.clone(),
+            timezone: source.timezone.clone(),
+            policy: policy.to_string(),
+            backups: Vec::new(),
+            early_deletion_charge_usd: plan.early_deletion_charge_usd(),
+        };
+        for decision in plan.decisions {
+            let record = &records[&decision.backup];
+            let mut planned = PlannedBackup {
+                backup_id: record.id,
+                status: record.status,
+                finished_at: record.finished_at,
+                finished_local: record.finished_at.map(|t| {
+                    t.with_timezone(&timezone)
+                        .format("%Y-%m-%d %H:%M %Z")
+                        .to_string()
+                }),
+                tag: record.tag.clone(),
+                legal_hold: record.legal_hold,
+                action: decision.action,
+                reasons: decision.reasons,
+                deleted: false,
+                error: None,
+            };
+            match decision.action {
+                Action::Keep => report.kept += 1,
+                Action::Delete => {
+                    report.planned_deletions += 1;
+                    if !options.dry_run {
+                        // Newest first: an incremental goes before the backup it builds on.
+                        match finish_deletion(engine, record.id, cancel).await {
+                            Ok(removed) => {
+                                planned.deleted = true;
+                                report.deleted += 1;
+                                report.objects_deleted += removed.objects;
+                            }
+                            Err(e) if cancel.is_cancelled() => return Err(e),
+                            Err(e) => {
+                                tracing::error!(backup_id = %record.id, "deleting failed: {e}");
+                                planned.error = Some(e.to_string());
+                                report.failed += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            pruned.backups.push(planned);
+        }
+        report.early_deletion_charge_usd += pruned.early_deletion_charge_usd;
+        report.sources.push(pruned);
+    }
+    Ok(report)
+}
+
+/// Reads `source`'s backups and copies from the catalog and plans them.
+async fn plan_source(
+    engine: &Engine,
+    source: &SourceConfig,
+    now: DateTime<Utc>,
+    force: bool,
+) -> Result<(HashMap<BackupId, BackupRecord>, RetentionPlan)> {
+    let policy = source.keep.clone().unwrap_or_default();
+    let timezone = backup_scheduler::parse_timezone(&source.timezone)
+        .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
+    let records = engine
+        .catalog
+        .list_backups(&BackupFilter {
+            source: Some(source.name.clone()),
+            status: None,
+        })
+        .await?;
+    let mut copies: HashMap<BackupId, Vec<CopyInfo>> = HashMap::new();
+    for c in engine.catalog.stored_copies(&source.name).await? {
+        copies.entry(c.backup_id).or_default().push(copy_info(c));
+    }
+    let mut infos: Vec<BackupInfo> = records
+        .iter()
+        .map(|r| BackupInfo {
+            id: r.id,
+            finished_at: r.finished_at.unwrap_or(r.started_at),
+            state: state_of(r.status),
+            tag: r.tag.clone(),
+            legal_hold: r.legal_hold,
+            // Local repositories have no object lock; S3 Object Lock will report it here.
+            object_lock_until: None,
+            // Every backup is a full backup today.
+            depends_on: None,
+            pinned_by: None,
+            copies: copies.remove(&r.id).unwrap_or_default(),
+        })
+        .collect();
+    // The planner's "newest" goes by finish time; `restore --latest` picks the latest start.
+    // Should two overlapping backups disagree, keep both.
+    let newest_finished = infos
+        .iter()
+        .filter(|b| b.state == BackupState::Complete)
+        .max_by_key(|b| (b.finished_at, b.id))
+        .map(|b| b.id);
+    if let Some(latest) = engine.catalog.latest_complete_backup(&source.name).await? {
+        if newest_finished != Some(latest.id) {
+            if let Some(b) = infos.iter_mut().find(|b| b.id == latest.id) {
+                b.pinned_by =
+                    Some("latest complete backup by start time (restore --latest)".into());
+            }
+        }
+    }
+    let options = PlanOptions {
+        force,
+        ..PlanOptions::new(now, timezone)
+    };
+    let plan = retention::plan(&infos, &policy, &options)
+        .map_err(|e| EngineError::Failed(format!("planning retention of {}: {e}", source.name)))?;
+    let records = records.into_iter().map(|r| (r.id, r)).collect();
+    Ok((records, plan))
+}
+
+fn state_of(status: BackupStatus) -> BackupState {
+    match status {
+        BackupStatus::Complete => BackupState::Complete,
+        BackupStatus::Running => BackupState::Running,
+        BackupStatus::Failed | BackupStatus::Abandoned => BackupState::Failed,
+        BackupStatus::Deleting => BackupState::Deleting,
+    }
+}
+
+fn copy_info(c: StoredCopy) -> CopyInfo {
+    CopyInfo {
+        repository: c.repository,
+        storage_class: c.storage_class,
+        created_at: c.created_at,
+        bytes: c.stored_size,
+    }
+}
+
+/// Deletes a finished backup everywhere: marks it `deleting`, deletes its key envelope from
+/// every repository holding a copy (from then on nothing left is readable), then the rest of
+/// its objects, then its catalog rows. Refuses held and running backups. Safe to repeat after
+/// a crash at any point, and against a backup someone else finished deleting meanwhile.
+pub async fn finish_deletion(
+    engine: &Engine,
+    id: BackupId,
+    cancel: &CancellationToken,
+) -> Result<Removed> {
+    let record = match engine.catalog.mark_deleting(id).await {
+        Ok(record) => record,
+        Err(CatalogError::BackupNotFound { .. }) => return Ok(Removed::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let artifacts = match engine.catalog.backup_artifacts(id).await {
+        Ok(artifacts) => artifacts,
+        Err(CatalogError::BackupNotFound { .. }) => return Ok(Removed::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let names: BTreeSet<&str> = std::iter::once(record.repository.as_str())
+        .chain(
+            artifacts
+                .iter()
+                .flat_map(|a| a.copies.iter().map(|c| c.repository.as_str())),
+        )
+        .collect();
+    // Open them all first: one that cannot be reached leaves every copy in place.
+    let mut repos = Vec::new();
+    for name in names {
+        let repo = engine
+            .config
+            .repository(name)
+            .map_err(EngineError::from)
+            .and_then(|r| Repository::open(&engine.config, r))
+            .map_err(|e| {
+                EngineError::Failed(format!(
+                    "backup {id} has objects in repository {name}, which cannot be opened ({e}); \
+                     it stays `deleting` until a prune or gc can reach every repository"
+                ))
+            })?;
+        repos.push(repo);
+    }
+    let envelope = layout::envelope_key(id);
+    for repo in &repos {
+        repo.sink.delete(&envelope, cancel).await.map_err(|e| {
+            EngineError::Failed(format!(
+                "deleting the key envelope of backup {id} from repository {}: {e}",
+                repo.name
+            ))
+        })?;
+    }
+    let mut removed = Removed::default();
+    for repo in &repos {
+        removed += delete_backup_objects(repo, id, cancel).await?;
+    }
+    match engine.catalog.delete_backup(id).await {
+        Ok(()) | Err(CatalogError::BackupNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(backup_id = %id, source = %record.source, objects = removed.objects, "backup deleted");
+    Ok(removed)
+}
+
+/// Finishes every backup left `deleting` by an interrupted prune; returns their ids.
+pub async fn finish_interrupted_deletions(
+    engine: &Engine,
+    cancel: &CancellationToken,
+) -> Result<(Vec<BackupId>, Removed)> {
+    let deleting = engine
+        .catalog
+        .list_backups(&BackupFilter {
+            source: None,
+            status: Some(BackupStatus::Deleting),
+        })
+        .await?;
+    let mut removed = Removed::default();
+    let mut finished = Vec::new();
+    for b in deleting {
+        tracing::warn!(backup_id = %b.id, source = %b.source, "finishing an interrupted deletion");
+        removed += finish_deletion(engine, b.id, cancel).await?;
+        finished.push(b.id);
+    }
+    Ok((finished, removed))
+}
+
+/// `backupctl hold` / `unhold`: sets or clears a backup's legal hold.
+pub async fn set_legal_hold(engine: &Engine, backup: &str, hold: bool) -> Result<BackupRecord> {
+    let record = engine.catalog.find_backup_by_prefix(backup).await?;
+    Ok(engine.catalog.set_legal_hold(record.id, hold).await?)
+}

@@ -1,0 +1,248 @@
+//! Prometheus metrics. Counters of what this process did (jobs, bytes,
+//! failures) plus gauges computed from the catalog at scrape time (RPO, last
+//! success, backups, queue depth), so every replica reports the same state.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use chrono::Utc;
+
+use backup_catalog::{BackupFilter, BackupStatus};
+use backup_engine::Engine;
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// (source, outcome) -> (count, total seconds)
+    jobs: BTreeMap<(String, &'static str), (u64, f64)>,
+    bytes_in: BTreeMap<String, u64>,
+    bytes_out: BTreeMap<(String, String), u64>,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    pub fn job_finished(&self, source: &str, outcome: &'static str, seconds: f64) {
+        let mut c = self.inner.lock().expect("metrics");
+        let e = c.jobs.entry((source.to_owned(), outcome)).or_default();
+        e.0 += 1;
+        e.1 += seconds;
+        if outcome != "succeeded" {
+            *c.failures.entry(source.to_owned()).or_default() += 1;
+        }
+    }
+
+    pub fn bytes(&self, source: &str, repository: &str, read: u64, written: u64) {
+        let mut c = self.inner.lock().expect("metrics");
+        *c.bytes_in.entry(source.to_owned()).or_default() += read;
+        *c.bytes_out
+            .entry((source.to_owned(), repository.to_owned()))
+            .or_default() += written;
+    }
+
+    /// The text exposition format; metric names are stable (docs/operations.md).
+    pub async fn render(&self, engine: &Engine) -> Result<String, backup_catalog::CatalogError> {
+        let mut out = String::new();
+        let backups = engine
+            .catalog
+            .list_backups(&BackupFilter::default())
+            .await?;
+        let now = Utc::now();
+
+        family(
+            &mut out,
+            "backupd_backups",
+            "gauge",
+            "Backups in the catalog by source and status.",
+        );
+        let mut counts: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        for b in &backups {
+            *counts
+                .entry((b.source.clone(), b.status.as_str()))
+                .or_default() += 1;
+        }
+        for ((source, status), n) in &counts {
+            let _ = writeln!(
+                out,
+                "backupd_backups{{source=\"{}\",status=\"{status}\"}} {n}",
+                esc(source)
+            );
+        }
+
+        // Newest first: the first complete backup per source is its latest.
+        let mut latest = BTreeMap::new();
+        for b in backups
+            .iter()
+            .filter(|b| b.status == BackupStatus::Complete)
+        {
+            latest.entry(b.source.clone()).or_insert(b);
+        }
+        family(
+            &mut out,
+            "backupd_last_success_timestamp_seconds",
+            "gauge",
+            "Finish time of the newest complete backup.",
+        );
+        for (source, b) in &latest {
+            let at = b.finished_at.unwrap_or(b.started_at).timestamp();
+            let _ = writeln!(
+                out,
+                "backupd_last_success_timestamp_seconds{{source=\"{}\"}} {at}",
+                esc(source)
+            );
+        }
+        family(
+            &mut out,
+            "backupd_last_backup_bytes",
+            "gauge",
+            "Plaintext bytes of the newest complete backup.",
+        );
+        for (source, b) in &latest {
+            let _ = writeln!(
+                out,
+                "backupd_last_backup_bytes{{source=\"{}\"}} {}",
+                esc(source),
+                b.plaintext_bytes
+            );
+        }
+        family(
+            &mut out,
+            "backupd_rpo_seconds",
+            "gauge",
+            "Age of the newest restorable point (what would be lost now).",
+        );
+        family_body(
+            &mut out,
+            engine,
+            |s| {
+                latest.get(&s.name).map(|b| {
+                    (now - b.finished_at.unwrap_or(b.started_at))
+                        .num_seconds()
+                        .max(0) as f64
+                })
+            },
+            "backupd_rpo_seconds",
+        );
+        family(
+            &mut out,
+            "backupd_rpo_target_seconds",
+            "gauge",
+            "Recovery point objective of the source.",
+        );
+        family_body(
+            &mut out,
+            engine,
+            |s| s.targets().map(|t| t.rpo.as_secs_f64()),
+            "backupd_rpo_target_seconds",
+        );
+        family(
+            &mut out,
+            "backupd_rto_target_seconds",
+            "gauge",
+            "Recovery time objective of the source.",
+        );
+        family_body(
+            &mut out,
+            engine,
+            |s| s.targets().map(|t| t.rto.as_secs_f64()),
+            "backupd_rto_target_seconds",
+        );
+
+        family(
+            &mut out,
+            "backupd_queue_depth",
+            "gauge",
+            "Jobs queued and due.",
+        );
+        let _ = writeln!(
+            out,
+            "backupd_queue_depth {}",
+            engine.catalog.queue_depth(now).await?
+        );
+
+        let c = self.inner.lock().expect("metrics");
+        family(
+            &mut out,
+            "backupd_job_duration_seconds",
+            "summary",
+            "Duration of jobs run by this process.",
+        );
+        for ((source, outcome), (count, sum)) in &c.jobs {
+            let labels = format!("source=\"{}\",outcome=\"{outcome}\"", esc(source));
+            let _ = writeln!(out, "backupd_job_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(
+                out,
+                "backupd_job_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+        family(
+            &mut out,
+            "backupd_job_failures_total",
+            "counter",
+            "Failed job attempts run by this process.",
+        );
+        for (source, n) in &c.failures {
+            let _ = writeln!(
+                out,
+                "backupd_job_failures_total{{source=\"{}\"}} {n}",
+                esc(source)
+            );
+        }
+        family(
+            &mut out,
+            "backupd_bytes_read_total",
+            "counter",
+            "Plaintext bytes read from sources by this process.",
+        );
+        for (source, n) in &c.bytes_in {
+            let _ = writeln!(
+                out,
+                "backupd_bytes_read_total{{source=\"{}\"}} {n}",
+                esc(source)
+            );
+        }
+        family(
+            &mut out,
+            "backupd_bytes_written_total",
+            "counter",
+            "Bytes stored in repositories by this process.",
+        );
+        for ((source, repo), n) in &c.bytes_out {
+            let _ = writeln!(
+                out,
+                "backupd_bytes_written_total{{source=\"{}\",repository=\"{}\"}} {n}",
+                esc(source),
+                esc(repo)
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn family_body(
+    out: &mut String,
+    engine: &Engine,
+    value: impl Fn(&backup_engine::config::SourceConfig) -> Option<f64>,
+    name: &str,
+) {
+    for s in &engine.config.sources {
+        if let Some(v) = value(s) {
+            let _ = writeln!(out, "{name}{{source=\"{}\"}} {v}", esc(&s.name));
+        }
+    }
+}
+
+fn esc(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

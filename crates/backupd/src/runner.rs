@@ -1,0 +1,362 @@
+//! The scheduler loop: plan due jobs, claim them under a lease, run them,
+//! retry failures with backoff, alert, and check recovery-point objectives.
+//!
+//! Several replicas may share a PostgreSQL catalog: planning is idempotent per
+//! cron slot and jobs are claimed with leases, so a job runs on one replica at
+//! a time, and a replica that dies mid-job loses its lease to another, which
+//! cleans up the partial backup and runs the job again.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{JobKind, JobOutcome, JobRecord, NewJob};
+use backup_core::BackupId;
+use backup_engine::config::{Config, SourceConfig};
+use backup_engine::service::AlertEvent;
+use backup_engine::{Engine, Progress};
+
+use crate::alerts::{Alert, Alerter};
+use crate::metrics::Metrics;
+
+pub struct Runner {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub alerts: Arc<Alerter>,
+    /// This replica's name in leases.
+    pub owner: String,
+    pub last_tick: Arc<AtomicI64>,
+}
+
+/// A job for an on-demand backup (API trigger).
+pub fn manual_job(
+    config: &Config,
+    source: &SourceConfig,
+    tag: Option<String>,
+    now: DateTime<Utc>,
+) -> NewJob {
+    NewJob {
+        source: source.name.clone(),
+        repository: source.repository.clone(),
+        kind: JobKind::Backup,
+        backup_type: "full".into(),
+        tag,
+        scheduled_for: None,
+        due_at: now,
+        max_attempts: config.scheduler.max_attempts,
+        created_at: now,
+    }
+}
+
+impl Runner {
+    /// Runs until `shutdown` fires, then stops claiming, lets running jobs
+    /// finish within the grace period and releases whatever is left.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let config = &self.engine.config;
+        let tick = config.scheduler.tick;
+        let capacity = config.scheduler.max_running_per_repository.max(1) as usize
+            * config.repositories.len().max(1);
+        let jobs_cancel = CancellationToken::new();
+        let mut running: JoinSet<()> = JoinSet::new();
+        loop {
+            let now = Utc::now();
+            if let Err(e) = backup_engine::schedule::plan_due_jobs(&self.engine, now).await {
+                tracing::error!(error = %e, "planning due jobs failed");
+            }
+            self.check_recovery_points(now).await;
+            while running.len() < capacity {
+                let limits = config.scheduler.claim_limits();
+                match self
+                    .engine
+                    .catalog
+                    .claim_job(&self.owner, Utc::now(), config.scheduler.lease, &limits)
+                    .await
+                {
+                    Ok(Some(job)) => {
+                        let me = self.clone();
+                        let cancel = jobs_cancel.child_token();
+                        running.spawn(async move { me.run_job(job, cancel).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming a job failed");
+                        break;
+                    }
+                }
+            }
+            self.last_tick
+                .store(Utc::now().timestamp(), Ordering::Relaxed);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+            while running.try_join_next().is_some() {}
+        }
+        tracing::info!(
+            jobs = running.len(),
+            "shutting down: no new jobs are claimed"
+        );
+        let grace = config.api.shutdown_grace;
+        if tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("jobs still running after the shutdown grace period; cancelling them");
+            jobs_cancel.cancel();
+            while running.join_next().await.is_some() {}
+        }
+        if let Err(e) = self
+            .engine
+            .catalog
+            .release_jobs(&self.owner, Utc::now())
+            .await
+        {
+            tracing::error!(error = %e, "releasing leases failed");
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, job: JobRecord, cancel: CancellationToken) {
+        let started = Instant::now();
+        let config = &self.engine.config;
+        tracing::info!(job = %job.id, source = %job.source, attempt = job.attempts + 1, "job started");
+        // A job taken over from a dead replica: its partial backup goes first.
+        if let Some(previous) = job.backup_id {
+            self.discard_partial(previous).await;
+        }
+        let lease = config.scheduler.lease;
+        let lost = CancellationToken::new();
+        let keeper = {
+            let (me, job_id, lost, stop) = (self.clone(), job.id, lost.clone(), cancel.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(lease / 3) => {}
+                    }
+                    match me
+                        .engine
+                        .catalog
+                        .renew_lease(job_id, &me.owner, Utc::now(), lease)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(job = %job_id, "lease lost to another replica; stopping the job");
+                            lost.cancel();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job_id, error = %e, "renewing the lease failed")
+                        }
+                    }
+                }
+            })
+        };
+        let run_cancel = CancellationToken::new();
+        let result = {
+            let backup_id = BackupId::new();
+            let attached = self
+                .engine
+                .catalog
+                .attach_backup(job.id, &self.owner, backup_id)
+                .await;
+            let progress = Arc::new(Progress::default());
+            let work = backup_engine::backup::run_backup_with_id(
+                &self.engine,
+                &job.source,
+                job.tag.clone(),
+                backup_id,
+                progress,
+                &run_cancel,
+            );
+            match attached {
+                Err(e) => Err(backup_engine::EngineError::from(e)),
+                Ok(_) => tokio::select! {
+                    r = work => r,
+                    _ = lost.cancelled() => { run_cancel.cancel(); Err(backup_engine::EngineError::Failed("lease lost".into())) }
+                    _ = cancel.cancelled() => { run_cancel.cancel(); Err(backup_engine::EngineError::Failed("cancelled at shutdown".into())) }
+                },
+            }
+        };
+        keeper.abort();
+        let seconds = started.elapsed().as_secs_f64();
+        if lost.is_cancelled() {
+            // Another replica owns the job now; it records the outcome.
+            return;
+        }
+        let now = Utc::now();
+        match result {
+            Ok(outcome) => {
+                self.metrics.job_finished(&job.source, "succeeded", seconds);
+                self.metrics.bytes(
+                    &job.source,
+                    &outcome.repository,
+                    outcome.plaintext_bytes,
+                    outcome.stored_bytes,
+                );
+                let done = JobOutcome::Succeeded {
+                    backup_id: Some(outcome.backup_id),
+                };
+                if let Err(e) = self
+                    .engine
+                    .catalog
+                    .finish_job(job.id, &self.owner, now, &done)
+                    .await
+                {
+                    tracing::error!(job = %job.id, error = %e, "recording the job's success failed");
+                }
+                self.alerts.resolve(&format!("job-failed:{}", job.source));
+                tracing::info!(job = %job.id, backup_id = %outcome.backup_id, seconds, "job succeeded");
+                self.prune_after_backup(&job.source).await;
+            }
+            Err(e) => {
+                self.metrics.job_finished(&job.source, "failed", seconds);
+                let attempt = job.attempts + 1;
+                let retry_at = config.scheduler.retry_at(&job, now);
+                let failed = JobOutcome::Failed {
+                    error: e.to_string(),
+                    retry_at,
+                };
+                if let Err(err) = self
+                    .engine
+                    .catalog
+                    .finish_job(job.id, &self.owner, now, &failed)
+                    .await
+                {
+                    tracing::error!(job = %job.id, error = %err, "recording the job's failure failed");
+                }
+                match retry_at {
+                    Some(at) => {
+                        tracing::warn!(job = %job.id, error = %e, retry_at = %at, "job failed; will retry")
+                    }
+                    None => {
+                        tracing::error!(job = %job.id, error = %e, attempts = attempt, "job failed for good");
+                        let alert = Alert {
+                            event: AlertEvent::JobFailed,
+                            key: format!("job-failed:{}", job.source),
+                            source: Some(job.source.clone()),
+                            summary: format!(
+                                "backup of {} failed after {attempt} attempts: {e}",
+                                job.source
+                            ),
+                            details: serde_json::json!({ "job_id": job.id, "attempts": attempt, "error": e.to_string() }),
+                        };
+                        self.alerts.fire(&alert, now).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a dead replica's unfinished backup failed and deletes what it wrote.
+    async fn discard_partial(&self, backup: BackupId) {
+        let catalog = &self.engine.catalog;
+        let Ok(Some(record)) = catalog.get_backup(backup).await else {
+            return;
+        };
+        if record.status != backup_catalog::BackupStatus::Running {
+            return;
+        }
+        let why = format!(
+            "interrupted: replica {} lost its lease; the job was taken over by {}",
+            record.host, self.owner
+        );
+        if let Err(e) = catalog.fail_backup(backup, Utc::now(), &why).await {
+            tracing::warn!(%backup, error = %e, "could not mark the partial backup failed");
+        }
+        if let Ok(repo) = self
+            .engine
+            .config
+            .repository(&record.repository)
+            .map_err(backup_engine::EngineError::from)
+            .and_then(|r| backup_engine::repo::Repository::open(&self.engine.config, r))
+        {
+            if let Err(e) =
+                backup_engine::gc::delete_backup_objects(&repo, backup, &CancellationToken::new())
+                    .await
+            {
+                tracing::warn!(%backup, error = %e, "could not delete the partial backup's objects; `backupctl gc` will");
+            }
+        }
+    }
+
+    async fn prune_after_backup(&self, source: &str) {
+        let Ok((_, s)) = self.engine.config.source(source) else {
+            return;
+        };
+        if s.keep.is_none() {
+            return;
+        }
+        let options = backup_engine::prune::PruneOptions {
+            source: Some(source.to_owned()),
+            dry_run: false,
+            force: false,
+        };
+        if let Err(e) =
+            backup_engine::prune::run_prune(&self.engine, &options, &CancellationToken::new()).await
+        {
+            tracing::error!(source, error = %e, "pruning after the backup failed");
+        }
+    }
+
+    async fn check_recovery_points(&self, now: DateTime<Utc>) {
+        for s in &self.engine.config.sources {
+            let Some(targets) = s.targets() else { continue };
+            let latest = match self.engine.catalog.latest_complete_backup(&s.name).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(source = %s.name, error = %e, "cannot read the latest backup");
+                    continue;
+                }
+            };
+            let key = format!("rpo-breach:{}", s.name);
+            let age = latest
+                .as_ref()
+                .map(|b| now - b.finished_at.unwrap_or(b.started_at));
+            let rpo = chrono::Duration::from_std(targets.rpo).unwrap_or(chrono::Duration::MAX);
+            match age {
+                Some(age) if age <= rpo => self.alerts.resolve(&key),
+                _ => {
+                    let summary = match age {
+                        Some(age) => format!(
+                            "{}: newest restorable point is {} old, RPO target is {}",
+                            s.name,
+                            humanize(age.to_std().unwrap_or_default()),
+                            humanize(targets.rpo)
+                        ),
+                        None => format!(
+                            "{}: no complete backup yet (RPO target {})",
+                            s.name,
+                            humanize(targets.rpo)
+                        ),
+                    };
+                    let alert = Alert {
+                        event: AlertEvent::RpoBreach,
+                        key,
+                        source: Some(s.name.clone()),
+                        summary,
+                        details: serde_json::json!({ "age_seconds": age.map(|a| a.num_seconds()), "rpo_seconds": targets.rpo.as_secs() }),
+                    };
+                    self.alerts.fire(&alert, now).await;
+                }
+            }
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s >= 86400 => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

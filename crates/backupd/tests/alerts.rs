@@ -1,0 +1,124 @@
+//! Alerts reach webhooks (JSON and Slack bodies), are not repeated within
+//! `repeat-after`, and escalate when still firing after `escalate-after`.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+
+/// (path, JSON body) of every request a webhook receiver got.
+type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// Records the JSON bodies POSTed to it, per path.
+fn webhook_receiver() -> (u16, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            sink.lock()
+                .unwrap()
+                .push((path, serde_json::from_slice(&body).unwrap()));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn rpo_breach_is_alerted_once_then_escalated_and_job_failures_alert() {
+    let (port, seen) = webhook_receiver();
+    let alerts = format!(
+        "[alerts]\nrepeat-after = \"1h\"\nescalate-after = \"3s\"\n\
+         [[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/json\"\n\
+         [[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/slack\"\nformat = \"slack\"\nevents = [\"job-failed\"]\n\
+         [[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/pager\"\nescalation = true\n\
+         {}",
+        tokens_config()
+    );
+    // An RPO of 1s with no backup yet: breached from the first tick.
+    let work = Work::new(&config(
+        "sqlite://var/catalog.db",
+        "rpo = \"1s\"",
+        &format!("max-attempts = 1\n{alerts}"),
+    ));
+    std::fs::write(work.path("data/a.txt"), b"a").unwrap();
+    work.init();
+    let mut d = work.start(free_port(), "alerts");
+    d.wait_healthy();
+
+    wait_for("the escalation", Duration::from_secs(30), || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(path, _)| path == "/pager")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    {
+        let seen = seen.lock().unwrap();
+        let rpo: Vec<_> = seen
+            .iter()
+            .filter(|(p, b)| p == "/json" && b["event"] == "rpo-breach")
+            .collect();
+        assert_eq!(rpo.len(), 1, "de-duplicated within repeat-after: {seen:#?}");
+        assert_eq!(rpo[0].1["source"], "files");
+        let pages: Vec<_> = seen.iter().filter(|(p, _)| p == "/pager").collect();
+        assert_eq!(pages.len(), 1, "{seen:#?}");
+        assert_eq!(pages[0].1["escalation"], true);
+        assert!(
+            !seen.iter().any(|(p, _)| p == "/slack"),
+            "slack hook only takes job-failed: {seen:#?}"
+        );
+    }
+
+    // A backup that cannot succeed (its repository is gone) alerts once it gives up.
+    std::fs::remove_dir_all(work.path("var/repo")).unwrap();
+    let (status, _) = json(
+        "POST",
+        &d.url("/api/v1/sources/files/backup"),
+        Some(OPERATE_TOKEN),
+    );
+    assert_eq!(status, 202);
+    let slack = wait_for("the job-failed alert", Duration::from_secs(60), || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == "/slack")
+            .map(|(_, b)| b.clone())
+    });
+    let text = slack["text"].as_str().unwrap();
+    assert!(
+        text.contains("job-failed") && text.contains("files"),
+        "{text}"
+    );
+    assert!(d.terminate().success());
+}
