@@ -666,16 +666,40 @@ impl Catalog {
 
     /// Backups matching `filter`, newest (by `started_at`) first.
     pub async fn list_backups(&self, filter: &BackupFilter) -> Result<Vec<BackupRecord>> {
-        let rows: Vec<BackupRow> = with_pool!(self, |pool| sqlx::query_as(concat!(
-            "SELECT ",
-            backup_columns!(),
-            " FROM backups WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) \
-             ORDER BY started_at DESC, id DESC"
-        ))
-        .bind(filter.source.as_deref())
-        .bind(filter.status.map(BackupStatus::as_str))
-        .fetch_all(pool)
-        .await)
+        // One statement per filter shape: `($1 IS NULL OR source = $1)` would keep the
+        // planners from using the (source, started_at) index.
+        let sql = match (filter.source.is_some(), filter.status.is_some()) {
+            (true, true) => concat!(
+                "SELECT ",
+                backup_columns!(),
+                " FROM backups WHERE source = $1 AND status = $2 ORDER BY started_at DESC, id DESC"
+            ),
+            (true, false) => concat!(
+                "SELECT ",
+                backup_columns!(),
+                " FROM backups WHERE source = $1 ORDER BY started_at DESC, id DESC"
+            ),
+            (false, true) => concat!(
+                "SELECT ",
+                backup_columns!(),
+                " FROM backups WHERE status = $1 ORDER BY started_at DESC, id DESC"
+            ),
+            (false, false) => concat!(
+                "SELECT ",
+                backup_columns!(),
+                " FROM backups ORDER BY started_at DESC, id DESC"
+            ),
+        };
+        let rows: Vec<BackupRow> = with_pool!(self, |pool| {
+            let mut query = sqlx::query_as(sql);
+            if let Some(source) = filter.source.as_deref() {
+                query = query.bind(source);
+            }
+            if let Some(status) = filter.status {
+                query = query.bind(status.as_str());
+            }
+            query.fetch_all(pool).await
+        })
         .map_err(db("listing backups"))?;
         rows.into_iter().map(BackupRecord::try_from).collect()
     }

@@ -207,6 +207,15 @@ pub struct NewJob {
     pub created_at: DateTime<Utc>,
 }
 
+/// A cron slot to plan with [`Catalog::plan_slots`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSlot {
+    pub source: String,
+    pub schedule_key: String,
+    pub slot: DateTime<Utc>,
+    pub job: NewJob,
+}
+
 /// One job row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobRecord {
@@ -489,6 +498,57 @@ impl Catalog {
         }
     }
 
+    /// [`Catalog::plan_slot`] for many slots in one transaction, so a tick at which many
+    /// sources are due costs one commit. Returns the jobs created.
+    pub async fn plan_slots(&self, slots: &[PlannedSlot]) -> Result<Vec<JobId>> {
+        let mut params = Vec::with_capacity(slots.len());
+        for s in slots {
+            validate_not_empty("schedule key", &s.schedule_key)?;
+            if s.job.source != s.source {
+                return Err(CatalogError::InvalidValue {
+                    field: "job source",
+                    value: s.job.source.clone(),
+                    reason: format!(
+                        "planning a slot of source {:?} needs a job of that source",
+                        s.source
+                    ),
+                });
+            }
+            params.push(JobParams::new(&s.job, Some(s.slot))?);
+        }
+        let action = format!("planning {} scheduled slots", slots.len());
+        let planned = in_transaction!(self, action, |tx| {
+            let mut planned = Vec::new();
+            for (s, p) in slots.iter().zip(&params) {
+                let advanced: Option<(DateTime<Utc>,)> = sqlx::query_as(
+                    "INSERT INTO schedule_state (source, schedule_key, last_planned) \
+                     VALUES ($1, $2, $3) \
+                     ON CONFLICT (source, schedule_key) DO UPDATE \
+                     SET last_planned = excluded.last_planned \
+                     WHERE schedule_state.last_planned < excluded.last_planned \
+                     RETURNING last_planned",
+                )
+                .bind(&s.source)
+                .bind(&s.schedule_key)
+                .bind(micros(s.slot))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(action.clone()))?;
+                if advanced.is_some() {
+                    let inserted: Option<(String,)> = bind_job!(sqlx::query_as(INSERT_JOB), p)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db(action.clone()))?;
+                    if inserted.is_some() {
+                        planned.push(p.id);
+                    }
+                }
+            }
+            planned
+        });
+        Ok(planned)
+    }
+
     /// Plans cron slot `slot` of schedule entry `schedule_key` of `source`: in one
     /// transaction, if `slot` is later than the entry's `last_planned` (or none is recorded),
     /// records `slot` as planned and enqueues `job` for it (with `scheduled_for = slot`).
@@ -561,6 +621,20 @@ impl Catalog {
             "reading the last planned slot of schedule {schedule_key:?} of {source:?}"
         )))?;
         Ok(row.map(|(t,)| t))
+    }
+
+    /// Every schedule entry's last planned slot, keyed by (source, schedule key): one query
+    /// per scheduler tick instead of one per entry.
+    pub async fn all_last_planned(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), DateTime<Utc>>> {
+        let rows: Vec<(String, String, DateTime<Utc>)> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT source, schedule_key, last_planned FROM schedule_state"
+        )
+        .fetch_all(pool)
+        .await)
+        .map_err(db("reading the last planned slots"))?;
+        Ok(rows.into_iter().map(|(s, k, t)| ((s, k), t)).collect())
     }
 
     /// Records `at` as the entry's last planned slot unless one is recorded (a schedule seen

@@ -135,6 +135,20 @@ impl Catalog {
     /// Every recorded copy of every artifact of `source`'s backups (any status), ordered by
     /// backup, artifact and repository: where a backup is stored, in which storage class and
     /// since when.
+    /// [`Catalog::stored_copies`] of every source at once (one query for a whole prune).
+    pub async fn all_stored_copies(&self) -> Result<Vec<StoredCopy>> {
+        let rows: Vec<StoredCopyRow> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT a.backup_id, c.artifact_id, c.repository, c.object_key, c.storage_class, \
+             c.stored_size, c.created_at \
+             FROM copies c JOIN artifacts a ON a.id = c.artifact_id \
+             ORDER BY a.backup_id, c.artifact_id, c.repository"
+        )
+        .fetch_all(pool)
+        .await)
+        .map_err(db("listing the stored copies"))?;
+        rows.into_iter().map(StoredCopy::try_from).collect()
+    }
+
     pub async fn stored_copies(&self, source: &str) -> Result<Vec<StoredCopy>> {
         let rows: Vec<StoredCopyRow> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT a.backup_id, c.artifact_id, c.repository, c.object_key, c.storage_class, \

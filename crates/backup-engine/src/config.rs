@@ -146,9 +146,22 @@ pub struct SourceConfig {
     /// Explicit recovery time objective (overrides the tier's).
     #[serde(default, with = "humantime_serde")]
     pub rto: Option<std::time::Duration>,
+    /// Check each scheduled backup right after it is made; a failure alerts `verify-failed`.
+    #[serde(default)]
+    pub verify_after_backup: VerifyAfterBackup,
     /// The parsed `schedule`, in the same order (filled in by validation).
     #[serde(skip)]
     pub schedules: Vec<CronSchedule>,
+}
+
+/// `verify-after-backup`: none, quick (object checksums) or full (decrypt and decompress).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyAfterBackup {
+    #[default]
+    None,
+    Quick,
+    Full,
 }
 
 fn default_timezone() -> String {

@@ -142,6 +142,12 @@ pub async fn run_prune(
         }
     }
     let now = Utc::now();
+    // Planning many sources: read the catalog once rather than twice per source.
+    let preloaded = if selected.len() > 1 {
+        Some(Preloaded::load(engine).await?)
+    } else {
+        None
+    };
     for source in selected {
         let Some(policy) = &source.keep else {
             report.skipped.push(SkippedSource {
@@ -150,7 +156,8 @@ pub async fn run_prune(
             });
             continue;
         };
-        let (records, plan) = plan_source(engine, source, now, options.force).await?;
+        let (records, plan) =
+            plan_source(engine, source, now, options.force, preloaded.as_ref()).await?;
         let timezone = backup_scheduler::parse_timezone(&source.timezone)
             .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
         let mut pruned = SourcePrune {
@@ -208,27 +215,65 @@ pub async fn run_prune(
     Ok(report)
 }
 
-/// Reads `source`'s backups and copies from the catalog and plans them.
+/// Every backup and copy in the catalog, grouped for planning many sources.
+struct Preloaded {
+    backups: HashMap<String, Vec<BackupRecord>>,
+    copies: HashMap<BackupId, Vec<backup_catalog::StoredCopy>>,
+}
+
+impl Preloaded {
+    async fn load(engine: &Engine) -> Result<Preloaded> {
+        let mut backups: HashMap<String, Vec<BackupRecord>> = HashMap::new();
+        for b in engine
+            .catalog
+            .list_backups(&BackupFilter::default())
+            .await?
+        {
+            backups.entry(b.source.clone()).or_default().push(b);
+        }
+        let mut copies: HashMap<BackupId, Vec<backup_catalog::StoredCopy>> = HashMap::new();
+        for c in engine.catalog.all_stored_copies().await? {
+            copies.entry(c.backup_id).or_default().push(c);
+        }
+        Ok(Preloaded { backups, copies })
+    }
+}
+
+/// Reads `source`'s backups and copies (from the catalog, or `preloaded`) and plans them.
 async fn plan_source(
     engine: &Engine,
     source: &SourceConfig,
     now: DateTime<Utc>,
     force: bool,
+    preloaded: Option<&Preloaded>,
 ) -> Result<(HashMap<BackupId, BackupRecord>, RetentionPlan)> {
     let policy = source.keep.clone().unwrap_or_default();
     let timezone = backup_scheduler::parse_timezone(&source.timezone)
         .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
-    let records = engine
-        .catalog
-        .list_backups(&BackupFilter {
-            source: Some(source.name.clone()),
-            status: None,
-        })
-        .await?;
     let mut copies: HashMap<BackupId, Vec<CopyInfo>> = HashMap::new();
-    for c in engine.catalog.stored_copies(&source.name).await? {
-        copies.entry(c.backup_id).or_default().push(copy_info(c));
-    }
+    let records = match preloaded {
+        Some(p) => {
+            let records = p.backups.get(&source.name).cloned().unwrap_or_default();
+            for r in &records {
+                if let Some(c) = p.copies.get(&r.id) {
+                    copies.insert(r.id, c.iter().cloned().map(copy_info).collect());
+                }
+            }
+            records
+        }
+        None => {
+            for c in engine.catalog.stored_copies(&source.name).await? {
+                copies.entry(c.backup_id).or_default().push(copy_info(c));
+            }
+            engine
+                .catalog
+                .list_backups(&BackupFilter {
+                    source: Some(source.name.clone()),
+                    status: None,
+                })
+                .await?
+        }
+    };
     let mut infos: Vec<BackupInfo> = records
         .iter()
         .map(|r| BackupInfo {

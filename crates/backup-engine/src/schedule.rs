@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use backup_catalog::{ClaimLimits, JobFilter, JobId, JobKind, JobRecord, JobStatus, NewJob};
+use backup_catalog::{
+    ClaimLimits, JobFilter, JobId, JobKind, JobRecord, JobStatus, NewJob, PlannedSlot,
+};
 use backup_scheduler::{backoff, catch_up, jitter, seed, CronSchedule};
 
 use crate::config::{Config, SourceConfig};
@@ -196,12 +198,17 @@ pub async fn plan_due_jobs(engine: &Engine, now: DateTime<Utc>) -> Result<Vec<Jo
     let config = &engine.config;
     let catalog = &engine.catalog;
     let mut planned = Vec::new();
+    let mut slots = Vec::new();
+    let last_planned = catalog.all_last_planned().await?;
     for source in &config.sources {
         // (entry index, schedule key, slot) of every entry with a slot due.
         let mut due = Vec::new();
         for (index, schedule) in source.schedules.iter().enumerate() {
             let key = schedule_key(index, schedule);
-            match catalog.last_planned(&source.name, &key).await? {
+            match last_planned
+                .get(&(source.name.clone(), key.clone()))
+                .copied()
+            {
                 None => {
                     if catalog.init_last_planned(&source.name, &key, now).await? {
                         tracing::info!(source = %source.name, schedule = %key,
@@ -222,12 +229,22 @@ pub async fn plan_due_jobs(engine: &Engine, now: DateTime<Utc>) -> Result<Vec<Jo
                 .map(|(index, _, _)| &source.schedule[*index])
                 .collect();
             let job = scheduled_job(config, source, &entries, *slot, now);
-            if let Some(id) = catalog.plan_slot(&source.name, key, *slot, &job).await? {
-                tracing::info!(job_id = %id, source = %source.name, %slot, due_at = %job.due_at,
-                    tag = ?job.tag, "planned backup");
-                planned.push(id);
-            }
+            tracing::debug!(source = %source.name, %slot, due_at = %job.due_at, tag = ?job.tag, "slot due");
+            slots.push(PlannedSlot {
+                source: source.name.clone(),
+                schedule_key: key.clone(),
+                slot: *slot,
+                job,
+            });
         }
+    }
+    if !slots.is_empty() {
+        planned = catalog.plan_slots(&slots).await?;
+        tracing::info!(
+            due = slots.len(),
+            planned = planned.len(),
+            "planned scheduled backups"
+        );
     }
     Ok(planned)
 }

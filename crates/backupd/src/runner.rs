@@ -214,6 +214,8 @@ impl Runner {
                 }
                 self.alerts.resolve(&format!("job-failed:{}", job.source));
                 tracing::info!(job = %job.id, backup_id = %outcome.backup_id, seconds, "job succeeded");
+                self.verify_after_backup(&job.source, outcome.backup_id)
+                    .await;
                 self.prune_after_backup(&job.source).await;
             }
             Err(e) => {
@@ -285,6 +287,53 @@ impl Runner {
                 tracing::warn!(%backup, error = %e, "could not delete the partial backup's objects; `backupctl gc` will");
             }
         }
+    }
+
+    async fn verify_after_backup(&self, source: &str, backup: BackupId) {
+        use backup_engine::config::VerifyAfterBackup;
+        let Ok((_, s)) = self.engine.config.source(source) else {
+            return;
+        };
+        let quick = match s.verify_after_backup {
+            VerifyAfterBackup::None => return,
+            VerifyAfterBackup::Quick => true,
+            VerifyAfterBackup::Full => false,
+        };
+        let scope = backup_engine::verify::VerifyScope::One(backup.to_string());
+        let progress = Arc::new(Progress::default());
+        let problems = match backup_engine::verify::run_verify(
+            &self.engine,
+            &scope,
+            quick,
+            progress,
+            &CancellationToken::new(),
+        )
+        .await
+        {
+            Ok(report) => report
+                .backups
+                .into_iter()
+                .flat_map(|b| b.problems)
+                .map(|p| p.message)
+                .collect::<Vec<_>>(),
+            Err(e) => vec![e.to_string()],
+        };
+        let key = format!("verify-failed:{source}");
+        if problems.is_empty() {
+            self.alerts.resolve(&key);
+            return;
+        }
+        let alert = Alert {
+            event: AlertEvent::VerifyFailed,
+            key,
+            source: Some(source.to_owned()),
+            summary: format!(
+                "verification of backup {backup} of {source} failed: {}",
+                problems.join("; ")
+            ),
+            details: serde_json::json!({ "backup_id": backup, "problems": problems }),
+        };
+        self.alerts.fire(&alert, Utc::now()).await;
     }
 
     async fn prune_after_backup(&self, source: &str) {

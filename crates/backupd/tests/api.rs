@@ -11,7 +11,7 @@ use support::*;
 fn api_auth_trigger_jobs_and_metrics() {
     let work = Work::new(&config(
         "sqlite://var/catalog.db",
-        "tier = \"premium\"",
+        "tier = \"premium\"\nverify-after-backup = \"full\"",
         &tokens_config(),
     ));
     std::fs::write(work.path("data/hello.txt"), b"hello").unwrap();

@@ -7,21 +7,24 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod scheduler_bench;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("quickstart") => quickstart(args.iter().any(|a| a == "--no-daemon")),
         Some("bench") => bench(&args[1..]),
+        Some("bench-scheduler") => scheduler_bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N]"
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-scheduler [--postgres URL]"
             );
             std::process::exit(2);
         }
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
