@@ -339,8 +339,9 @@ impl Config {
             }
             if !names.contains(s.repository.as_str()) {
                 let known: Vec<_> = self.repositories.iter().map(|r| r.name.as_str()).collect();
-                return Err(self.invalid(
+                return Err(self.invalid_at(
                     format!("source[{i}].repository"),
+                    &format!("repository = \"{}\"", s.repository),
                     format!(
                         "unknown repository {:?}; defined repositories: {known:?}",
                         s.repository
@@ -509,7 +510,7 @@ repository = "region-a"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("source[0].repository") && err.contains("nope"),
+            err.contains("source[0].repository") && err.contains("nope") && err.contains("line 14"),
             "{err}"
         );
         let err = Config::parse(
