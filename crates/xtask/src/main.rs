@@ -416,12 +416,17 @@ fn write_report(
         corpus_bytes as f64 / 1e9,
     );
     println!("\n{section}");
+    write_bench_section("## Files: reference corpus", &section)
+}
+
+/// Replaces the section of docs/benchmarks.md that starts with `heading` (or appends it),
+/// keeping the other sections.
+pub(crate) fn write_bench_section(heading: &str, section: &str) -> Result<()> {
     let path = workspace_root().join("docs/benchmarks.md");
     let header = "# Benchmarks\n\nMeasured with `cargo xtask bench`; peers run in the same session and ratios matter more than absolute \
                   figures (shared machines vary by 30% or more between runs).\n\n";
     let mut text = fs::read_to_string(&path).unwrap_or_else(|_| header.to_string());
-    // Replace the previous files-benchmark section, keep any other sections.
-    if let Some(start) = text.find("## Files: reference corpus") {
+    if let Some(start) = text.find(heading) {
         let end = text[start + 3..]
             .find("\n## ")
             .map(|i| start + 3 + i + 1)
@@ -431,7 +436,7 @@ fn write_report(
     if !text.ends_with("\n\n") {
         text.push('\n');
     }
-    text.push_str(&section);
+    text.push_str(section);
     fs::write(&path, text)?;
     println!("wrote {}", path.display());
     Ok(())

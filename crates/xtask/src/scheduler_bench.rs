@@ -60,22 +60,7 @@ pub fn run(args: &[String]) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
     println!("{section}");
-    let path = crate::workspace_root().join("docs/benchmarks.md");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    if let Some(start) = text.find("## Scheduler overhead") {
-        let end = text[start + 3..]
-            .find("\n## ")
-            .map(|i| start + 3 + i + 1)
-            .unwrap_or(text.len());
-        text.replace_range(start..end, "");
-    }
-    if !text.ends_with("\n\n") {
-        text.push('\n');
-    }
-    text.push_str(&section);
-    std::fs::write(&path, text)?;
-    println!("wrote {}", path.display());
-    Ok(())
+    crate::write_bench_section("## Scheduler overhead", &section)
 }
 
 fn ms(d: Duration) -> String {
