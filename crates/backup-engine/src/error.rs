@@ -25,8 +25,9 @@ pub enum EngineError {
     Key(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// Boxed: remote-store errors carry several strings, and every `Result` would pay for them.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Sink(Box<SinkError>),
     #[error(transparent)]
     Source(#[from] FilesError),
     #[error("integrity failure: {0}")]
@@ -36,6 +37,12 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<SinkError> for EngineError {
+    fn from(e: SinkError) -> Self {
+        Self::Sink(Box::new(e))
+    }
+}
 
 impl EngineError {
     pub fn exit_code(&self) -> i32 {

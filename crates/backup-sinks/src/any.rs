@@ -12,11 +12,13 @@ use crate::{
     SinkError,
 };
 
-/// Any repository backend. S3 joins this enum when it lands.
+/// Any repository backend.
 #[derive(Debug)]
 pub enum AnySink {
     Local(LocalSink),
     Memory(MemorySink),
+    #[cfg(feature = "s3")]
+    S3(crate::S3Sink),
     /// Boxed because it nests an `AnySink`.
     Faulty(Box<FaultySink<AnySink>>),
 }
@@ -24,6 +26,13 @@ pub enum AnySink {
 impl From<LocalSink> for AnySink {
     fn from(sink: LocalSink) -> Self {
         AnySink::Local(sink)
+    }
+}
+
+#[cfg(feature = "s3")]
+impl From<crate::S3Sink> for AnySink {
+    fn from(sink: crate::S3Sink) -> Self {
+        AnySink::S3(sink)
     }
 }
 
@@ -102,6 +111,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.name(),
             AnySink::Memory(s) => s.name(),
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.name(),
             AnySink::Faulty(s) => s.name(),
         }
     }
@@ -110,6 +121,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.capabilities(),
             AnySink::Memory(s) => s.capabilities(),
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.capabilities(),
             AnySink::Faulty(s) => s.capabilities(),
         }
     }
@@ -123,6 +136,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.put(key, body, cancel).await,
             AnySink::Memory(s) => s.put(key, body, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.put(key, body, cancel).await,
             AnySink::Faulty(s) => faulty_put(&**s, key, body, cancel).await,
         }
     }
@@ -131,6 +146,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.get(key, cancel).await,
             AnySink::Memory(s) => s.get(key, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.get(key, cancel).await,
             AnySink::Faulty(s) => faulty_get(&**s, key, cancel).await,
         }
     }
@@ -143,6 +160,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.head(key, cancel).await,
             AnySink::Memory(s) => s.head(key, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.head(key, cancel).await,
             AnySink::Faulty(s) => faulty_head(&**s, key, cancel).await,
         }
     }
@@ -155,6 +174,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.list(prefix, cancel).await,
             AnySink::Memory(s) => s.list(prefix, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.list(prefix, cancel).await,
             AnySink::Faulty(s) => faulty_list(&**s, prefix, cancel).await,
         }
     }
@@ -163,6 +184,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.delete(key, cancel).await,
             AnySink::Memory(s) => s.delete(key, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.delete(key, cancel).await,
             AnySink::Faulty(s) => faulty_delete(&**s, key, cancel).await,
         }
     }
@@ -176,6 +199,8 @@ impl Sink for AnySink {
         match self {
             AnySink::Local(s) => s.sweep_incomplete(prefix, older_than, cancel).await,
             AnySink::Memory(s) => s.sweep_incomplete(prefix, older_than, cancel).await,
+            #[cfg(feature = "s3")]
+            AnySink::S3(s) => s.sweep_incomplete(prefix, older_than, cancel).await,
             AnySink::Faulty(s) => faulty_sweep(&**s, prefix, older_than, cancel).await,
         }
     }

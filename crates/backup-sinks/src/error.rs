@@ -102,6 +102,21 @@ pub enum SinkError {
         actual: String,
     },
 
+    /// A remote object store (S3) refused or failed a request. `message` already says what to
+    /// do; `temporary` is what [`SinkError::kind`] reports.
+    #[error("repository {repository:?}: {op} {key:?} in bucket {bucket:?} failed: {message}")]
+    Remote {
+        repository: String,
+        bucket: String,
+        /// The full key in the bucket (or the prefix, for listings).
+        key: String,
+        op: IoOp,
+        /// The service's error code (`AccessDenied`, `NoSuchBucket`, `SlowDown`, ...), if any.
+        code: Option<String>,
+        message: String,
+        temporary: bool,
+    },
+
     /// The repository itself cannot be used (missing, not a directory, not writable).
     #[error("repository {repository:?} at {}: {problem}", path.display())]
     Unusable {
@@ -175,6 +190,13 @@ impl SinkError {
             SinkError::Io { source, .. } => io_kind(source),
             // The stream was consumed: a retry needs a new stream from the caller.
             SinkError::Body { .. } => ErrorKind::Permanent,
+            SinkError::Remote { temporary, .. } => {
+                if *temporary {
+                    ErrorKind::Temporary
+                } else {
+                    ErrorKind::Permanent
+                }
+            }
             SinkError::NotFound { .. }
             | SinkError::AlreadyExists { .. }
             | SinkError::InvalidKey { .. }

@@ -25,6 +25,8 @@ pub mod faults;
 pub mod key;
 mod local;
 mod memory;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod stream;
 
 pub use any::AnySink;
@@ -33,6 +35,8 @@ pub use faults::{Fault, FaultPlan, FaultRule, FaultySink, Op};
 pub use key::{validate_key, validate_prefix};
 pub use local::LocalSink;
 pub use memory::MemorySink;
+#[cfg(feature = "s3")]
+pub use s3::{S3Credentials, S3Options, S3Sink, SecretSource};
 pub use stream::{byte_stream_from, ChannelReader, ChannelWriter};
 
 /// Object data in flight: a bounded channel of chunks. The stream ends (`None`) only after

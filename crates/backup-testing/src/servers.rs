@@ -1,0 +1,280 @@
+//! Real servers for tests, each started on free loopback ports in its own temp directory and
+//! killed when dropped.
+//!
+//! - [`SeaweedFs`]: a real S3 API (SigV4, multipart, checksums, conditional writes).
+//! - [`Moto`]: AWS's API mocked in Python (any credentials; archive storage classes).
+//!
+//! The binaries come from pip packages that `scripts/test-servers.sh` installs into a venv
+//! at `$HOME/.cache/backupd-test-servers/venv` (or `$BACKUPD_TEST_SERVERS_VENV`); they are
+//! looked up there first, then on `PATH`. A missing binary fails the test with a message
+//! saying to run that script, unless `BACKUPD_SKIP_S3_TESTS=1` (see [`skip_s3_tests`]).
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Access key id of the SeaweedFS admin identity (test-only).
+pub const SEAWEEDFS_ACCESS_KEY: &str = "test-access";
+/// Secret of the SeaweedFS admin identity (test-only).
+pub const SEAWEEDFS_SECRET_KEY: &str = "test-secret";
+
+/// How long a server may take to start before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// True, after saying so on stderr, when `BACKUPD_SKIP_S3_TESTS=1`: the calling test should
+/// return early. Use on machines that cannot install the servers.
+pub fn skip_s3_tests() -> bool {
+    let skip = std::env::var("BACKUPD_SKIP_S3_TESTS").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("skipped: BACKUPD_SKIP_S3_TESTS=1");
+    }
+    skip
+}
+
+/// A SeaweedFS server (`weed mini`: master, volume, filer and S3 gateway in one process).
+pub struct SeaweedFs {
+    server: Server,
+    s3_port: u16,
+}
+
+impl SeaweedFs {
+    /// Starts a server and waits until its S3 gateway answers (typically 5-8 s). Panics with
+    /// the server's log if it does not come up.
+    pub fn start() -> SeaweedFs {
+        let weed = find_binary("weed");
+        let dir = tempfile::Builder::new()
+            .prefix("backupd-seaweedfs-")
+            .tempdir()
+            .expect("create a temp dir for SeaweedFS");
+        let data = dir.path().join("data");
+        fs::create_dir(&data).expect("create the SeaweedFS data dir");
+        let config = dir.path().join("s3.json");
+        fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{SEAWEEDFS_ACCESS_KEY}","secretKey":"{SEAWEEDFS_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .expect("write s3.json");
+        let ports = free_ports(12);
+        let s3_port = ports[0];
+        let mut command = Command::new(weed);
+        // Every port explicit: the gRPC defaults (port + 10000) can pass 65535, and the
+        // Iceberg and Lance ports have fixed defaults that collide between instances.
+        command
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+            ])
+            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-s3.port.grpc={}", ports[1]))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-master.port={}", ports[2]))
+            .arg(format!("-master.port.grpc={}", ports[3]))
+            .arg(format!("-volume.port={}", ports[4]))
+            .arg(format!("-volume.port.grpc={}", ports[5]))
+            .arg(format!("-filer.port={}", ports[6]))
+            .arg(format!("-filer.port.grpc={}", ports[7]))
+            .arg(format!("-admin.port={}", ports[8]))
+            .arg(format!("-admin.port.grpc={}", ports[9]))
+            .arg(format!("-webdav.port={}", ports[10]))
+            .arg(format!("-debug.port={}", ports[11]))
+            .args(["-volume.max=1000", "-master.volumeSizeLimitMB=64"])
+            .arg(format!("-s3.config={}", config.display()))
+            .current_dir(dir.path());
+        let server = Server::spawn("SeaweedFS", command, dir);
+        server.wait_for_port(s3_port);
+        // The gateway accepts connections a little before the volume server has registered.
+        thread::sleep(Duration::from_secs(2));
+        SeaweedFs { server, s3_port }
+    }
+
+    /// `http://127.0.0.1:PORT` of the S3 gateway.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The server's directory (data and log), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.server.dir.path()
+    }
+}
+
+/// A moto server: mocked AWS APIs (S3 including archive storage classes, RDS, KMS). It
+/// accepts any credentials and checks no signatures.
+pub struct Moto {
+    server: Server,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts a server and waits until it accepts connections (about a second).
+    pub fn start() -> Moto {
+        let moto = find_binary("moto_server");
+        let dir = tempfile::Builder::new()
+            .prefix("backupd-moto-")
+            .tempdir()
+            .expect("create a temp dir for moto");
+        let port = free_ports(1)[0];
+        let mut command = Command::new(moto);
+        command
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(dir.path());
+        let server = Server::spawn("moto", command, dir);
+        server.wait_for_port(port);
+        Moto { server, port }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.server.dir.path()
+    }
+}
+
+/// A child process with its temp dir and log; killed (then the dir removed) on drop.
+struct Server {
+    what: &'static str,
+    child: Child,
+    log: PathBuf,
+    // Dropped after the child is dead (fields drop in declaration order after `drop`).
+    dir: TempDir,
+}
+
+impl Server {
+    fn spawn(what: &'static str, mut command: Command, dir: TempDir) -> Server {
+        let log = dir.path().join("server.log");
+        let out = File::create(&log).expect("create the server log");
+        let err = out.try_clone().expect("clone the log file handle");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({command:?}): {e}"));
+        Server {
+            what,
+            child,
+            log,
+            dir,
+        }
+    }
+
+    fn wait_for_port(&self, port: u16) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not listen on port {port} within {START_TIMEOUT:?}; its log:\n{}",
+                    self.what,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            if !thread::panicking() {
+                eprintln!(
+                    "{} had exited early ({status}); its log:\n{}",
+                    self.what,
+                    self.log_tail()
+                );
+            }
+            return;
+        }
+        // SIGTERM first (no unsafe code here, so through kill(1)), SIGKILL if it lingers.
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if terminated {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `count` distinct free loopback ports. All listeners stay open until every port is
+/// chosen, so they differ; another process may still take one before the server binds it.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .expect("a bound listener has an address")
+                .port()
+        })
+        .collect()
+}
+
+/// The venv that `scripts/test-servers.sh` installs the servers into.
+pub fn venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BACKUPD_TEST_SERVERS_VENV") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/backupd-test-servers/venv")
+}
+
+/// The venv's copy of `name`, else the first on `PATH`; panics with what to do if neither.
+fn find_binary(name: &str) -> PathBuf {
+    let in_venv = venv_dir().join("bin").join(name);
+    if is_executable(&in_venv) {
+        return in_venv;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if is_executable(&candidate) {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "`{name}` is not installed: run scripts/test-servers.sh (installs it into {}), or set \
+         BACKUPD_SKIP_S3_TESTS=1 to skip the tests that need it",
+        venv_dir().display()
+    );
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
