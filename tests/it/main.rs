@@ -12,5 +12,6 @@ mod keys;
 mod privileged;
 mod retention;
 mod roundtrip;
+mod s3;
 mod schedule;
 mod support;

@@ -78,7 +78,7 @@ pub async fn run_backup_with_id(
     let config = &engine.config;
     let (index, source) = config.source(source_name)?;
     config.check_source_paths(index)?;
-    let repo = Repository::open(config, config.repository(&source.repository)?)?;
+    let repo = Repository::open(config, config.repository(&source.repository)?).await?;
     let key = engine.key()?;
     if !repo.check_key(&key, cancel).await? {
         return Err(EngineError::Failed(format!(

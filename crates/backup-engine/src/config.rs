@@ -105,9 +105,47 @@ impl Default for PipelineConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "kind")]
+// Built once per config load; boxing the S3 settings would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum RepositoryKindConfig {
     #[serde(rename = "local")]
     Local { path: PathBuf },
+    /// An S3 bucket (AWS or an S3-compatible store).
+    #[serde(rename = "s3", rename_all = "kebab-case")]
+    S3 {
+        bucket: String,
+        region: String,
+        #[serde(default)]
+        prefix: String,
+        /// e.g. `http://127.0.0.1:8333` for an S3-compatible store; AWS when absent.
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        force_path_style: bool,
+        #[serde(default = "default_part_size_mib")]
+        part_size_mib: usize,
+        #[serde(default = "default_s3_concurrency")]
+        concurrency: usize,
+        #[serde(default)]
+        storage_class: Option<String>,
+        /// Credentials: the standard AWS chain unless both an access key id and a secret
+        /// are named here, each by an environment variable or a file (never a literal).
+        #[serde(default)]
+        access_key_id_env: Option<String>,
+        #[serde(default)]
+        access_key_id_file: Option<PathBuf>,
+        #[serde(default)]
+        secret_access_key_env: Option<String>,
+        #[serde(default)]
+        secret_access_key_file: Option<PathBuf>,
+    },
+}
+
+fn default_part_size_mib() -> usize {
+    16
+}
+fn default_s3_concurrency() -> usize {
+    4
 }
 
 // No deny_unknown_fields here: serde cannot combine it with `flatten`; the
@@ -326,6 +364,32 @@ impl Config {
                     return Err(self.invalid(format!("repository[{i}].path"), "must not be empty"))
                 }
                 RepositoryKindConfig::Local { .. } => {}
+                RepositoryKindConfig::S3 { bucket, region, .. }
+                    if bucket.is_empty() || region.is_empty() =>
+                {
+                    return Err(self.invalid(
+                        format!("repository[{i}]"),
+                        "`bucket` and `region` must not be empty",
+                    ))
+                }
+                RepositoryKindConfig::S3 {
+                    access_key_id_env,
+                    access_key_id_file,
+                    secret_access_key_env,
+                    secret_access_key_file,
+                    ..
+                } => {
+                    let id = access_key_id_env.is_some() as u8 + access_key_id_file.is_some() as u8;
+                    let secret = secret_access_key_env.is_some() as u8
+                        + secret_access_key_file.is_some() as u8;
+                    if id > 1 || secret > 1 || id != secret {
+                        return Err(self.invalid(
+                            format!("repository[{i}]"),
+                            "name the access key id and the secret access key once each \
+                             (access-key-id-env or -file, secret-access-key-env or -file), or neither to use the AWS credential chain",
+                        ));
+                    }
+                }
             }
         }
         let mut sources = HashSet::new();

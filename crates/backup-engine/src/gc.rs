@@ -80,12 +80,7 @@ pub async fn reap_interrupted(
     for b in &reaped {
         tracing::warn!(backup_id = %b.id, source = %b.source, "cleaning up an interrupted backup");
         // A repository removed from the config cannot be cleaned here; gc reports it later.
-        if let Ok(repo) = engine
-            .config
-            .repository(&b.repository)
-            .map_err(Into::into)
-            .and_then(|r| Repository::open(&engine.config, r))
-        {
+        if let Ok(repo) = Repository::open_named(&engine.config, &b.repository).await {
             removed += delete_backup_objects(&repo, b.id, cancel).await?;
         }
     }
@@ -156,7 +151,7 @@ pub async fn run_gc(
         );
     }
     for repo_config in &engine.config.repositories {
-        let repo = match Repository::open(&engine.config, repo_config) {
+        let repo = match Repository::open(&engine.config, repo_config).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(repository = %repo_config.name, "skipped: {e}");

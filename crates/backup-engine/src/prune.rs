@@ -362,11 +362,8 @@ pub async fn finish_deletion(
     // Open them all first: one that cannot be reached leaves every copy in place.
     let mut repos = Vec::new();
     for name in names {
-        let repo = engine
-            .config
-            .repository(name)
-            .map_err(EngineError::from)
-            .and_then(|r| Repository::open(&engine.config, r))
+        let repo = Repository::open_named(&engine.config, name)
+            .await
             .map_err(|e| {
                 EngineError::Failed(format!(
                     "backup {id} has objects in repository {name}, which cannot be opened ({e}); \

@@ -36,7 +36,7 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
     let key = engine.key()?;
     let mut report = RebuildReport::default();
     for repo_config in &engine.config.repositories {
-        let repo = Repository::open(&engine.config, repo_config)?;
+        let repo = Repository::open(&engine.config, repo_config).await?;
         repo.check_key(&key, cancel).await?;
         let mut by_backup: BTreeMap<BackupId, Vec<ObjectInfo>> = BTreeMap::new();
         for object in repo.sink.list(layout::BACKUPS_PREFIX, cancel).await? {

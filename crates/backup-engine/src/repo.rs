@@ -31,23 +31,29 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// Opens the repository the config names `name`.
+    pub async fn open_named(config: &Config, name: &str) -> Result<Repository> {
+        Self::open(config, config.repository(name)?).await
+    }
+
     /// Opens an existing repository.
-    pub fn open(config: &Config, repo: &RepositoryConfig) -> Result<Repository> {
+    pub async fn open(config: &Config, repo: &RepositoryConfig) -> Result<Repository> {
         let sink = match &repo.kind {
             RepositoryKindConfig::Local { path } => {
-                LocalSink::open(&repo.name, path).map_err(|e| {
+                AnySink::Local(LocalSink::open(&repo.name, path).map_err(|e| {
                     EngineError::Failed(format!(
                         "repository {} ({}): {e}; run `backupctl init` (config {}) to create it",
                         repo.name,
                         path.display(),
                         config.origin
                     ))
-                })?
+                })?)
             }
+            RepositoryKindConfig::S3 { .. } => AnySink::S3(s3_sink(repo).await?),
         };
         Ok(Repository {
             name: repo.name.clone(),
-            sink: AnySink::Local(sink),
+            sink,
         })
     }
 
@@ -60,6 +66,12 @@ impl Repository {
         let sink = match &repo.kind {
             RepositoryKindConfig::Local { path } => {
                 AnySink::Local(LocalSink::create(&repo.name, path)?)
+            }
+            // The bucket must exist already; checking it now catches bad credentials early.
+            RepositoryKindConfig::S3 { .. } => {
+                let sink = s3_sink(repo).await?;
+                sink.verify(cancel).await?;
+                AnySink::S3(sink)
             }
         };
         let repository = Repository {
@@ -107,3 +119,49 @@ impl Repository {
 
 /// How long a temp file of an interrupted write is left alone by default.
 pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// The S3 sink of an `kind = "s3"` repository.
+async fn s3_sink(repo: &RepositoryConfig) -> Result<backup_sinks::S3Sink> {
+    use backup_sinks::{S3Credentials, S3Options, S3Sink, SecretSource};
+    let RepositoryKindConfig::S3 {
+        bucket,
+        region,
+        prefix,
+        endpoint,
+        force_path_style,
+        part_size_mib,
+        concurrency,
+        storage_class,
+        access_key_id_env,
+        access_key_id_file,
+        secret_access_key_env,
+        secret_access_key_file,
+    } = &repo.kind
+    else {
+        unreachable!("called for S3 repositories only")
+    };
+    let source = |env: &Option<String>, file: &Option<std::path::PathBuf>| match (env, file) {
+        (Some(var), _) => Some(SecretSource::Env(var.clone())),
+        (None, Some(path)) => Some(SecretSource::File(path.clone())),
+        (None, None) => None,
+    };
+    let credentials = match (
+        source(access_key_id_env, access_key_id_file),
+        source(secret_access_key_env, secret_access_key_file),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => S3Credentials::Static {
+            access_key_id,
+            secret_access_key,
+        },
+        _ => S3Credentials::Default,
+    };
+    let mut options = S3Options::new(&repo.name, bucket, region);
+    options.prefix = prefix.clone();
+    options.endpoint = endpoint.clone();
+    options.force_path_style = *force_path_style;
+    options.part_size = part_size_mib.saturating_mul(1 << 20);
+    options.concurrency = *concurrency;
+    options.storage_class = storage_class.clone();
+    options.credentials = credentials;
+    Ok(S3Sink::new(options).await?)
+}

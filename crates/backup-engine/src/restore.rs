@@ -86,10 +86,7 @@ impl OpenedBackup {
         key: &MasterKey,
         cancel: &CancellationToken,
     ) -> Result<OpenedBackup> {
-        let repo = Repository::open(
-            &engine.config,
-            engine.config.repository(&record.repository)?,
-        )?;
+        let repo = Repository::open_named(&engine.config, &record.repository).await?;
         let envelope_bytes = read_object(&repo.sink, &layout::envelope_key(record.id), cancel).await.map_err(|e| {
             if e.is_not_found() {
                 EngineError::Integrity(format!("backup {}: its key envelope is missing from repository {}; the backup cannot be decrypted", record.id, repo.name))

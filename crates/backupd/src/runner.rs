@@ -273,12 +273,9 @@ impl Runner {
         if let Err(e) = catalog.fail_backup(backup, Utc::now(), &why).await {
             tracing::warn!(%backup, error = %e, "could not mark the partial backup failed");
         }
-        if let Ok(repo) = self
-            .engine
-            .config
-            .repository(&record.repository)
-            .map_err(backup_engine::EngineError::from)
-            .and_then(|r| backup_engine::repo::Repository::open(&self.engine.config, r))
+        if let Ok(repo) =
+            backup_engine::repo::Repository::open_named(&self.engine.config, &record.repository)
+                .await
         {
             if let Err(e) =
                 backup_engine::gc::delete_backup_objects(&repo, backup, &CancellationToken::new())
