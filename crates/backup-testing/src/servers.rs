@@ -53,6 +53,15 @@ impl SeaweedFs {
             .expect("create a temp dir for SeaweedFS");
         let data = dir.path().join("data");
         fs::create_dir(&data).expect("create the SeaweedFS data dir");
+        // SeaweedFS silently refuses writes (they hang) when its disk is nearly full: say so.
+        let free = free_disk_bytes(dir.path());
+        assert!(
+            free.is_none_or(|b| b >= MIN_FREE_DISK),
+            "only {} MiB free on the disk of {}: SeaweedFS needs at least {} MiB to accept writes; free some space",
+            free.unwrap_or(0) >> 20,
+            dir.path().display(),
+            MIN_FREE_DISK >> 20
+        );
         let config = dir.path().join("s3.json");
         fs::write(
             &config,
@@ -277,4 +286,21 @@ fn find_binary(name: &str) -> PathBuf {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Free space SeaweedFS needs before it accepts writes (it keeps a share of the disk free).
+const MIN_FREE_DISK: u64 = 6 << 30;
+
+/// Bytes available on the file system holding `path` (via `df`, to stay free of unsafe code).
+fn free_disk_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
