@@ -562,46 +562,18 @@ impl Catalog {
         slot: DateTime<Utc>,
         job: &NewJob,
     ) -> Result<Option<JobId>> {
-        validate_not_empty("schedule key", schedule_key)?;
-        if job.source != source {
-            return Err(CatalogError::InvalidValue {
-                field: "job source",
-                value: job.source.clone(),
-                reason: format!("planning a slot of source {source:?} needs a job of that source"),
-            });
+        let planned = self
+            .plan_slots(&[PlannedSlot {
+                source: source.to_owned(),
+                schedule_key: schedule_key.to_owned(),
+                slot,
+                job: job.clone(),
+            }])
+            .await?;
+        if let Some(id) = planned.first() {
+            tracing::info!(job_id = %id, "planned scheduled job");
         }
-        let p = JobParams::new(job, Some(slot))?;
-        let slot = micros(slot);
-        let action = format!("planning slot {slot} of schedule {schedule_key:?} of {source:?}");
-        let planned = in_transaction!(self, action, |tx| {
-            let advanced: Option<(DateTime<Utc>,)> = sqlx::query_as(
-                "INSERT INTO schedule_state (source, schedule_key, last_planned) \
-                 VALUES ($1, $2, $3) \
-                 ON CONFLICT (source, schedule_key) DO UPDATE \
-                 SET last_planned = excluded.last_planned \
-                 WHERE schedule_state.last_planned < excluded.last_planned \
-                 RETURNING last_planned",
-            )
-            .bind(source)
-            .bind(schedule_key)
-            .bind(slot)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(action.clone()))?;
-            if advanced.is_some() {
-                let inserted: Option<(String,)> = bind_job!(sqlx::query_as(INSERT_JOB), p)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db(action.clone()))?;
-                inserted.is_some()
-            } else {
-                false
-            }
-        });
-        if planned {
-            tracing::info!(job_id = %p.id, "planned scheduled job");
-        }
-        Ok(planned.then_some(p.id))
+        Ok(planned.into_iter().next())
     }
 
     /// The latest slot planned for a schedule entry, if any.
