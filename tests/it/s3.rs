@@ -42,7 +42,12 @@ repository = "region-a"
 
 /// Creates the bucket (the repository expects it to exist), retrying while the server settles.
 fn create_bucket(work: &Work, endpoint: &str) {
-    let mut options = S3Options::new("setup", BUCKET, "us-east-1");
+    create_bucket_named(work, endpoint, BUCKET);
+}
+
+/// Creates `bucket` with the credentials in the work dir's `s3-key-id` / `s3-secret` files.
+pub fn create_bucket_named(work: &Work, endpoint: &str, bucket: &str) {
+    let mut options = S3Options::new("setup", bucket, "us-east-1");
     options.endpoint = Some(endpoint.to_owned());
     options.force_path_style = true;
     options.credentials = S3Credentials::Static {
@@ -57,7 +62,7 @@ fn create_bucket(work: &Work, endpoint: &str) {
         let sink = S3Sink::new(options).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match sink.client().create_bucket().bucket(BUCKET).send().await {
+            match sink.client().create_bucket().bucket(bucket).send().await {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("create bucket: {e:?}; retrying");

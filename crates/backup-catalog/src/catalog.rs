@@ -139,6 +139,13 @@ const UPSERT_COPY: &str = concat!(
      verified_at = excluded.verified_at"
 );
 
+/// Rows that belong to a backup without a foreign key (see migration 0004); deleted with it,
+/// but kept when `import_backup` replaces the backup row.
+const DELETE_BACKUP_QUEUE_ROWS: [&str; 2] = [
+    "DELETE FROM replication_queue WHERE backup_id = $1",
+    "DELETE FROM thaw_requests WHERE backup_id = $1",
+];
+
 const DELETE_BACKUP_ROWS: [&str; 3] = [
     "DELETE FROM copies WHERE artifact_id IN (SELECT id FROM artifacts WHERE backup_id = $1)",
     "DELETE FROM artifacts WHERE backup_id = $1",
@@ -839,7 +846,7 @@ impl Catalog {
                 Some((_, true)) => return Err(CatalogError::LegalHold { id }),
                 Some(_) => {}
             }
-            for sql in DELETE_BACKUP_ROWS {
+            for sql in DELETE_BACKUP_QUEUE_ROWS.iter().chain(&DELETE_BACKUP_ROWS) {
                 sqlx::query(sql)
                     .bind(&key)
                     .execute(&mut *tx)

@@ -411,12 +411,12 @@ macro_rules! bind_job {
     };
 }
 
-fn validate_owner(owner: &str) -> Result<()> {
+pub(crate) fn validate_owner(owner: &str) -> Result<()> {
     validate_not_empty("lease owner", owner)
 }
 
 /// `now + lease`, refusing a zero or absurd lease.
-fn lease_expiry(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
+pub(crate) fn lease_expiry(now: DateTime<Utc>, lease: Duration) -> Result<DateTime<Utc>> {
     let invalid = |reason: &str| CatalogError::InvalidValue {
         field: "lease",
         value: format!("{lease:?}"),

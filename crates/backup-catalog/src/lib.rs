@@ -13,6 +13,7 @@ mod catalog;
 mod error;
 mod jobs;
 mod model;
+mod replication;
 mod retention;
 
 pub use catalog::{Backend, Catalog};
@@ -22,4 +23,5 @@ pub use model::{
     ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupStatus,
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
+pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;

@@ -180,6 +180,8 @@ async fn write_and_record(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Produced> {
+    let copy_targets =
+        crate::replicate::copy_targets(engine.config.source(source_name)?.1, tag.as_deref());
     let mut envelope = KeyEnvelope::new(backup_id, key);
     let data_id = ArtifactId::new();
     let manifest_id = ArtifactId::new();
@@ -276,6 +278,11 @@ async fn write_and_record(
             })
             .await?;
     }
+    // Queued before completion: a complete backup always has its copies queued.
+    engine
+        .catalog
+        .enqueue_copies(backup_id, &copy_targets, now)
+        .await?;
     engine
         .catalog
         .complete_backup(

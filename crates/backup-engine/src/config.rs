@@ -138,6 +138,11 @@ pub enum RepositoryKindConfig {
         secret_access_key_env: Option<String>,
         #[serde(default)]
         secret_access_key_file: Option<PathBuf>,
+        /// Object Lock retention of every object written, e.g.
+        /// `object-lock = { mode = "governance", days = 30 }`; the bucket must have Object
+        /// Lock enabled (`backupctl init` checks).
+        #[serde(default)]
+        object_lock: Option<backup_sinks::ObjectLock>,
     },
 }
 
@@ -187,10 +192,74 @@ pub struct SourceConfig {
     /// Check each scheduled backup right after it is made; a failure alerts `verify-failed`.
     #[serde(default)]
     pub verify_after_backup: VerifyAfterBackup,
+    /// Other repositories every completed backup is copied to: a repository name, or a rule
+    /// `{ to = "archive-eu", storage-class = "DEEP_ARCHIVE", only = "weekly", keep = {...} }`.
+    #[serde(default, deserialize_with = "copy_rules")]
+    pub copy_to: Vec<CopyRule>,
     /// The parsed `schedule`, in the same order (filled in by validation).
     #[serde(skip)]
     pub schedules: Vec<CronSchedule>,
 }
+
+/// One `copy-to` entry: where a source's completed backups are copied.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CopyRule {
+    /// The destination repository.
+    pub to: String,
+    /// Storage class of the copied data objects (S3 destinations only), e.g. `DEEP_ARCHIVE`.
+    /// Manifests and key envelopes stay in the repository's own class, so an archived copy
+    /// can be listed and rebuilt into a catalog without a thaw.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// Copy only backups with this tag (e.g. the `weekly` schedule entry's).
+    #[serde(default)]
+    pub only: Option<String>,
+    /// Retention of the copies there; without it a copy lives as long as its backup.
+    #[serde(default)]
+    pub keep: Option<KeepPolicy>,
+}
+
+impl CopyRule {
+    /// Whether a backup tagged `tag` is copied by this rule.
+    pub fn applies_to(&self, tag: Option<&str>) -> bool {
+        self.only.as_deref().is_none_or(|only| Some(only) == tag)
+    }
+}
+
+/// `copy-to` entries are a repository name or a rule table.
+fn copy_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CopyRule>, D::Error> {
+    use serde::de::Error;
+    Vec::<toml::Value>::deserialize(d)?
+        .into_iter()
+        .map(|value| match value {
+            toml::Value::String(to) => Ok(CopyRule {
+                to,
+                storage_class: None,
+                only: None,
+                keep: None,
+            }),
+            table @ toml::Value::Table(_) => CopyRule::deserialize(table).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "copy-to entries are a repository name or a table like \
+                 {{ to = \"region-b\" }}, not {}",
+                other.type_str()
+            ))),
+        })
+        .collect()
+}
+
+/// S3 storage classes a copy rule may name.
+const STORAGE_CLASSES: [&str; 8] = [
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+];
 
 /// `verify-after-backup`: none, quick (object checksums) or full (decrypt and decompress).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -373,6 +442,18 @@ impl Config {
                     ))
                 }
                 RepositoryKindConfig::S3 {
+                    object_lock: Some(lock),
+                    ..
+                } if !(1..=backup_sinks::s3::MAX_LOCK_DAYS).contains(&lock.days) => {
+                    return Err(self.invalid(
+                        format!("repository[{i}].object-lock.days"),
+                        format!(
+                            "must be between 1 and {} (days each object is retained)",
+                            backup_sinks::s3::MAX_LOCK_DAYS
+                        ),
+                    ))
+                }
+                RepositoryKindConfig::S3 {
                     access_key_id_env,
                     access_key_id_file,
                     secret_access_key_env,
@@ -412,11 +493,72 @@ impl Config {
                     ),
                 ));
             }
+            self.validate_copy_rules(i, s)?;
             match &s.kind {
                 SourceKindConfig::Files { paths, .. } if paths.is_empty() => {
                     return Err(self.invalid(format!("source[{i}].paths"), "list at least one path"))
                 }
                 SourceKindConfig::Files { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_copy_rules(&self, i: usize, s: &SourceConfig) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (j, rule) in s.copy_to.iter().enumerate() {
+            let key = format!("source[{i}].copy-to[{j}]");
+            let needle = format!("\"{}\"", rule.to);
+            let Some(repo) = self.repositories.iter().find(|r| r.name == rule.to) else {
+                let known: Vec<_> = self.repositories.iter().map(|r| r.name.as_str()).collect();
+                return Err(self.invalid_at(
+                    key,
+                    &needle,
+                    format!(
+                        "unknown repository {:?}; defined repositories: {known:?}",
+                        rule.to
+                    ),
+                ));
+            };
+            if rule.to == s.repository {
+                return Err(self.invalid_at(
+                    key,
+                    &needle,
+                    format!(
+                        "{:?} is the source's own repository; copy to another one",
+                        rule.to
+                    ),
+                ));
+            }
+            if !seen.insert(rule.to.as_str()) {
+                return Err(self.invalid_at(
+                    key,
+                    &needle,
+                    format!("repository {:?} is named twice in copy-to", rule.to),
+                ));
+            }
+            if let Some(class) = &rule.storage_class {
+                if !STORAGE_CLASSES.contains(&class.as_str()) {
+                    return Err(self.invalid_at(
+                        format!("{key}.storage-class"),
+                        &format!("\"{class}\""),
+                        format!("unknown storage class {class:?}; use one of {STORAGE_CLASSES:?}"),
+                    ));
+                }
+                if !matches!(repo.kind, RepositoryKindConfig::S3 { .. }) {
+                    return Err(self.invalid_at(
+                        format!("{key}.storage-class"),
+                        &format!("\"{class}\""),
+                        format!(
+                            "repository {:?} is not an S3 repository and has no storage classes",
+                            rule.to
+                        ),
+                    ));
+                }
+            }
+            if let Some(tag) = &rule.only {
+                crate::backup::check_tag(tag)
+                    .map_err(|e| self.invalid(format!("{key}.only"), e.to_string()))?;
             }
         }
         Ok(())
@@ -552,6 +694,89 @@ repository = "region-a"
         let bad_keep = policy.replace("daily = 7", "dayly = 7");
         let err = Config::parse(&bad_keep, "p.toml").unwrap_err().to_string();
         assert!(err.contains("dayly"), "{err}");
+    }
+
+    #[test]
+    fn s3_object_lock_parses_and_is_checked() {
+        let s3 = |lock: &str| {
+            GOOD.replace(
+                "kind = \"local\"\npath = \"var/repo/region-a\"",
+                &format!(
+                    "kind = \"s3\"\nbucket = \"b\"\nregion = \"us-east-1\"\nobject-lock = {lock}"
+                ),
+            )
+        };
+        let c = Config::parse(&s3("{ mode = \"compliance\", days = 30 }"), "l.toml").unwrap();
+        let RepositoryKindConfig::S3 { object_lock, .. } = &c.repositories[0].kind else {
+            panic!("not s3: {:?}", c.repositories[0].kind);
+        };
+        assert_eq!(
+            *object_lock,
+            Some(backup_sinks::ObjectLock {
+                mode: backup_sinks::ObjectLockMode::Compliance,
+                days: 30
+            })
+        );
+        for (bad, expect) in [
+            (
+                "{ mode = \"governance\", days = 0 }",
+                "repository[0].object-lock.days",
+            ),
+            ("{ mode = \"legal\", days = 3 }", "legal"),
+            ("{ mode = \"governance\", days = 3, years = 1 }", "years"),
+            ("{ days = 3 }", "mode"),
+        ] {
+            let err = Config::parse(&s3(bad), "l.toml").unwrap_err().to_string();
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn copy_rules_parse_and_bad_ones_name_the_key() {
+        let two = GOOD.replace(
+            "[[source]]",
+            "[[repository]]\nname = \"archive\"\nkind = \"s3\"\nbucket = \"b\"\nregion = \"eu-west-1\"\n[[repository]]\nname = \"region-b\"\nkind = \"local\"\npath = \"var/b\"\n[[source]]",
+        );
+        let rules = |copy_to: &str| format!("{two}copy-to = {copy_to}\n");
+        let c = Config::parse(
+            &rules(r#"["region-b", { to = "archive", storage-class = "DEEP_ARCHIVE", only = "weekly", keep = { last = 4 } }]"#),
+            "c.toml",
+        )
+        .unwrap();
+        let copy_to = &c.sources[0].copy_to;
+        assert_eq!(copy_to.len(), 2);
+        assert_eq!(copy_to[0].to, "region-b");
+        assert!(copy_to[0].applies_to(None) && copy_to[0].applies_to(Some("x")));
+        assert_eq!(copy_to[1].storage_class.as_deref(), Some("DEEP_ARCHIVE"));
+        assert!(copy_to[1].applies_to(Some("weekly")) && !copy_to[1].applies_to(None));
+        assert!(copy_to[1].keep.is_some());
+
+        for (copy_to, needles) in [
+            (
+                r#"["nowhere"]"#,
+                vec!["source[0].copy-to[0]", "nowhere", "line"],
+            ),
+            (r#"["region-a"]"#, vec!["own repository"]),
+            (r#"["region-b", "region-b"]"#, vec!["copy-to[1]", "twice"]),
+            (
+                r#"[{ to = "archive", storage-class = "FROZEN" }]"#,
+                vec!["storage-class", "FROZEN", "DEEP_ARCHIVE"],
+            ),
+            (
+                r#"[{ to = "region-b", storage-class = "GLACIER" }]"#,
+                vec!["not an S3 repository"],
+            ),
+            (r#"[{ to = "region-b", when = "weekly" }]"#, vec!["when"]),
+            (r#"[{ to = "region-b", only = "no spaces" }]"#, vec!["only"]),
+            ("[3]", vec!["repository name or a table"]),
+        ] {
+            let err = Config::parse(&rules(copy_to), "c.toml")
+                .unwrap_err()
+                .to_string();
+            for needle in needles {
+                assert!(err.contains(needle), "{copy_to}: {err}");
+            }
+        }
     }
 
     #[test]

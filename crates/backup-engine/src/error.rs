@@ -13,6 +13,8 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const INTEGRITY: i32 = 3;
+    /// Waiting on something outside backupd (an archive restore): run again later.
+    pub const PENDING: i32 = 4;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum EngineError {
     Integrity(String),
     #[error("{0}")]
     Failed(String),
+    /// Not done yet, through no fault: e.g. archived objects are still being restored.
+    #[error("{0}")]
+    Pending(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -49,6 +54,7 @@ impl EngineError {
         match self {
             Self::Config(_) | Self::Usage(_) | Self::Key(_) => exit::USAGE,
             Self::Integrity(_) => exit::INTEGRITY,
+            Self::Pending(_) => exit::PENDING,
             Self::Source(e) if e.is_integrity_failure() => exit::INTEGRITY,
             _ => exit::FAILED,
         }

@@ -13,11 +13,13 @@ pub mod keyfile;
 pub mod policy;
 pub mod prune;
 pub mod rebuild;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod schedule;
 pub mod service;
 mod streams;
+pub mod thaw;
 pub mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +75,22 @@ impl Progress {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// `1536` -> "1.5 KiB", for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

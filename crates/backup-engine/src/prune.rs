@@ -59,6 +59,8 @@ pub struct PruneReport {
     pub objects_deleted: u64,
     /// Estimated early-deletion charges of the planned deletions (only with `force`).
     pub early_deletion_charge_usd: f64,
+    /// Copies that their copy rule's `keep` no longer keeps (in a dry run: would expire).
+    pub copies_expired: Vec<ExpiredCopy>,
 }
 
 impl PruneReport {
@@ -129,6 +131,7 @@ pub async fn run_prune(
         failed: 0,
         objects_deleted: 0,
         early_deletion_charge_usd: 0.0,
+        copies_expired: Vec::new(),
     };
     if options.source.is_none() {
         for known in engine.catalog.list_sources().await? {
@@ -212,7 +215,129 @@ pub async fn run_prune(
         report.early_deletion_charge_usd += pruned.early_deletion_charge_usd;
         report.sources.push(pruned);
     }
+    for source in config
+        .sources
+        .iter()
+        .filter(|s| options.source.as_ref().is_none_or(|only| *only == s.name))
+    {
+        for rule in source.copy_to.iter().filter(|r| r.keep.is_some()) {
+            prune_copies(engine, source, rule, now, options, &mut report, cancel).await?;
+        }
+    }
     Ok(report)
+}
+
+/// A copy that a copy rule's `keep` no longer keeps.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpiredCopy {
+    pub backup_id: BackupId,
+    pub source: String,
+    pub repository: String,
+    /// True once the copy was forgotten and its objects deleted.
+    pub deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Applies a copy rule's `keep` to the copies in its repository: expired copies are
+/// forgotten by the catalog (refused while the backup is held or if it is the last copy),
+/// then their objects are deleted from that repository only.
+async fn prune_copies(
+    engine: &Engine,
+    source: &SourceConfig,
+    rule: &crate::config::CopyRule,
+    now: DateTime<Utc>,
+    options: &PruneOptions,
+    report: &mut PruneReport,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let policy = rule.keep.clone().unwrap_or_default();
+    let timezone = backup_scheduler::parse_timezone(&source.timezone)
+        .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
+    let mut copies: HashMap<BackupId, Vec<CopyInfo>> = HashMap::new();
+    for c in engine.catalog.stored_copies(&source.name).await? {
+        if c.repository == rule.to {
+            copies.entry(c.backup_id).or_default().push(copy_info(c));
+        }
+    }
+    let records = engine
+        .catalog
+        .list_backups(&BackupFilter {
+            source: Some(source.name.clone()),
+            status: Some(BackupStatus::Complete),
+        })
+        .await?;
+    let infos: Vec<BackupInfo> = records
+        .iter()
+        .filter_map(|r| {
+            let copies = copies.remove(&r.id)?;
+            Some(BackupInfo {
+                id: r.id,
+                finished_at: r.finished_at.unwrap_or(r.started_at),
+                state: BackupState::Complete,
+                tag: r.tag.clone(),
+                legal_hold: r.legal_hold,
+                object_lock_until: object_lock_until(&engine.config, &copies),
+                depends_on: None,
+                pinned_by: None,
+                copies,
+            })
+        })
+        .collect();
+    let plan_options = PlanOptions {
+        force: options.force,
+        ..PlanOptions::new(now, timezone)
+    };
+    let plan = retention::plan(&infos, &policy, &plan_options).map_err(|e| {
+        EngineError::Failed(format!(
+            "planning retention of {}'s copies in {}: {e}",
+            source.name, rule.to
+        ))
+    })?;
+    for decision in plan.decisions {
+        if decision.action != Action::Delete {
+            continue;
+        }
+        let mut expired = ExpiredCopy {
+            backup_id: decision.backup,
+            source: source.name.clone(),
+            repository: rule.to.clone(),
+            deleted: false,
+            error: None,
+        };
+        if !options.dry_run {
+            match expire_copy(engine, decision.backup, &rule.to, cancel).await {
+                Ok(removed) => {
+                    expired.deleted = true;
+                    report.objects_deleted += removed.objects;
+                }
+                Err(e) if cancel.is_cancelled() => return Err(e),
+                Err(e) => {
+                    tracing::error!(backup_id = %decision.backup, repository = %rule.to,
+                        "expiring the copy failed: {e}");
+                    expired.error = Some(e.to_string());
+                    report.failed += 1;
+                }
+            }
+        }
+        report.copies_expired.push(expired);
+    }
+    Ok(())
+}
+
+/// Forgets, then deletes, one backup's copy in `repository`.
+async fn expire_copy(
+    engine: &Engine,
+    id: BackupId,
+    repository: &str,
+    cancel: &CancellationToken,
+) -> Result<Removed> {
+    let repo = Repository::open_named(&engine.config, repository).await?;
+    // The catalog first: from then on nothing restores from this copy.
+    engine.catalog.forget_copies(id, repository).await?;
+    let removed = delete_backup_objects(&repo, id, cancel).await?;
+    tracing::info!(backup_id = %id, repository, objects = removed.objects, "copy expired");
+    Ok(removed)
 }
 
 /// Every backup and copy in the catalog, grouped for planning many sources.
@@ -276,18 +401,20 @@ async fn plan_source(
     };
     let mut infos: Vec<BackupInfo> = records
         .iter()
-        .map(|r| BackupInfo {
-            id: r.id,
-            finished_at: r.finished_at.unwrap_or(r.started_at),
-            state: state_of(r.status),
-            tag: r.tag.clone(),
-            legal_hold: r.legal_hold,
-            // Local repositories have no object lock; S3 Object Lock will report it here.
-            object_lock_until: None,
-            // Every backup is a full backup today.
-            depends_on: None,
-            pinned_by: None,
-            copies: copies.remove(&r.id).unwrap_or_default(),
+        .map(|r| {
+            let copies = copies.remove(&r.id).unwrap_or_default();
+            BackupInfo {
+                id: r.id,
+                finished_at: r.finished_at.unwrap_or(r.started_at),
+                state: state_of(r.status),
+                tag: r.tag.clone(),
+                legal_hold: r.legal_hold,
+                object_lock_until: object_lock_until(&engine.config, &copies),
+                // Every backup is a full backup today.
+                depends_on: None,
+                pinned_by: None,
+                copies,
+            }
         })
         .collect();
     // The planner's "newest" goes by finish time; `restore --latest` picks the latest start.
@@ -313,6 +440,29 @@ async fn plan_source(
         .map_err(|e| EngineError::Failed(format!("planning retention of {}: {e}", source.name)))?;
     let records = records.into_iter().map(|r| (r.id, r)).collect();
     Ok((records, plan))
+}
+
+/// When the last S3 Object Lock retention on any of these copies ends: the store refuses to
+/// delete a locked object version before then, so retention keeps the backup until then.
+fn object_lock_until(config: &crate::Config, copies: &[CopyInfo]) -> Option<DateTime<Utc>> {
+    copies
+        .iter()
+        .filter_map(|c| {
+            let days = lock_days(config, &c.repository)?;
+            c.created_at
+                .checked_add_signed(chrono::Duration::days(i64::from(days)))
+        })
+        .max()
+}
+
+/// The Object Lock retention (days) of a configured S3 repository, if it has one.
+pub(crate) fn lock_days(config: &crate::Config, repository: &str) -> Option<u32> {
+    match &config.repository(repository).ok()?.kind {
+        crate::config::RepositoryKindConfig::S3 { object_lock, .. } => {
+            object_lock.as_ref().map(|l| l.days)
+        }
+        crate::config::RepositoryKindConfig::Local { .. } => None,
+    }
 }
 
 fn state_of(status: BackupStatus) -> BackupState {
@@ -352,11 +502,19 @@ pub async fn finish_deletion(
         Err(CatalogError::BackupNotFound { .. }) => return Ok(Removed::default()),
         Err(e) => return Err(e.into()),
     };
+    // Copy destinations too: a copy cut short may have written objects it never recorded.
+    let queued = engine.catalog.copy_destinations(id).await?;
     let names: BTreeSet<&str> = std::iter::once(record.repository.as_str())
         .chain(
             artifacts
                 .iter()
                 .flat_map(|a| a.copies.iter().map(|c| c.repository.as_str())),
+        )
+        .chain(
+            queued
+                .iter()
+                .map(String::as_str)
+                .filter(|name| engine.config.repository(name).is_ok()),
         )
         .collect();
     // Open them all first: one that cannot be reached leaves every copy in place.
@@ -415,8 +573,55 @@ pub async fn finish_interrupted_deletions(
     Ok((finished, removed))
 }
 
-/// `backupctl hold` / `unhold`: sets or clears a backup's legal hold.
-pub async fn set_legal_hold(engine: &Engine, backup: &str, hold: bool) -> Result<BackupRecord> {
+/// `backupctl hold` / `unhold`: sets or clears a backup's legal hold, in the catalog and on
+/// its objects in every S3 repository with Object Lock (where the store itself then refuses
+/// to delete them). A hold is set in the catalog first and cleared there last, so a failure
+/// half way always leaves the backup held.
+pub async fn set_legal_hold(
+    engine: &Engine,
+    backup: &str,
+    hold: bool,
+    cancel: &CancellationToken,
+) -> Result<BackupRecord> {
     let record = engine.catalog.find_backup_by_prefix(backup).await?;
-    Ok(engine.catalog.set_legal_hold(record.id, hold).await?)
+    let id = record.id;
+    let record = if hold {
+        engine.catalog.set_legal_hold(id, true).await?
+    } else {
+        record
+    };
+    let artifacts = engine.catalog.backup_artifacts(id).await?;
+    let mut keys: HashMap<&str, Vec<String>> = HashMap::new();
+    for c in artifacts.iter().flat_map(|a| &a.copies) {
+        if lock_days(&engine.config, &c.repository).is_some() {
+            keys.entry(c.repository.as_str())
+                .or_insert_with(|| vec![layout::envelope_key(id)])
+                .push(c.object_key.clone());
+        }
+    }
+    for (repository, keys) in keys {
+        let repo = Repository::open_named(&engine.config, repository).await?;
+        let backup_sinks::AnySink::S3(s3) = &repo.sink else {
+            continue;
+        };
+        for key in &keys {
+            s3.set_legal_hold(key, hold, cancel).await.map_err(|e| {
+                EngineError::Failed(format!(
+                    "{} the S3 legal hold of backup {id} in repository {repository}: {e}{}",
+                    if hold { "setting" } else { "clearing" },
+                    if hold {
+                        "; the backup is held in the catalog, so prune keeps it; run `backupctl hold` again"
+                    } else {
+                        "; the backup stays held; run `backupctl unhold` again"
+                    }
+                ))
+            })?;
+        }
+        tracing::info!(backup_id = %id, repository, objects = keys.len(), hold, "S3 legal hold updated");
+    }
+    if hold {
+        Ok(record)
+    } else {
+        Ok(engine.catalog.set_legal_hold(id, false).await?)
+    }
 }

@@ -38,6 +38,16 @@ impl Repository {
 
     /// Opens an existing repository.
     pub async fn open(config: &Config, repo: &RepositoryConfig) -> Result<Repository> {
+        Self::open_with_class(config, repo, None).await
+    }
+
+    /// Opens an existing repository whose new objects get `storage_class` (S3 only) instead
+    /// of the configured one: the data objects of an archive copy.
+    pub async fn open_with_class(
+        config: &Config,
+        repo: &RepositoryConfig,
+        storage_class: Option<&str>,
+    ) -> Result<Repository> {
         let sink = match &repo.kind {
             RepositoryKindConfig::Local { path } => {
                 AnySink::Local(LocalSink::open(&repo.name, path).map_err(|e| {
@@ -49,7 +59,7 @@ impl Repository {
                     ))
                 })?)
             }
-            RepositoryKindConfig::S3 { .. } => AnySink::S3(s3_sink(repo).await?),
+            RepositoryKindConfig::S3 { .. } => AnySink::S3(s3_sink(repo, storage_class).await?),
         };
         Ok(Repository {
             name: repo.name.clone(),
@@ -69,7 +79,7 @@ impl Repository {
             }
             // The bucket must exist already; checking it now catches bad credentials early.
             RepositoryKindConfig::S3 { .. } => {
-                let sink = s3_sink(repo).await?;
+                let sink = s3_sink(repo, None).await?;
                 sink.verify(cancel).await?;
                 AnySink::S3(sink)
             }
@@ -121,7 +131,10 @@ impl Repository {
 pub const DEFAULT_SWEEP_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// The S3 sink of an `kind = "s3"` repository.
-async fn s3_sink(repo: &RepositoryConfig) -> Result<backup_sinks::S3Sink> {
+async fn s3_sink(
+    repo: &RepositoryConfig,
+    storage_class_override: Option<&str>,
+) -> Result<backup_sinks::S3Sink> {
     use backup_sinks::{S3Credentials, S3Options, S3Sink, SecretSource};
     let RepositoryKindConfig::S3 {
         bucket,
@@ -136,6 +149,7 @@ async fn s3_sink(repo: &RepositoryConfig) -> Result<backup_sinks::S3Sink> {
         access_key_id_file,
         secret_access_key_env,
         secret_access_key_file,
+        object_lock,
     } = &repo.kind
     else {
         unreachable!("called for S3 repositories only")
@@ -161,7 +175,10 @@ async fn s3_sink(repo: &RepositoryConfig) -> Result<backup_sinks::S3Sink> {
     options.force_path_style = *force_path_style;
     options.part_size = part_size_mib.saturating_mul(1 << 20);
     options.concurrency = *concurrency;
-    options.storage_class = storage_class.clone();
+    options.storage_class = storage_class_override
+        .map(str::to_owned)
+        .or_else(|| storage_class.clone());
     options.credentials = credentials;
+    options.object_lock = *object_lock;
     Ok(S3Sink::new(options).await?)
 }

@@ -35,12 +35,28 @@ pub enum BackupSelector {
 pub struct RestoreOutcome {
     pub backup_id: BackupId,
     pub source: String,
+    /// The repository the backup was restored from.
+    pub repository: String,
     pub target: PathBuf,
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Copies tried before `repository`, with why each was given up.
+    pub failovers: Vec<String>,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Write into a non-empty target.
+    pub force: bool,
+    /// Repositories to restore from, in order of preference; empty = the backup's own
+    /// repository first, then its other copies in config order, archived copies last.
+    pub from: Vec<String>,
+    /// What to do when the only copies left are archived.
+    pub thaw: crate::thaw::ThawOptions,
 }
 
 /// Resolves a selector to a complete backup.
@@ -80,13 +96,15 @@ pub(crate) struct OpenedBackup {
 }
 
 impl OpenedBackup {
+    /// Opens the backup's copy in `repository`.
     pub async fn open(
         engine: &Engine,
         record: &BackupRecord,
+        repository: &str,
         key: &MasterKey,
         cancel: &CancellationToken,
     ) -> Result<OpenedBackup> {
-        let repo = Repository::open_named(&engine.config, &record.repository).await?;
+        let repo = Repository::open_named(&engine.config, repository).await?;
         let envelope_bytes = read_object(&repo.sink, &layout::envelope_key(record.id), cancel).await.map_err(|e| {
             if e.is_not_found() {
                 EngineError::Integrity(format!("backup {}: its key envelope is missing from repository {}; the backup cannot be decrypted", record.id, repo.name))
@@ -153,18 +171,234 @@ pub async fn run_restore(
     engine: &Engine,
     selector: &BackupSelector,
     target: &Path,
-    force: bool,
+    options: &RestoreOptions,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
     let record = select_backup(engine, selector).await?;
-    prepare_target(target, force)?;
     let key = engine.key()?;
+    let artifacts = engine.catalog.backup_artifacts(record.id).await?;
+    let candidates = restore_order(engine, &record, &artifacts, &options.from)?;
+    prepare_target(target, options.force)?;
+    let mut failovers = Vec::new();
+    let mut last_error = None;
+    for (i, candidate) in candidates.iter().enumerate() {
+        let is_last = i + 1 == candidates.len();
+        if candidate.archived {
+            // Only worth a thaw when nothing readable is left to try.
+            if !is_last && options.from.is_empty() {
+                failovers.push(format!(
+                    "{}: archived ({}), kept as the last resort",
+                    candidate.repository,
+                    candidate.storage_class.as_deref().unwrap_or("archive")
+                ));
+                continue;
+            }
+            crate::thaw::ensure_thawed(
+                engine,
+                &record,
+                &candidate.repository,
+                &options.thaw,
+                cancel,
+            )
+            .await?;
+        }
+        match restore_from(
+            engine,
+            &record,
+            &candidate.repository,
+            &key,
+            target,
+            progress.clone(),
+            cancel,
+        )
+        .await
+        {
+            Ok(mut outcome) => {
+                outcome.failovers = failovers;
+                return Ok(outcome);
+            }
+            // Not a problem of this copy: another copy will not do better.
+            Err(e @ (EngineError::Key(_) | EngineError::Usage(_) | EngineError::Config(_))) => {
+                return Err(e)
+            }
+            Err(e) if cancel.is_cancelled() => return Err(e),
+            Err(e) => {
+                let next = candidates.get(i + 1).map(|c| c.repository.as_str());
+                tracing::warn!(backup_id = %record.id, repository = %candidate.repository,
+                    error = %e, next = ?next, "restore from this copy failed");
+                if let Some(next) = next {
+                    eprintln!(
+                        "restore from repository {} failed ({e}); trying the copy in {next}",
+                        candidate.repository
+                    );
+                }
+                failovers.push(format!("{}: {e}", candidate.repository));
+                last_error = Some(e);
+            }
+        }
+    }
+    let last_error = last_error.expect("at least one candidate was tried");
+    if failovers.len() <= 1 {
+        return Err(last_error);
+    }
+    let summary = failovers.join("; ");
+    Err(match last_error {
+        EngineError::Integrity(_) => EngineError::Integrity(format!(
+            "backup {}: no copy could be restored ({summary})",
+            record.id
+        )),
+        _ => EngineError::Failed(format!(
+            "backup {}: no copy could be restored ({summary})",
+            record.id
+        )),
+    })
+}
+
+/// `restore --thaw-only`: requests the restore of a backup's archived copy (the first of
+/// `options.from`, or its first archived copy) and reports where it stands, without waiting.
+pub async fn request_thaw(
+    engine: &Engine,
+    selector: &BackupSelector,
+    options: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<crate::thaw::ThawReport> {
+    let record = select_backup(engine, selector).await?;
+    let artifacts = engine.catalog.backup_artifacts(record.id).await?;
+    let candidates = restore_order(engine, &record, &artifacts, &options.from)?;
+    let archived = if options.from.is_empty() {
+        candidates.iter().find(|c| c.archived)
+    } else {
+        candidates.first().filter(|c| c.archived)
+    };
+    let Some(copy) = archived else {
+        let readable = candidates
+            .first()
+            .map(|c| c.repository.as_str())
+            .unwrap_or("-");
+        return Err(EngineError::Usage(format!(
+            "backup {}: the copy in {readable} is not archived and can be restored directly;              nothing to thaw",
+            record.id
+        )));
+    };
+    crate::thaw::thaw_copy(
+        engine,
+        &record,
+        &copy.repository,
+        &options.thaw,
+        true,
+        cancel,
+    )
+    .await
+}
+
+/// A repository holding a complete copy of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopyLocation {
+    pub repository: String,
+    pub storage_class: Option<String>,
+    /// Some object must be thawed before it can be read.
+    pub archived: bool,
+}
+
+/// The repositories holding every artifact of a backup: its own first, then the others in
+/// config order, then repositories no longer configured.
+pub(crate) fn complete_copies(
+    engine: &Engine,
+    record: &BackupRecord,
+    artifacts: &[ArtifactWithCopies],
+) -> Vec<CopyLocation> {
+    let mut names: Vec<&str> = vec![record.repository.as_str()];
+    names.extend(engine.config.repositories.iter().map(|r| r.name.as_str()));
+    names.extend(
+        artifacts
+            .iter()
+            .flat_map(|a| a.copies.iter().map(|c| c.repository.as_str())),
+    );
+    let mut seen = std::collections::HashSet::new();
+    names
+        .into_iter()
+        .filter(|name| seen.insert(*name))
+        .filter_map(|name| {
+            let copies: Option<Vec<_>> = artifacts
+                .iter()
+                .map(|a| a.copies.iter().find(|c| c.repository == name))
+                .collect();
+            let copies = copies.filter(|c| !c.is_empty())?;
+            let archived_class = copies
+                .iter()
+                .filter_map(|c| c.storage_class.as_deref())
+                .find(|class| crate::replicate::is_archive_class(Some(class)));
+            Some(CopyLocation {
+                repository: name.to_owned(),
+                storage_class: archived_class
+                    .map(str::to_owned)
+                    .or_else(|| copies.iter().find_map(|c| c.storage_class.clone())),
+                archived: archived_class.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// The copies to try, in order: `from` as given, or readable copies before archived ones.
+fn restore_order(
+    engine: &Engine,
+    record: &BackupRecord,
+    artifacts: &[ArtifactWithCopies],
+    from: &[String],
+) -> Result<Vec<CopyLocation>> {
+    let copies = complete_copies(engine, record, artifacts);
+    let held = || {
+        copies
+            .iter()
+            .map(|c| c.repository.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if from.is_empty() {
+        let (archived, readable): (Vec<_>, Vec<_>) =
+            copies.iter().cloned().partition(|c| c.archived);
+        let ordered: Vec<_> = readable.into_iter().chain(archived).collect();
+        if ordered.is_empty() {
+            return Err(EngineError::Integrity(format!(
+                "backup {}: no repository holds a copy of every artifact",
+                record.id
+            )));
+        }
+        return Ok(ordered);
+    }
+    from.iter()
+        .map(|name| {
+            engine.config.repository(name)?;
+            copies
+                .iter()
+                .find(|c| &c.repository == name)
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Usage(format!(
+                        "backup {} has no complete copy in repository {name}; it has copies in: {}",
+                        record.id,
+                        held()
+                    ))
+                })
+        })
+        .collect()
+}
+
+async fn restore_from(
+    engine: &Engine,
+    record: &BackupRecord,
+    repository: &str,
+    key: &MasterKey,
+    target: &Path,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreOutcome> {
     let OpenedBackup {
         repo,
         manifest,
         data,
-    } = OpenedBackup::open(engine, &record, &key, cancel).await?;
+    } = OpenedBackup::open(engine, record, repository, key, cancel).await?;
     let [(data_artifact, data_dek)] = <[_; 1]>::try_from(data).map_err(|_| {
         EngineError::Integrity(format!(
             "backup {}: expected exactly one data artifact",
@@ -175,6 +409,9 @@ pub async fn run_restore(
         data_artifact.artifact.plaintext_size,
         std::sync::atomic::Ordering::Relaxed,
     );
+    progress
+        .bytes
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let (manifest_artifact, manifest_dek) = manifest;
     let manifest_rx = repo
         .sink
@@ -188,6 +425,7 @@ pub async fn run_restore(
     let started = Instant::now();
     let job = RestoreJob {
         backup_id: record.id,
+        repository: repo.name.clone(),
         target: target.to_path_buf(),
         manifest: (
             manifest_artifact.artifact.id,
@@ -206,13 +444,15 @@ pub async fn run_restore(
         .map_err(|e| EngineError::Failed(format!("restore crashed: {e}")))??;
     Ok(RestoreOutcome {
         backup_id: record.id,
-        source: record.source,
+        source: record.source.clone(),
+        repository: repo.name.clone(),
         target: target.to_path_buf(),
         files: stats.files,
         dirs: stats.dirs,
         symlinks: stats.symlinks,
         bytes: stats.bytes,
         seconds: started.elapsed().as_secs_f64(),
+        failovers: Vec::new(),
     })
 }
 
@@ -241,6 +481,7 @@ fn prepare_target(target: &Path, force: bool) -> Result<()> {
 
 struct RestoreJob {
     backup_id: BackupId,
+    repository: String,
     target: PathBuf,
     manifest: (ArtifactId, DataKey, ChannelReader),
     data: (ArtifactId, DataKey, ChannelReader),
@@ -251,8 +492,14 @@ impl RestoreJob {
     fn run(self) -> Result<backup_sources::files::RestoreStats> {
         let (manifest_id, manifest_dek, manifest_in) = self.manifest;
         let (data_id, data_dek, data_in) = self.data;
-        let what_m = format!("backup {} manifest artifact {manifest_id}", self.backup_id);
-        let what_d = format!("backup {} data artifact {data_id}", self.backup_id);
+        let what_m = format!(
+            "backup {} manifest artifact {manifest_id} in repository {}",
+            self.backup_id, self.repository
+        );
+        let what_d = format!(
+            "backup {} data artifact {data_id} in repository {}",
+            self.backup_id, self.repository
+        );
         let options = ReadOptions::default();
         let (manifest_reader, _) =
             ArtifactReader::open(manifest_in, Some(manifest_id), &manifest_dek, &options)

@@ -65,6 +65,9 @@ pub struct AlertsConfig {
     /// An alert still firing this long after it started also goes to escalation webhooks.
     #[serde(default = "default_escalate", with = "humantime_serde")]
     pub escalate_after: Duration,
+    /// `replication-lag` fires when a destination's oldest uncopied backup waited longer.
+    #[serde(default = "default_replication_lag", with = "humantime_serde")]
+    pub replication_lag: Duration,
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -74,9 +77,14 @@ impl Default for AlertsConfig {
         Self {
             repeat_after: default_repeat(),
             escalate_after: default_escalate(),
+            replication_lag: default_replication_lag(),
             webhooks: Vec::new(),
         }
     }
+}
+
+fn default_replication_lag() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_repeat() -> Duration {

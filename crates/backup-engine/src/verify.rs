@@ -15,7 +15,7 @@ use backup_core::keys::DataKey;
 use backup_sinks::{ChannelReader, Sink};
 
 use crate::error::{exit, EngineError, Result};
-use crate::restore::{object_key, select_backup, BackupSelector, OpenedBackup};
+use crate::restore::{complete_copies, object_key, select_backup, BackupSelector, OpenedBackup};
 use crate::streams::HashingReader;
 use crate::{Engine, Progress};
 
@@ -37,7 +37,11 @@ pub struct BackupCheck {
     pub backup_id: String,
     pub source: String,
     pub ok: bool,
+    /// The repositories whose copy was checked, in order.
+    pub repositories: Vec<String>,
     pub artifacts_checked: u64,
+    /// Archived (not thawed) objects: only their presence and size could be checked.
+    pub archived_size_only: u64,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
 }
@@ -91,24 +95,41 @@ pub async fn run_verify(
             backup_id: record.id.to_string(),
             source: record.source.clone(),
             ok: true,
+            repositories: Vec::new(),
             artifacts_checked: 0,
+            archived_size_only: 0,
             bytes_read: 0,
             problems: Vec::new(),
         };
-        match OpenedBackup::open(engine, &record, &key, cancel).await {
-            // A wrong key is a configuration problem for every backup: stop at once.
-            Err(e @ EngineError::Key(_)) => return Err(e),
-            Err(e) => check.problems.push(problem(e)),
-            Ok(opened) => {
-                let all = std::iter::once(&opened.manifest).chain(opened.data.iter());
-                for (artifact, dek) in all {
-                    match verify_artifact(&opened, &record, artifact, dek, quick, &progress, cancel)
-                        .await
-                    {
-                        Ok(bytes) => check.bytes_read += bytes,
-                        Err(e) => check.problems.push(problem(e)),
+        let artifacts = engine.catalog.backup_artifacts(record.id).await?;
+        let locations = complete_copies(engine, &record, &artifacts);
+        if locations.is_empty() {
+            check.problems.push(problem(EngineError::Integrity(format!(
+                "backup {}: no repository holds a copy of every artifact",
+                record.id
+            ))));
+        }
+        // Every copy, so a damaged one is found before a restore has to fall back on another.
+        for location in locations {
+            check.repositories.push(location.repository.clone());
+            match OpenedBackup::open(engine, &record, &location.repository, &key, cancel).await {
+                // A wrong key is a configuration problem for every backup: stop at once.
+                Err(e @ EngineError::Key(_)) => return Err(e),
+                Err(e) => check.problems.push(problem(e)),
+                Ok(opened) => {
+                    let all = std::iter::once(&opened.manifest).chain(opened.data.iter());
+                    for (artifact, dek) in all {
+                        let result = verify_artifact(
+                            engine, &opened, &record, artifact, dek, quick, &progress, cancel,
+                        )
+                        .await;
+                        match result {
+                            Ok(Checked::Read(bytes)) => check.bytes_read += bytes,
+                            Ok(Checked::SizeOnly) => check.archived_size_only += 1,
+                            Err(e) => check.problems.push(problem(e)),
+                        }
+                        check.artifacts_checked += 1;
                     }
-                    check.artifacts_checked += 1;
                 }
             }
         }
@@ -136,7 +157,16 @@ fn problem(e: EngineError) -> Problem {
     }
 }
 
+enum Checked {
+    /// Read back in full (bytes).
+    Read(u64),
+    /// Archived: present with the recorded size; its content needs a thaw to be read.
+    SizeOnly,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn verify_artifact(
+    engine: &Engine,
     opened: &OpenedBackup,
     record: &BackupRecord,
     artifact: &ArtifactWithCopies,
@@ -144,7 +174,7 @@ async fn verify_artifact(
     quick: bool,
     progress: &Arc<Progress>,
     cancel: &CancellationToken,
-) -> Result<u64> {
+) -> Result<Checked> {
     let a = &artifact.artifact;
     let what = format!(
         "backup {} artifact {} ({}) in repository {}",
@@ -163,6 +193,19 @@ async fn verify_artifact(
             e.into()
         }
     };
+    if crate::replicate::is_archive_class(copy.storage_class.as_deref()) {
+        let info =
+            opened.repo.sink.head(&key, cancel).await?.ok_or_else(|| {
+                EngineError::Integrity(format!("{what}: object {key} is missing"))
+            })?;
+        if info.size != copy.stored_size {
+            return Err(EngineError::Integrity(format!(
+                "{what}: archived object {key} has {} bytes, the catalog recorded {}",
+                info.size, copy.stored_size
+            )));
+        }
+        return Ok(Checked::SizeOnly);
+    }
     let (stored_size, stored_sha) = if quick {
         backup_sinks::sha256_of_object(&opened.repo.sink, &key, cancel)
             .await
@@ -209,7 +252,11 @@ async fn verify_artifact(
     if quick {
         progress.add_bytes(stored_size);
     }
-    Ok(stored_size)
+    engine
+        .catalog
+        .mark_copy_verified(a.id, &opened.repo.name, chrono::Utc::now())
+        .await?;
+    Ok(Checked::Read(stored_size))
 }
 
 struct ProgressReader<R> {

@@ -36,7 +36,10 @@ pub use key::{validate_key, validate_prefix};
 pub use local::LocalSink;
 pub use memory::MemorySink;
 #[cfg(feature = "s3")]
-pub use s3::{S3Credentials, S3Options, S3Sink, SecretSource};
+pub use s3::{
+    ObjectLock, ObjectLockMode, RestoreRequested, RestoreTier, S3Credentials, S3Options, S3Sink,
+    SecretSource, ThawState, UnknownRestoreTier,
+};
 pub use stream::{byte_stream_from, ChannelReader, ChannelWriter};
 
 /// Object data in flight: a bounded channel of chunks. The stream ends (`None`) only after

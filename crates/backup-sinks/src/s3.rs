@@ -14,6 +14,13 @@
 //! dropped put aborts its multipart upload; [`Sink::sweep_incomplete`] aborts uploads whose
 //! writer died before it could.
 //!
+//! With [`S3Options::object_lock`] every new object carries an Object Lock retention (WORM):
+//! nobody, the sink included, can delete or overwrite that version before the date passes
+//! (in governance mode, only principals allowed to bypass it). [`S3Sink::set_legal_hold`]
+//! adds an open-ended hold. Objects in GLACIER or DEEP_ARCHIVE must be thawed with
+//! [`S3Sink::request_restore`] before `get` can read them; [`S3Sink::thaw_state`] says how far
+//! that is.
+//!
 //! Requests are retried by the SDK (standard mode, 5 attempts) on throttling, 5xx and
 //! connection errors; what still fails becomes [`SinkError::Remote`], whose `kind()` says
 //! whether a later retry can help.
@@ -33,7 +40,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::{ByteStream as S3Body, DateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
+    ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus, RestoreRequest,
+    StorageClass, Tier,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -99,6 +108,141 @@ pub enum S3Credentials {
     },
 }
 
+/// Object Lock retention given to every object the sink writes (`object-lock = { mode =
+/// "governance", days = 30 }` in a repository's config). The bucket must have Object Lock
+/// enabled; [`S3Sink::verify`] checks that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ObjectLock {
+    pub mode: ObjectLockMode,
+    /// Each object is retained until this many days after it was written (1 to
+    /// [`MAX_LOCK_DAYS`]).
+    pub days: u32,
+}
+
+/// Longest retention accepted: 100 years, S3's limit for a bucket's default retention.
+pub const MAX_LOCK_DAYS: u32 = 36_500;
+
+/// How strictly S3 enforces an object's retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectLockMode {
+    /// Principals with `s3:BypassGovernanceRetention` may still delete or shorten it.
+    #[serde(alias = "GOVERNANCE")]
+    Governance,
+    /// Nobody, not even the account's root user, can delete the version before the date.
+    #[serde(alias = "COMPLIANCE")]
+    Compliance,
+}
+
+impl ObjectLockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectLockMode::Governance => "governance",
+            ObjectLockMode::Compliance => "compliance",
+        }
+    }
+
+    fn to_s3(self) -> aws_sdk_s3::types::ObjectLockMode {
+        match self {
+            ObjectLockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+            ObjectLockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        }
+    }
+}
+
+impl fmt::Display for ObjectLockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How fast (and how expensively) S3 thaws an archived object. Glacier Flexible Retrieval
+/// takes minutes (expedited), 3-5 hours (standard) or 5-12 hours (bulk); Deep Archive has no
+/// expedited tier and takes up to 12 (standard) or 48 hours (bulk).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreTier {
+    Bulk,
+    #[default]
+    Standard,
+    Expedited,
+}
+
+impl RestoreTier {
+    pub const ALL: [RestoreTier; 3] = [
+        RestoreTier::Bulk,
+        RestoreTier::Standard,
+        RestoreTier::Expedited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreTier::Bulk => "bulk",
+            RestoreTier::Standard => "standard",
+            RestoreTier::Expedited => "expedited",
+        }
+    }
+
+    fn to_s3(self) -> Tier {
+        match self {
+            RestoreTier::Bulk => Tier::Bulk,
+            RestoreTier::Standard => Tier::Standard,
+            RestoreTier::Expedited => Tier::Expedited,
+        }
+    }
+}
+
+impl fmt::Display for RestoreTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A restore tier name that is not one of [`RestoreTier::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown restore tier {0:?}: use bulk, standard or expedited")]
+pub struct UnknownRestoreTier(pub String);
+
+impl std::str::FromStr for RestoreTier {
+    type Err = UnknownRestoreTier;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RestoreTier::ALL
+            .into_iter()
+            .find(|tier| tier.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownRestoreTier(s.to_owned()))
+    }
+}
+
+/// What [`S3Sink::request_restore`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreRequested {
+    /// S3 accepted the request; the object is readable once [`S3Sink::thaw_state`] says
+    /// [`ThawState::Restored`].
+    Started,
+    /// An earlier request is still being processed.
+    AlreadyInProgress,
+    /// A restored copy exists already (S3 moved its expiry to `days` from now).
+    AlreadyAvailable,
+    /// The object is not in an archive storage class: `get` reads it directly.
+    NotArchived,
+}
+
+/// Whether an object can be read, from its storage class and `x-amz-restore` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThawState {
+    /// Not in GLACIER or DEEP_ARCHIVE: readable at any time.
+    NotArchived,
+    /// Archived and not restored: `get` fails until a restore finishes.
+    Frozen,
+    /// A restore was requested and has not finished.
+    InProgress,
+    /// A temporary copy is readable until `expires` (as S3 gives it, an HTTP date such as
+    /// "Fri, 21 Dec 2012 00:00:00 GMT").
+    Restored { expires: Option<String> },
+}
+
 /// Settings of an [`S3Sink`]; [`S3Options::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct S3Options {
@@ -123,6 +267,9 @@ pub struct S3Options {
     /// bucket's default.
     pub storage_class: Option<String>,
     pub credentials: S3Credentials,
+    /// Object Lock retention for every object written; `None` = none (or the bucket's
+    /// default retention, if it has one).
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl S3Options {
@@ -142,6 +289,7 @@ impl S3Options {
             concurrency: DEFAULT_CONCURRENCY,
             storage_class: None,
             credentials: S3Credentials::Default,
+            object_lock: None,
         }
     }
 }
@@ -162,6 +310,7 @@ struct Inner {
     part_size: usize,
     concurrency: usize,
     storage_class: Option<StorageClass>,
+    object_lock: Option<ObjectLock>,
 }
 
 impl S3Sink {
@@ -179,6 +328,7 @@ impl S3Sink {
             concurrency,
             storage_class,
             credentials,
+            object_lock,
         } = options;
         let prefix = prefix.trim_matches('/').to_owned();
         let location = PathBuf::from(format!("s3://{bucket}/{prefix}"));
@@ -214,6 +364,14 @@ impl S3Sink {
         }
         if concurrency == 0 {
             return Err(unusable("the upload concurrency must be at least 1".into()));
+        }
+        if let Some(lock) = object_lock {
+            if !(1..=MAX_LOCK_DAYS).contains(&lock.days) {
+                return Err(unusable(format!(
+                    "the object-lock retention of {} days is outside 1 to {MAX_LOCK_DAYS} days",
+                    lock.days
+                )));
+            }
         }
         let storage_class = match storage_class {
             None => None,
@@ -279,12 +437,15 @@ impl S3Sink {
                 part_size,
                 concurrency,
                 storage_class,
+                object_lock,
             }),
         })
     }
 
-    /// Checks that the bucket exists and the credentials may list it, so misconfiguration
-    /// shows at startup rather than in the middle of a backup.
+    /// Checks that the bucket exists and the credentials may list it, and, with
+    /// `object_lock` configured, that the bucket has Object Lock enabled (S3 refuses locked
+    /// writes otherwise), so misconfiguration shows at startup rather than in the middle of
+    /// a backup.
     pub async fn verify(&self, cancel: &CancellationToken) -> Result<(), SinkError> {
         let inner = &self.inner;
         let request = inner
@@ -297,7 +458,200 @@ impl S3Sink {
         or_cancel(cancel, request)
             .await?
             .map_err(|e| inner.error(IoOp::List, &inner.prefix, e))?;
+        if let Some(lock) = inner.object_lock {
+            inner.verify_object_lock(lock, cancel).await?;
+        }
         Ok(())
+    }
+
+    /// The retention every written object gets, if configured.
+    pub fn object_lock(&self) -> Option<&ObjectLock> {
+        self.inner.object_lock.as_ref()
+    }
+
+    /// Places (`on`) or removes a legal hold on the current version of `key`: while held,
+    /// the version cannot be deleted, whatever its retention. The bucket must have Object
+    /// Lock enabled.
+    pub async fn set_legal_hold(
+        &self,
+        key: &str,
+        on: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let full_key = inner.full_key(key);
+        // Some stores (SeaweedFS, moto) answer a hold on a missing key with a 500, which the
+        // SDK would retry for seconds.
+        if inner.head_object(key, cancel).await?.is_none() {
+            return Err(SinkError::not_found(&inner.name, key));
+        }
+        let status = if on {
+            ObjectLockLegalHoldStatus::On
+        } else {
+            ObjectLockLegalHoldStatus::Off
+        };
+        let request = inner
+            .client
+            .put_object_legal_hold()
+            .bucket(&inner.bucket)
+            .key(&full_key)
+            .legal_hold(ObjectLockLegalHold::builder().status(status).build())
+            .send();
+        match or_cancel(cancel, request).await? {
+            Ok(_) => {
+                tracing::info!(
+                    repository = %inner.name,
+                    bucket = %inner.bucket,
+                    key = %full_key,
+                    on,
+                    "set legal hold"
+                );
+                Ok(())
+            }
+            Err(e) if is_missing_object(&e) => Err(SinkError::not_found(&inner.name, key)),
+            Err(e) => Err(inner.request_error(IoOp::Write, "PutObjectLegalHold", &full_key, e)),
+        }
+    }
+
+    /// Whether the current version of `key` is under a legal hold (never having had one
+    /// counts as not).
+    pub async fn legal_hold(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SinkError> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let full_key = inner.full_key(key);
+        let request = inner
+            .client
+            .get_object_legal_hold()
+            .bucket(&inner.bucket)
+            .key(&full_key)
+            .send();
+        match or_cancel(cancel, request).await? {
+            Ok(output) => Ok(output
+                .legal_hold()
+                .and_then(ObjectLockLegalHold::status)
+                .is_some_and(|status| *status == ObjectLockLegalHoldStatus::On)),
+            // An object that never had a hold gets a 404 whose code varies by store
+            // (NoSuchObjectLockConfiguration, NoSuchObjectLegalHold): ask whether it exists.
+            Err(e) if is_missing_object(&e) && e.code() != Some("NoSuchKey") => {
+                match inner.head_object(key, cancel).await? {
+                    Some(_) => Ok(false),
+                    None => Err(SinkError::not_found(&inner.name, key)),
+                }
+            }
+            Err(e) if is_missing_object(&e) => Err(SinkError::not_found(&inner.name, key)),
+            Err(e) => Err(inner.request_error(IoOp::Stat, "GetObjectLegalHold", &full_key, e)),
+        }
+    }
+
+    /// Asks S3 to thaw an archived object for `days` days (at least 1), at `tier` speed.
+    /// Objects not in GLACIER or DEEP_ARCHIVE need nothing and are left alone; a restored
+    /// copy has its expiry moved to `days` from now. Deep Archive has no expedited tier:
+    /// asking for it is refused before any request is sent.
+    pub async fn request_restore(
+        &self,
+        key: &str,
+        days: u32,
+        tier: RestoreTier,
+        cancel: &CancellationToken,
+    ) -> Result<RestoreRequested, SinkError> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let full_key = inner.full_key(key);
+        let refuse = |message: String| SinkError::Remote {
+            repository: inner.name.clone(),
+            bucket: inner.bucket.clone(),
+            key: full_key.clone(),
+            op: IoOp::Read,
+            code: None,
+            message,
+            temporary: false,
+        };
+        let days = match i32::try_from(days) {
+            Ok(days) if days >= 1 => days,
+            _ => {
+                return Err(refuse(format!(
+                    "cannot restore for {days} days: ask for at least 1 day"
+                )))
+            }
+        };
+        let Some(head) = inner.head_object(key, cancel).await? else {
+            return Err(SinkError::not_found(&inner.name, key));
+        };
+        let before = inner.thaw_state_of(&full_key, &head)?;
+        if before == ThawState::NotArchived {
+            return Ok(RestoreRequested::NotArchived);
+        }
+        if tier == RestoreTier::Expedited
+            && head.storage_class() == Some(&StorageClass::DeepArchive)
+        {
+            return Err(refuse(
+                "DEEP_ARCHIVE objects cannot be restored with the expedited tier: use the \
+                 standard (up to 12 hours) or bulk (up to 48 hours) tier"
+                    .to_owned(),
+            ));
+        }
+        let job = GlacierJobParameters::builder()
+            .tier(tier.to_s3())
+            .build()
+            .expect("the tier, the only required field, is set");
+        let request = inner
+            .client
+            .restore_object()
+            .bucket(&inner.bucket)
+            .key(&full_key)
+            .restore_request(
+                RestoreRequest::builder()
+                    .days(days)
+                    .glacier_job_parameters(job)
+                    .build(),
+            )
+            .send();
+        let requested = match or_cancel(cancel, request).await? {
+            Ok(_) => match before {
+                ThawState::InProgress => RestoreRequested::AlreadyInProgress,
+                ThawState::Restored { .. } => RestoreRequested::AlreadyAvailable,
+                ThawState::Frozen | ThawState::NotArchived => RestoreRequested::Started,
+            },
+            Err(e) if e.code() == Some("RestoreAlreadyInProgress") => {
+                RestoreRequested::AlreadyInProgress
+            }
+            // Moved out of the archive since our HEAD (e.g. by a lifecycle rule).
+            Err(e) if e.code() == Some("ObjectAlreadyInActiveTierError") => {
+                RestoreRequested::NotArchived
+            }
+            Err(e) if is_missing_object(&e) => return Err(SinkError::not_found(&inner.name, key)),
+            Err(e) => return Err(inner.request_error(IoOp::Read, "RestoreObject", &full_key, e)),
+        };
+        tracing::info!(
+            repository = %inner.name,
+            bucket = %inner.bucket,
+            key = %full_key,
+            days,
+            tier = %tier,
+            outcome = ?requested,
+            "requested the restore of an archived object"
+        );
+        Ok(requested)
+    }
+
+    /// Whether `key` is archived and how far its restore is; [`SinkError::NotFound`] if it
+    /// does not exist.
+    pub async fn thaw_state(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<ThawState, SinkError> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let Some(head) = inner.head_object(key, cancel).await? else {
+            return Err(SinkError::not_found(&inner.name, key));
+        };
+        inner.thaw_state_of(&inner.full_key(key), &head)
     }
 
     /// The underlying client, e.g. for tests that set up buckets.
@@ -484,6 +838,9 @@ impl Sink for S3Sink {
         Ok(objects)
     }
 
+    /// In a versioned bucket (every bucket with Object Lock is one) this only adds a delete
+    /// marker: the locked version stays, and keeps costing storage, until its retention
+    /// ends and a lifecycle rule or an operator removes it by version id.
     async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), SinkError> {
         validate_key(key)?;
         let inner = &self.inner;
@@ -573,6 +930,72 @@ impl Sink for S3Sink {
 impl Inner {
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn lock_mode(&self) -> Option<aws_sdk_s3::types::ObjectLockMode> {
+        self.object_lock.map(|lock| lock.mode.to_s3())
+    }
+
+    /// `days` from now, for an object written now.
+    fn retain_until(&self) -> Option<DateTime> {
+        self.object_lock.map(|lock| {
+            DateTime::from(SystemTime::now() + Duration::from_secs(u64::from(lock.days) * 86_400))
+        })
+    }
+
+    async fn verify_object_lock(
+        &self,
+        lock: ObjectLock,
+        cancel: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        let request = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send();
+        let enabled = match or_cancel(cancel, request).await? {
+            Ok(output) => output
+                .object_lock_configuration()
+                .and_then(|config| config.object_lock_enabled())
+                .is_some_and(|enabled| *enabled == ObjectLockEnabled::Enabled),
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => false,
+            Err(e) => {
+                return Err(self.request_error(
+                    IoOp::Stat,
+                    "GetObjectLockConfiguration",
+                    &self.prefix,
+                    e,
+                ))
+            }
+        };
+        if enabled {
+            return Ok(());
+        }
+        let bucket = &self.bucket;
+        Err(SinkError::Unusable {
+            repository: self.name.clone(),
+            path: PathBuf::from(format!("s3://{bucket}/{}", self.prefix)),
+            problem: format!(
+                "the repository is configured with object-lock ({} mode, {} days), but bucket \
+                 {bucket:?} does not have Object Lock enabled: create the bucket with Object Lock \
+                 enabled (`aws s3api create-bucket --bucket {bucket} \
+                 --object-lock-enabled-for-bucket`), enable it on the existing versioned bucket \
+                 (`aws s3api put-object-lock-configuration --bucket {bucket} \
+                 --object-lock-configuration ObjectLockEnabled=Enabled`), or remove \
+                 `object-lock` from repository {:?}",
+                lock.mode, lock.days, self.name
+            ),
+        })
+    }
+
+    /// Archived or not, and how far a restore is, from a HEAD answer.
+    fn thaw_state_of(
+        &self,
+        full_key: &str,
+        head: &HeadObjectOutput,
+    ) -> Result<ThawState, SinkError> {
+        thaw_state_of(head.storage_class(), head.restore())
+            .map_err(|problem| self.protocol_error(IoOp::Stat, full_key, &problem))
     }
 
     fn part_size_of(&self, number: i32) -> usize {
@@ -671,6 +1094,8 @@ impl Inner {
             .checksum_sha256(BASE64.encode(sha256))
             .metadata(SHA256_METADATA, receipt.sha256_hex())
             .set_storage_class(self.storage_class.clone())
+            .set_object_lock_mode(self.lock_mode())
+            .set_object_lock_retain_until_date(self.retain_until())
             .if_none_match("*")
             .body(S3Body::from(data))
             .send();
@@ -727,6 +1152,8 @@ impl Inner {
             .key(&full_key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_storage_class(self.storage_class.clone())
+            .set_object_lock_mode(self.lock_mode())
+            .set_object_lock_retain_until_date(self.retain_until())
             .send();
         let created = or_cancel(cancel, request)
             .await?
@@ -1053,6 +1480,37 @@ impl Inner {
         s3_error(&self.name, &self.bucket, op, full_key, error)
     }
 
+    /// [`Inner::error`] for requests other than plain reads and writes: the message names
+    /// the S3 request, and a refusal names the permission it needs.
+    fn request_error<E>(
+        &self,
+        op: IoOp,
+        request: &str,
+        full_key: &str,
+        error: SdkError<E, HttpResponse>,
+    ) -> SinkError
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        let mut error = self.error(op, full_key, error);
+        if let SinkError::Remote { code, message, .. } = &mut error {
+            let hint = match code.as_deref() {
+                Some("AccessDenied") => {
+                    format!(" (this request needs s3:{})", permission_of(request))
+                }
+                // What S3 answers when the bucket has no Object Lock.
+                Some("InvalidRequest") if request.contains("LegalHold") => format!(
+                    "; legal holds need a bucket with Object Lock enabled, which bucket {:?} \
+                     may not have",
+                    self.bucket
+                ),
+                _ => String::new(),
+            };
+            *message = format!("{request}: {message}{hint}");
+        }
+        error
+    }
+
     fn protocol_error(&self, op: IoOp, full_key: &str, message: &str) -> SinkError {
         SinkError::Remote {
             repository: self.name.clone(),
@@ -1067,6 +1525,85 @@ impl Inner {
 }
 
 type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+/// The IAM action that allows an S3 request.
+fn permission_of(request: &str) -> &str {
+    match request {
+        "GetObjectLockConfiguration" => "GetBucketObjectLockConfiguration",
+        "PutObjectLegalHold" => "PutObjectLegalHold",
+        "GetObjectLegalHold" => "GetObjectLegalHold",
+        "RestoreObject" => "RestoreObject",
+        other => other,
+    }
+}
+
+/// Thaw state from an object's storage class and `x-amz-restore` header; `Err` says what
+/// is wrong with a header we cannot read.
+fn thaw_state_of(
+    storage_class: Option<&StorageClass>,
+    restore: Option<&str>,
+) -> Result<ThawState, String> {
+    if !matches!(
+        storage_class,
+        Some(StorageClass::Glacier | StorageClass::DeepArchive)
+    ) {
+        return Ok(ThawState::NotArchived);
+    }
+    let Some(header) = restore.filter(|h| !h.trim().is_empty()) else {
+        return Ok(ThawState::Frozen);
+    };
+    let fields = restore_header_fields(header)
+        .ok_or_else(|| format!("cannot read the x-amz-restore header {header:?}"))?;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    };
+    match field("ongoing-request")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("true") => Ok(ThawState::InProgress),
+        Some("false") => Ok(ThawState::Restored {
+            expires: field("expiry-date").map(str::to_owned),
+        }),
+        _ => Err(format!(
+            "the x-amz-restore header {header:?} has no ongoing-request=\"true\" or \"false\""
+        )),
+    }
+}
+
+/// The `name="value"` pairs of an `x-amz-restore` header such as
+/// `ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`. Values may be
+/// unquoted; quoted ones may hold commas. `None` if the text is not such a list.
+fn restore_header_fields(header: &str) -> Option<Vec<(String, String)>> {
+    let mut fields = Vec::new();
+    let mut rest = header.trim();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=')?;
+        let name = name.trim();
+        if name.is_empty() || name.contains([',', '"']) {
+            return None;
+        }
+        let after = after.trim_start();
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let (value, after) = quoted.split_once('"')?;
+                (value, after)
+            }
+            None => after.split_at(after.find(',').unwrap_or(after.len())),
+        };
+        fields.push((name.to_owned(), value.trim().to_owned()));
+        let after = after.trim_start();
+        rest = match after.strip_prefix(',') {
+            Some(next) => next.trim_start(),
+            None if after.is_empty() => after,
+            None => return None,
+        };
+    }
+    Some(fields)
+}
 
 /// Part `number` (from 1) is this big; see [`PARTS_PER_SIZE_STEP`].
 fn part_size_of(base: usize, number: i32) -> usize {
@@ -1378,6 +1915,11 @@ fn hint(code: Option<&str>, status: Option<u16>, bucket: &str) -> String {
         | (None, Some(301)) => {
             format!("; the bucket {bucket:?} is in another region: fix the repository's region")
         }
+        (Some("GlacierExpeditedRetrievalNotAvailable"), _) => {
+            "; S3 has no expedited retrieval capacity free right now: retry later, use the \
+             standard tier, or buy provisioned retrieval capacity"
+                .to_owned()
+        }
         (Some("SlowDown" | "Throttling" | "ThrottlingException"), _) | (None, Some(503)) => {
             "; the store is throttling requests: lower the upload concurrency or retry later"
                 .to_owned()
@@ -1469,6 +2011,97 @@ mod tests {
         assert!(err.contains("BACKUPD_TEST_NO_SUCH_VAR"), "{err}");
     }
 
+    #[test]
+    fn restore_headers_are_read_robustly() {
+        let deep = Some(&StorageClass::DeepArchive);
+        let restored = |expires: &str| ThawState::Restored {
+            expires: Some(expires.to_owned()),
+        };
+        for (header, expected) in [
+            (None, ThawState::Frozen),
+            (Some(""), ThawState::Frozen),
+            (Some("ongoing-request=\"true\""), ThawState::InProgress),
+            (Some(" Ongoing-Request = \"TRUE\" "), ThawState::InProgress),
+            (
+                Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\""),
+                restored("Fri, 21 Dec 2012 00:00:00 GMT"),
+            ),
+            (
+                Some("expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\",ongoing-request=false"),
+                restored("Fri, 21 Dec 2012 00:00:00 GMT"),
+            ),
+            (
+                Some("ongoing-request=\"false\""),
+                ThawState::Restored { expires: None },
+            ),
+            // Fields S3 may add later are ignored.
+            (
+                Some("ongoing-request=\"false\", expiry-date=\"Sat, 22 Dec 2012 00:00:00 GMT\", tier=\"Bulk\""),
+                restored("Sat, 22 Dec 2012 00:00:00 GMT"),
+            ),
+        ] {
+            assert_eq!(thaw_state_of(deep, header).unwrap(), expected, "{header:?}");
+        }
+        for bad in [
+            "garbage",
+            "ongoing-request=\"maybe\"",
+            "expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"",
+            "ongoing-request=\"false",
+            "ongoing-request=\"false\" expiry-date=\"x\"",
+            "=\"false\"",
+        ] {
+            let err = thaw_state_of(deep, Some(bad)).unwrap_err();
+            assert!(err.contains("x-amz-restore"), "{bad:?}: {err}");
+        }
+        // Only GLACIER and DEEP_ARCHIVE need thawing; a stray header changes nothing.
+        for class in [
+            None,
+            Some(&StorageClass::Standard),
+            Some(&StorageClass::GlacierIr),
+        ] {
+            assert_eq!(
+                thaw_state_of(class, Some("ongoing-request=\"true\"")).unwrap(),
+                ThawState::NotArchived
+            );
+        }
+        assert_eq!(
+            thaw_state_of(Some(&StorageClass::Glacier), None).unwrap(),
+            ThawState::Frozen
+        );
+    }
+
+    #[test]
+    fn restore_tiers_parse_and_deserialize() {
+        use serde::de::value::{Error as ValueError, StrDeserializer};
+        use serde::de::IntoDeserializer;
+        use serde::Deserialize;
+        for tier in RestoreTier::ALL {
+            assert_eq!(tier.as_str().parse::<RestoreTier>().unwrap(), tier);
+            let de: StrDeserializer<ValueError> = tier.as_str().into_deserializer();
+            assert_eq!(RestoreTier::deserialize(de).unwrap(), tier);
+        }
+        assert_eq!(
+            "Expedited".parse::<RestoreTier>().unwrap(),
+            RestoreTier::Expedited
+        );
+        assert_eq!(RestoreTier::default(), RestoreTier::Standard);
+        let err = "fast".parse::<RestoreTier>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"fast\"") && err.contains("bulk, standard or expedited"),
+            "{err}"
+        );
+        for (text, mode) in [
+            ("governance", ObjectLockMode::Governance),
+            ("compliance", ObjectLockMode::Compliance),
+            ("COMPLIANCE", ObjectLockMode::Compliance),
+        ] {
+            let de: StrDeserializer<ValueError> = text.into_deserializer();
+            assert_eq!(ObjectLockMode::deserialize(de).unwrap(), mode);
+        }
+        let de: StrDeserializer<ValueError> = "legal".into_deserializer();
+        assert!(ObjectLockMode::deserialize(de).is_err());
+    }
+
     #[tokio::test]
     async fn options_are_checked() {
         let base = S3Options::new("repo", "bucket", "us-east-1");
@@ -1499,6 +2132,15 @@ mod tests {
             ),
             (
                 Box::new(|o: &mut S3Options| {
+                    o.object_lock = Some(ObjectLock {
+                        mode: ObjectLockMode::Governance,
+                        days: 0,
+                    })
+                }),
+                "object-lock",
+            ),
+            (
+                Box::new(|o: &mut S3Options| {
                     o.credentials = S3Credentials::Static {
                         access_key_id: SecretSource::Env("BACKUPD_TEST_NO_SUCH_VAR".into()),
                         secret_access_key: SecretSource::Env("BACKUPD_TEST_NO_SUCH_VAR".into()),
@@ -1516,7 +2158,13 @@ mod tests {
         let mut options = base;
         options.prefix = "/team/repo/".into();
         options.storage_class = Some("STANDARD_IA".into());
+        let lock = ObjectLock {
+            mode: ObjectLockMode::Compliance,
+            days: MAX_LOCK_DAYS,
+        };
+        options.object_lock = Some(lock);
         let sink = S3Sink::new(options).await.unwrap();
+        assert_eq!(sink.object_lock(), Some(&lock));
         assert_eq!(sink.prefix(), "team/repo/");
         assert!(!sink.capabilities().needs_restore_before_read);
     }

@@ -36,6 +36,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     concurrent_writers_succeed(catalog).await;
     retention::retention_conformance(catalog).await;
     jobs::jobs_conformance(catalog).await;
+    replication::replication_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -226,6 +227,7 @@ async fn list(
 // The job queue checks (after the helpers: they use `assert_err!`).
 pub mod jobs;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).
+pub mod replication;
 pub mod retention;
 
 // ---- checks ----------------------------------------------------------------------------------

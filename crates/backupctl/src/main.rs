@@ -22,7 +22,7 @@ use backup_engine::{exit, Config, Engine, EngineError, Progress};
 #[derive(Parser)]
 #[command(name = "backupctl", version, about = "Back up, verify and restore with backupd", long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or configuration, 3 integrity failure."
+    after_help = "Exit codes: 0 ok, 1 operation failed, 2 bad usage or configuration, 3 integrity failure, 4 waiting for an archive restore (run again later)."
 )]
 struct Cli {
     /// Configuration file (default: the embedded quickstart config).
@@ -45,8 +45,30 @@ enum Command {
         /// Label the backup (shown by `list`, kept in its manifest).
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
+        /// Only queue the source's `copy-to` copies (for `backupctl replicate` or backupd)
+        /// instead of making them right after the backup.
+        #[arg(long)]
+        no_copy: bool,
         #[command(flatten)]
         json: JsonFlag,
+    },
+    /// Make the queued copies of completed backups (`copy-to`); exit 1 if any failed.
+    Replicate {
+        /// Only this backup's copies.
+        #[arg(long, value_name = "BACKUP_ID")]
+        backup: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Replication state.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+    },
+    /// Archive (Glacier / Deep Archive) restores.
+    Thaw {
+        #[command(subcommand)]
+        command: ThawCommand,
     },
     /// List backups, newest first.
     List {
@@ -76,6 +98,15 @@ enum Command {
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
+        /// Restore from these repositories, in this order (repeat or comma-separate); by
+        /// default the backup's own repository, then its other copies, archived ones last.
+        #[arg(long, value_name = "REPOSITORY", value_delimiter = ',')]
+        from: Vec<String>,
+        #[command(flatten)]
+        thaw: ThawArgs,
+        /// Only request the restore of archived objects, then stop (see `thaw status`).
+        #[arg(long)]
+        thaw_only: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -164,6 +195,54 @@ enum CatalogCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// Per destination: copies pending, bytes pending, lag, last copy; failing copies.
+    Status {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum ThawCommand {
+    /// Restores requested for archived copies, and how far along they are.
+    Status {
+        /// Only this backup.
+        backup_id: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// How archived copies are restored.
+#[derive(Args, Clone)]
+struct ThawArgs {
+    /// Archive retrieval tier: bulk (cheapest, slowest), standard or expedited.
+    #[arg(long, default_value = "standard", value_name = "TIER")]
+    tier: backup_engine::thaw::RestoreTier,
+    /// Days the thawed copy stays readable.
+    #[arg(long, default_value_t = 3, value_name = "DAYS")]
+    thaw_days: u32,
+    /// Wait for archived objects to become readable instead of exiting with code 4.
+    #[arg(long)]
+    wait: bool,
+    /// How often --wait checks.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    poll: Duration,
+}
+
+impl ThawArgs {
+    fn options(&self) -> backup_engine::thaw::ThawOptions {
+        backup_engine::thaw::ThawOptions {
+            tier: self.tier,
+            days: self.thaw_days,
+            wait: self.wait,
+            poll: self.poll,
+        }
+    }
+}
+
 #[derive(Args, Clone, Copy)]
 struct JsonFlag {
     /// Print machine-readable JSON.
@@ -234,23 +313,77 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
     let engine = Engine::open(config).await?;
     match cli.command {
         Command::Init => unreachable!("handled above"),
-        Command::Backup { source, tag, json } => {
+        Command::Backup {
+            source,
+            tag,
+            no_copy,
+            json,
+        } => {
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "backing up");
             let outcome =
                 backup_engine::backup::run_backup(&engine, &source, tag, progress, cancel).await;
             progress::finish(bar);
-            output::backup(&outcome?, json.json);
+            let outcome = outcome?;
+            let copies = if no_copy {
+                None
+            } else {
+                let progress = Arc::new(Progress::default());
+                let bar = progress::start(progress.clone(), "copying");
+                let report = backup_engine::replicate::run_replication(
+                    &engine,
+                    Some(outcome.backup_id),
+                    progress,
+                    cancel,
+                )
+                .await;
+                progress::finish(bar);
+                Some(report?)
+            };
+            output::backup(&outcome, copies.as_ref(), json.json);
+        }
+        Command::Replicate { backup, json } => {
+            let only = match backup {
+                Some(prefix) => Some(engine.catalog.find_backup_by_prefix(&prefix).await?.id),
+                None => None,
+            };
+            let progress = Arc::new(Progress::default());
+            let bar = progress::start(progress.clone(), "copying");
+            let report =
+                backup_engine::replicate::run_replication(&engine, only, progress, cancel).await;
+            progress::finish(bar);
+            let report = report?;
+            output::replicate(&report, json.json);
+            if report.failed().next().is_some() {
+                return Ok(exit::FAILED);
+            }
+        }
+        Command::Replication {
+            command: ReplicationCommand::Status { json },
+        } => {
+            let status = backup_engine::replicate::replication_status(&engine).await?;
+            output::replication_status(&status, json.json);
+        }
+        Command::Thaw {
+            command: ThawCommand::Status { backup_id, json },
+        } => {
+            let only = match backup_id {
+                Some(prefix) => Some(engine.catalog.find_backup_by_prefix(&prefix).await?.id),
+                None => None,
+            };
+            let reports = backup_engine::thaw::thaw_status(&engine, only, cancel).await?;
+            output::thaw_status(&reports, json.json);
         }
         Command::List { source, json } => {
             let backups = engine
                 .catalog
                 .list_backups(&BackupFilter {
-                    source,
+                    source: source.clone(),
                     status: None,
                 })
                 .await?;
-            output::list(&backups, json.json);
+            let places = backup_engine::replicate::copy_places(&engine, source.as_deref()).await?;
+            output::list(&backups, &places, json.json);
         }
         Command::Show { backup_id, json } => {
             let record = engine.catalog.find_backup_by_prefix(&backup_id).await?;
@@ -263,6 +396,9 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             source,
             latest: _,
             force,
+            from,
+            thaw,
+            thaw_only,
             json,
         } => {
             let selector = match (backup_id, source) {
@@ -274,10 +410,22 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                     ))
                 }
             };
+            let options = backup_engine::restore::RestoreOptions {
+                force,
+                from,
+                thaw: thaw.options(),
+            };
+            if thaw_only {
+                let report =
+                    backup_engine::restore::request_thaw(&engine, &selector, &options, cancel)
+                        .await?;
+                output::thaw_status(std::slice::from_ref(&report), json.json);
+                return Ok(exit::OK);
+            }
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "restoring");
             let outcome = backup_engine::restore::run_restore(
-                &engine, &selector, &target, force, progress, cancel,
+                &engine, &selector, &target, &options, progress, cancel,
             )
             .await;
             progress::finish(bar);
@@ -352,11 +500,11 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             return Ok(report.exit_code());
         }
         Command::Hold { backup_id, json } => {
-            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, true).await?;
+            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, true, cancel).await?;
             output::hold(&record, json.json);
         }
         Command::Unhold { backup_id, json } => {
-            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, false).await?;
+            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, false, cancel).await?;
             output::hold(&record, json.json);
         }
         Command::Gc { grace, json } => {

@@ -1,14 +1,19 @@
 //! What backupctl prints: short human text by default, JSON with --json.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use backup_catalog::{ArtifactWithCopies, BackupRecord};
+use backup_core::BackupId;
 use backup_engine::backup::BackupOutcome;
 use backup_engine::gc::GcReport;
 use backup_engine::init::InitReport;
 use backup_engine::prune::PruneReport;
 use backup_engine::rebuild::RebuildReport;
+use backup_engine::replicate::{CopyOutcome, CopyPlace, ReplicationReport, ReplicationStatus};
 use backup_engine::restore::RestoreOutcome;
+use backup_engine::thaw::ThawReport;
 use backup_engine::verify::VerifyReport;
 
 fn json<T: Serialize + ?Sized>(value: &T) {
@@ -18,20 +23,7 @@ fn json<T: Serialize + ?Sized>(value: &T) {
     );
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use backup_engine::human_bytes;
 
 fn rate(bytes: u64, seconds: f64) -> String {
     format!(
@@ -59,9 +51,20 @@ pub fn init(r: &InitReport) {
     }
 }
 
-pub fn backup(o: &BackupOutcome, as_json: bool) {
+pub fn backup(o: &BackupOutcome, copies: Option<&ReplicationReport>, as_json: bool) {
     if as_json {
-        return json(o);
+        #[derive(Serialize)]
+        struct WithCopies<'a> {
+            #[serde(flatten)]
+            backup: &'a BackupOutcome,
+            copies: Vec<&'a CopyOutcome>,
+        }
+        return json(&WithCopies {
+            backup: o,
+            copies: copies
+                .map(|r| r.copies.iter().collect())
+                .unwrap_or_default(),
+        });
     }
     eprintln!(
         "backed up {} files, {} dirs, {} symlinks ({}) from {} to {} in {:.1}s ({}); stored {}{}",
@@ -80,21 +83,165 @@ pub fn backup(o: &BackupOutcome, as_json: bool) {
             String::new()
         }
     );
+    for c in copies.map(|r| r.copies.as_slice()).unwrap_or_default() {
+        copy_line(c);
+    }
     // The id alone on stdout, for scripts.
     println!("{}", o.backup_id);
 }
 
-pub fn list(backups: &[BackupRecord], as_json: bool) {
+/// One copy's outcome, on stderr (stdout carries ids and tables).
+fn copy_line(c: &CopyOutcome) {
+    match &c.error {
+        None => eprintln!(
+            "copied backup {} from {} to {}{}: {} artifacts, {} in {:.1}s ({})",
+            c.backup_id,
+            c.from,
+            c.destination,
+            c.storage_class
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
+            c.artifacts_copied,
+            human_bytes(c.bytes_copied),
+            c.seconds,
+            rate(c.bytes_copied, c.seconds)
+        ),
+        Some(e) => eprintln!(
+            "warning: copying backup {} to {} failed: {e}; it stays queued and is retried by \
+             `backupctl replicate` or backupd",
+            c.backup_id, c.destination
+        ),
+    }
+}
+
+pub fn replicate(r: &ReplicationReport, as_json: bool) {
     if as_json {
-        return json(backups);
+        return json(r);
+    }
+    for c in &r.copies {
+        copy_line(c);
+    }
+    let failed = r.failed().count();
+    println!("{} copies made, {failed} failed", r.copies.len() - failed);
+}
+
+pub fn replication_status(s: &ReplicationStatus, as_json: bool) {
+    if as_json {
+        return json(s);
     }
     println!(
-        "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  TAG",
-        "ID", "SOURCE", "STATUS", "HOLD", "STARTED (UTC)", "FILES", "SIZE", "STORED", "RATIO"
+        "{:<16}  {:>7}  {:>10}  {:>7}  {:>6}  {:>10}  LAST COPY (UTC)",
+        "DESTINATION", "PENDING", "BYTES", "FAILING", "DONE", "LAG"
+    );
+    for d in &s.destinations {
+        println!(
+            "{:<16}  {:>7}  {:>10}  {:>7}  {:>6}  {:>10}  {}",
+            d.lag.destination,
+            d.lag.pending,
+            human_bytes(d.lag.pending_bytes),
+            d.lag.failing,
+            d.lag.done,
+            humantime::format_duration(std::time::Duration::from_secs(d.lag_seconds)).to_string(),
+            d.lag
+                .last_copied_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    for t in &s.failing {
+        println!(
+            "failing: backup {} to {}: {} attempts, next at {}: {}",
+            t.backup_id,
+            t.destination,
+            t.attempts,
+            t.next_attempt_at.format("%Y-%m-%d %H:%M:%S"),
+            t.error.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+pub fn thaw_status(reports: &[ThawReport], as_json: bool) {
+    if as_json {
+        return json(reports);
+    }
+    if reports.is_empty() {
+        println!("no archive restores requested");
+    }
+    for r in reports {
+        let state = if r.is_ready() {
+            "READY".to_owned()
+        } else {
+            format!(
+                "{} of {} objects ready, {} restoring, {} not requested",
+                r.ready, r.objects, r.in_progress, r.frozen
+            )
+        };
+        println!(
+            "backup {} in {} ({}, {}): {state}; tier {} for {} days, expected {}, estimated ${:.2}{}",
+            r.backup_id,
+            r.repository,
+            r.storage_class,
+            human_bytes(r.bytes),
+            r.tier,
+            r.days,
+            r.estimate.expected_wait,
+            r.estimate.usd,
+            r.requested_at
+                .map(|t| format!("; requested {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub fn list(backups: &[BackupRecord], places: &HashMap<BackupId, Vec<CopyPlace>>, as_json: bool) {
+    let no_copies = Vec::new();
+    let copies_of = |b: &BackupRecord| places.get(&b.id).unwrap_or(&no_copies);
+    if as_json {
+        #[derive(Serialize)]
+        struct Listed<'a> {
+            #[serde(flatten)]
+            backup: &'a BackupRecord,
+            copies: &'a [CopyPlace],
+        }
+        let listed: Vec<_> = backups
+            .iter()
+            .map(|b| Listed {
+                backup: b,
+                copies: copies_of(b),
+            })
+            .collect();
+        return json(&listed);
+    }
+    println!(
+        "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  {:<8}  COPIES",
+        "ID",
+        "SOURCE",
+        "STATUS",
+        "HOLD",
+        "STARTED (UTC)",
+        "FILES",
+        "SIZE",
+        "STORED",
+        "RATIO",
+        "TAG"
     );
     for b in backups {
+        let copies: Vec<String> = copies_of(b)
+            .iter()
+            .map(|p| {
+                let mut s = p.repository.clone();
+                if let Some(class) = &p.storage_class {
+                    s.push_str(&format!("({class})"));
+                }
+                if !p.complete {
+                    s.push_str("[partial]");
+                }
+                s
+            })
+            .collect();
         println!(
-            "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  {}",
+            "{:<36}  {:<12}  {:<10}  {:<4}  {:<20}  {:>7}  {:>10}  {:>10}  {:>6}  {:<8}  {}",
             b.id,
             b.source,
             b.status.as_str(),
@@ -106,7 +253,8 @@ pub fn list(backups: &[BackupRecord], as_json: bool) {
             b.compression_ratio()
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into()),
-            b.tag.as_deref().unwrap_or("")
+            b.tag.as_deref().unwrap_or(""),
+            copies.join(",")
         );
     }
 }
@@ -165,10 +313,14 @@ pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
         );
         for c in &a.copies {
             println!(
-                "  copy      {}:{} {} sha256 {} verified {}",
+                "  copy      {}:{} {}{} sha256 {} verified {}",
                 c.repository,
                 c.object_key,
                 human_bytes(c.stored_size),
+                c.storage_class
+                    .as_deref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default(),
                 c.stored_sha256,
                 c.verified_at.to_rfc3339()
             );
@@ -192,6 +344,10 @@ pub fn restore(o: &RestoreOutcome, as_json: bool) {
         o.seconds,
         rate(o.bytes, o.seconds)
     );
+    eprintln!("restored from repository {}", o.repository);
+    for f in &o.failovers {
+        eprintln!("  not used: {f}");
+    }
 }
 
 pub fn verify(r: &VerifyReport, as_json: bool) {
@@ -202,11 +358,20 @@ pub fn verify(r: &VerifyReport, as_json: bool) {
     for b in &r.backups {
         if b.ok {
             println!(
-                "ok      {} ({}): {} artifacts, {} read ({mode})",
+                "ok      {} ({}): {} artifacts in {}, {} read ({mode}){}",
                 b.backup_id,
                 b.source,
                 b.artifacts_checked,
-                human_bytes(b.bytes_read)
+                b.repositories.join(", "),
+                human_bytes(b.bytes_read),
+                if b.archived_size_only > 0 {
+                    format!(
+                        "; {} archived objects checked by size only (thaw to read them)",
+                        b.archived_size_only
+                    )
+                } else {
+                    String::new()
+                }
             );
         } else {
             println!("FAILED  {} ({}):", b.backup_id, b.source);
@@ -297,6 +462,17 @@ pub fn prune(r: &PruneReport, as_json: bool) {
                 s.early_deletion_charge_usd
             );
         }
+    }
+    for c in &r.copies_expired {
+        let outcome = match (&c.error, c.deleted) {
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, true) => "deleted".to_owned(),
+            (None, false) => "would be deleted".to_owned(),
+        };
+        println!(
+            "copy of backup {} ({}) in {}: expired by its copy rule; {outcome}",
+            c.backup_id, c.source, c.repository
+        );
     }
     for s in &r.skipped {
         println!("skipped source {}: {}", s.source, s.reason);

@@ -23,6 +23,9 @@ struct Counters {
     bytes_in: BTreeMap<String, u64>,
     bytes_out: BTreeMap<(String, String), u64>,
     failures: BTreeMap<String, u64>,
+    /// (destination, outcome) -> copies made by this process
+    copies: BTreeMap<(String, &'static str), u64>,
+    copy_bytes: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -42,6 +45,15 @@ impl Metrics {
         *c.bytes_out
             .entry((source.to_owned(), repository.to_owned()))
             .or_default() += written;
+    }
+
+    pub fn copy_finished(&self, destination: &str, ok: bool, bytes: u64) {
+        let mut c = self.inner.lock().expect("metrics");
+        let outcome = if ok { "succeeded" } else { "failed" };
+        *c.copies
+            .entry((destination.to_owned(), outcome))
+            .or_default() += 1;
+        *c.copy_bytes.entry(destination.to_owned()).or_default() += bytes;
     }
 
     /// The text exposition format; metric names are stable (docs/operations.md).
@@ -164,7 +176,67 @@ impl Metrics {
             engine.catalog.queue_depth(now).await?
         );
 
+        let lags = engine.catalog.replication_lag().await?;
+        for (name, help, value) in [
+            (
+                "backupd_replication_pending",
+                "Complete backups not yet copied to the destination.",
+                (|l: &backup_catalog::DestinationLag| l.pending as i64)
+                    as fn(&backup_catalog::DestinationLag) -> i64,
+            ),
+            (
+                "backupd_replication_pending_bytes",
+                "Stored bytes of the backups not yet copied to the destination.",
+                |l| l.pending_bytes as i64,
+            ),
+            (
+                "backupd_replication_lag_seconds",
+                "Age of the oldest backup not yet copied to the destination (0 = caught up).",
+                |l| {
+                    l.oldest_pending_since
+                        .map(|t| (Utc::now() - t).num_seconds().max(0))
+                        .unwrap_or(0)
+                },
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            for l in &lags {
+                let _ = writeln!(
+                    out,
+                    "{name}{{destination=\"{}\"}} {}",
+                    esc(&l.destination),
+                    value(l)
+                );
+            }
+        }
+
         let c = self.inner.lock().expect("metrics");
+        family(
+            &mut out,
+            "backupd_copies_total",
+            "counter",
+            "Copies to other repositories made by this process.",
+        );
+        for ((destination, outcome), n) in &c.copies {
+            let _ = writeln!(
+                out,
+                "backupd_copies_total{{destination=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(destination)
+            );
+        }
+        family(
+            &mut out,
+            "backupd_copy_bytes_total",
+            "counter",
+            "Bytes copied to other repositories by this process.",
+        );
+        for (destination, n) in &c.copy_bytes {
+            let _ = writeln!(
+                out,
+                "backupd_copy_bytes_total{{destination=\"{}\"}} {n}",
+                esc(destination)
+            );
+        }
         family(
             &mut out,
             "backupd_job_duration_seconds",

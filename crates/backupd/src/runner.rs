@@ -62,6 +62,12 @@ impl Runner {
             * config.repositories.len().max(1);
         let jobs_cancel = CancellationToken::new();
         let mut running: JoinSet<()> = JoinSet::new();
+        let replication = {
+            let me = self.clone();
+            let stop = jobs_cancel.child_token();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { me.replicate_loop(shutdown, stop).await })
+        };
         loop {
             let now = Utc::now();
             if let Err(e) = backup_engine::schedule::plan_due_jobs(&self.engine, now).await {
@@ -112,6 +118,9 @@ impl Runner {
             jobs_cancel.cancel();
             while running.join_next().await.is_some() {}
         }
+        if tokio::time::timeout(grace, replication).await.is_err() {
+            tracing::warn!("a copy was still running after the shutdown grace period");
+        }
         if let Err(e) = self
             .engine
             .catalog
@@ -119,6 +128,82 @@ impl Runner {
             .await
         {
             tracing::error!(error = %e, "releasing leases failed");
+        }
+    }
+
+    /// Works the replication queue every tick until shutdown (a copy under way finishes,
+    /// or is cancelled by `stop` after the grace period), and alerts on lagging destinations.
+    async fn replicate_loop(self: Arc<Self>, shutdown: CancellationToken, stop: CancellationToken) {
+        let tick = self.engine.config.scheduler.tick;
+        loop {
+            let progress = Arc::new(Progress::default());
+            match backup_engine::replicate::run_replication(&self.engine, None, progress, &stop)
+                .await
+            {
+                Ok(report) => {
+                    for c in &report.copies {
+                        self.metrics.copy_finished(
+                            &c.destination,
+                            c.error.is_none(),
+                            c.bytes_copied,
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "working the replication queue failed"),
+            }
+            self.check_replication_lag(Utc::now()).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    async fn check_replication_lag(&self, now: DateTime<Utc>) {
+        let status = match backup_engine::replicate::replication_status(&self.engine).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the replication lag");
+                return;
+            }
+        };
+        let limit = self.engine.config.alerts.replication_lag;
+        for d in &status.destinations {
+            let key = format!("replication-lag:{}", d.lag.destination);
+            if d.lag_seconds <= limit.as_secs() {
+                self.alerts.resolve(&key);
+                continue;
+            }
+            let last_error = status
+                .failing
+                .iter()
+                .find(|t| t.destination == d.lag.destination)
+                .and_then(|t| t.error.clone());
+            let alert = Alert {
+                event: AlertEvent::ReplicationLag,
+                key,
+                source: None,
+                summary: format!(
+                    "copies to {} are {} behind ({} backups, {} bytes pending; limit {}){}",
+                    d.lag.destination,
+                    humanize(Duration::from_secs(d.lag_seconds)),
+                    d.lag.pending,
+                    d.lag.pending_bytes,
+                    humanize(limit),
+                    last_error
+                        .as_deref()
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                ),
+                details: serde_json::json!({
+                    "destination": d.lag.destination,
+                    "lag_seconds": d.lag_seconds,
+                    "pending": d.lag.pending,
+                    "pending_bytes": d.lag.pending_bytes,
+                    "last_error": last_error,
+                }),
+            };
+            self.alerts.fire(&alert, now).await;
         }
     }
 

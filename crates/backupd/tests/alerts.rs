@@ -122,3 +122,58 @@ fn rpo_breach_is_alerted_once_then_escalated_and_job_failures_alert() {
     );
     assert!(d.terminate().success());
 }
+
+#[test]
+fn copies_are_made_by_the_daemon_and_a_lagging_destination_alerts() {
+    let (port, seen) = webhook_receiver();
+    let service = format!(
+        "[alerts]\nreplication-lag = \"2s\"\n\
+         [[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/json\"\nevents = [\"replication-lag\"]\n\
+         {}",
+        tokens_config()
+    );
+    // Copies go to "copy" and to "broken", whose directory disappears after init.
+    let source_extra = "copy-to = [\"copy\", \"broken\"]\n\
+        [[repository]]\nname = \"copy\"\nkind = \"local\"\npath = \"var/copy\"\n\
+        [[repository]]\nname = \"broken\"\nkind = \"local\"\npath = \"var/broken\"\n";
+    let work = Work::new(&config("sqlite://var/catalog.db", source_extra, &service));
+    std::fs::write(work.path("data/a.txt"), b"a").unwrap();
+    work.init();
+    std::fs::remove_dir_all(work.path("var/broken")).unwrap();
+    let mut d = work.start(free_port(), "replication");
+    d.wait_healthy();
+    let (status, _) = json(
+        "POST",
+        &d.url("/api/v1/sources/files/backup"),
+        Some(OPERATE_TOKEN),
+    );
+    assert_eq!(status, 202);
+
+    let metrics = wait_for("the copy to `copy`", Duration::from_secs(60), || {
+        let (_, body) = http("GET", &d.url("/metrics"), None, None).unwrap();
+        body.contains("backupd_copies_total{destination=\"copy\",outcome=\"succeeded\"} 1")
+            .then_some(body)
+    });
+    assert!(
+        metrics.contains("backupd_replication_pending{destination=\"copy\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("backupd_replication_pending{destination=\"broken\"} 1"),
+        "{metrics}"
+    );
+    let alert = wait_for("the replication-lag alert", Duration::from_secs(60), || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| b["event"] == "replication-lag")
+            .map(|(_, b)| b.clone())
+    });
+    assert_eq!(alert["details"]["destination"], "broken", "{alert:#}");
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("broken") && summary.contains("backupctl init"),
+        "{summary}"
+    );
+    assert!(d.terminate().success());
+}
