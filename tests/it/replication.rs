@@ -533,3 +533,53 @@ fn a_damaged_source_copy_is_never_replicated() {
     work.ok(&["replication", "status"])
         .expect_mentions(&["region-b", "failing: backup"]);
 }
+
+#[test]
+fn a_copy_rule_keeps_its_own_retention() {
+    let work = Work::new();
+    work.write_config(&format!(
+        "{HEAD}{}{}{}",
+        local_repository("region-a"),
+        local_repository("region-b"),
+        files_source(r#"[{ to = "region-b", keep = { last = 1 } }]"#)
+    ));
+    build_varied_tree(&work);
+    work.init();
+    let old = work.backup();
+    let held = work.backup();
+    let newest = work.backup();
+    work.ok(&["hold", &held]);
+
+    let plan = work.ok(&["prune", "--dry-run", "--json"]).json();
+    let expiring: Vec<&str> = plan["copies_expired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(expiring, vec![old.as_str()], "the held copy stays: {plan:#}");
+    assert_eq!(
+        listed_copies(&work, &old).len(),
+        2,
+        "a dry run changes nothing"
+    );
+
+    work.ok(&["prune"]).expect_mentions(&["expired by its copy rule; deleted"]);
+    // The backup itself lives on in region-a; only its copy in region-b is gone.
+    assert_eq!(work.status_of(&old), "complete");
+    assert_eq!(
+        listed_copies(&work, &old),
+        vec![("region-a".to_owned(), None, true)]
+    );
+    assert!(
+        !work.path(&format!("var/repo/region-b/backups/{old}")).exists()
+            || files_below(&work.path(&format!("var/repo/region-b/backups/{old}"))).is_empty()
+    );
+    for id in [&held, &newest] {
+        assert_eq!(listed_copies(&work, id).len(), 2, "{id}");
+    }
+    work.ok(&["verify", "--all"]);
+    // Nothing more expires on a second run.
+    let again = work.ok(&["prune", "--json"]).json();
+    assert!(again["copies_expired"].as_array().unwrap().is_empty(), "{again:#}");
+}
