@@ -14,6 +14,7 @@ mod replication;
 mod retention;
 mod roundtrip;
 mod s3;
+mod s3_faults;
 mod s3_lock;
 mod schedule;
 mod support;

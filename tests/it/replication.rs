@@ -515,8 +515,12 @@ fn a_damaged_source_copy_is_never_replicated() {
     damage_data_object(&work, "region-a", &id);
 
     let out = work.run(&["replicate"]);
-    out.expect_code(EXIT_FAILED)
-        .expect_mentions(&["region-a", "damaged", &id, "0 copies made, 1 failed"]);
+    out.expect_code(EXIT_FAILED).expect_mentions(&[
+        "region-a",
+        "damaged",
+        &id,
+        "0 copies made, 1 failed",
+    ]);
     assert_eq!(
         listed_copies(&work, &id),
         vec![("region-a".to_owned(), None, true)]
@@ -525,7 +529,10 @@ fn a_damaged_source_copy_is_never_replicated() {
         .into_iter()
         .filter(|f| f.contains("data-"))
         .collect();
-    assert!(copied.is_empty(), "the mismatching object is not kept: {copied:?}");
+    assert!(
+        copied.is_empty(),
+        "the mismatching object is not kept: {copied:?}"
+    );
     let status = work.ok(&["replication", "status", "--json"]).json();
     let failing = status["failing"].as_array().unwrap();
     assert_eq!(failing.len(), 1, "{status:#}");
@@ -557,14 +564,19 @@ fn a_copy_rule_keeps_its_own_retention() {
         .iter()
         .map(|c| c["backup_id"].as_str().unwrap())
         .collect();
-    assert_eq!(expiring, vec![old.as_str()], "the held copy stays: {plan:#}");
+    assert_eq!(
+        expiring,
+        vec![old.as_str()],
+        "the held copy stays: {plan:#}"
+    );
     assert_eq!(
         listed_copies(&work, &old).len(),
         2,
         "a dry run changes nothing"
     );
 
-    work.ok(&["prune"]).expect_mentions(&["expired by its copy rule; deleted"]);
+    work.ok(&["prune"])
+        .expect_mentions(&["expired by its copy rule; deleted"]);
     // The backup itself lives on in region-a; only its copy in region-b is gone.
     assert_eq!(work.status_of(&old), "complete");
     assert_eq!(
@@ -572,7 +584,9 @@ fn a_copy_rule_keeps_its_own_retention() {
         vec![("region-a".to_owned(), None, true)]
     );
     assert!(
-        !work.path(&format!("var/repo/region-b/backups/{old}")).exists()
+        !work
+            .path(&format!("var/repo/region-b/backups/{old}"))
+            .exists()
             || files_below(&work.path(&format!("var/repo/region-b/backups/{old}"))).is_empty()
     );
     for id in [&held, &newest] {
@@ -581,5 +595,52 @@ fn a_copy_rule_keeps_its_own_retention() {
     work.ok(&["verify", "--all"]);
     // Nothing more expires on a second run.
     let again = work.ok(&["prune", "--json"]).json();
-    assert!(again["copies_expired"].as_array().unwrap().is_empty(), "{again:#}");
+    assert!(
+        again["copies_expired"].as_array().unwrap().is_empty(),
+        "{again:#}"
+    );
+}
+
+#[test]
+fn a_rebuilt_catalog_knows_every_copy_and_requeues_missing_ones() {
+    let work = Work::new();
+    work.write_config(&format!(
+        "{HEAD}{}{}{}{}",
+        local_repository("region-a"),
+        local_repository("region-b"),
+        local_repository("region-c"),
+        files_source("[\"region-b\"]")
+    ));
+    build_varied_tree(&work);
+    work.init();
+    let copied = work.backup();
+    let queued = work
+        .ok(&["backup", "files", "--no-copy"])
+        .stdout
+        .trim()
+        .to_owned();
+    fs::remove_file(work.path("var/catalog.db")).unwrap();
+    let _ = fs::remove_file(work.path("var/catalog.db-wal"));
+    let _ = fs::remove_file(work.path("var/catalog.db-shm"));
+
+    work.ok(&["catalog", "rebuild"]);
+    assert_eq!(
+        listed_copies(&work, &copied),
+        vec![
+            ("region-a".to_owned(), None, true),
+            ("region-b".to_owned(), None, true)
+        ]
+    );
+    assert_eq!(work.listed(&copied).unwrap()["repository"], "region-a");
+    assert_eq!(
+        listed_copies(&work, &queued),
+        vec![("region-a".to_owned(), None, true)]
+    );
+    // The copy that was never made is queued again; the one that exists is not.
+    let status = work.ok(&["replication", "status", "--json"]).json();
+    assert_eq!(destination(&status, "region-b")["pending"], 1, "{status:#}");
+    work.ok(&["replicate"])
+        .expect_mentions(&["1 copies made, 0 failed"]);
+    assert_eq!(listed_copies(&work, &queued).len(), 2);
+    work.ok(&["verify", "--all"]);
 }

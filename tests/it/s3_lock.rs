@@ -167,29 +167,48 @@ fn object_lock_repository_needs_a_locked_bucket_and_locks_what_it_writes() {
     // `hold` puts an S3 legal hold on every object of the backup; `unhold` lifts it.
     work.ok(&["hold", &id]);
     let backup_keys: Vec<String> = rt
-        .block_on(backup_sinks::Sink::list(&locked, &format!("repo/backups/{id}/"), &cancel))
+        .block_on(backup_sinks::Sink::list(
+            &locked,
+            &format!("repo/backups/{id}/"),
+            &cancel,
+        ))
         .unwrap()
         .into_iter()
         .map(|o| o.key)
         .collect();
     assert_eq!(backup_keys.len(), 3, "{backup_keys:?}");
     for key in &backup_keys {
-        assert!(rt.block_on(locked.legal_hold(key, &cancel)).unwrap(), "{key} not held");
+        assert!(
+            rt.block_on(locked.legal_hold(key, &cancel)).unwrap(),
+            "{key} not held"
+        );
     }
     work.ok(&["unhold", &id]);
     for key in &backup_keys {
-        assert!(!rt.block_on(locked.legal_hold(key, &cancel)).unwrap(), "{key} still held");
+        assert!(
+            !rt.block_on(locked.legal_hold(key, &cancel)).unwrap(),
+            "{key} still held"
+        );
     }
 
     // Retention keeps what Object Lock still protects, and says why.
     let second = work.backup();
-    work.write_config(&format!("{}keep = {{ last = 1 }}\n", s3_config(&endpoint, LOCKED)));
+    work.write_config(&format!(
+        "{}keep = {{ last = 1 }}\n",
+        s3_config(&endpoint, LOCKED)
+    ));
     let plan = work.ok(&["prune", "--dry-run", "--json"]).json();
     let planned = plan["sources"][0]["backups"].as_array().unwrap();
-    let first = planned.iter().find(|b| b["backup_id"] == id.as_str()).unwrap();
+    let first = planned
+        .iter()
+        .find(|b| b["backup_id"] == id.as_str())
+        .unwrap();
     assert_eq!(first["action"], "keep", "{plan:#}");
     assert!(first["reasons"].to_string().contains("object"), "{plan:#}");
-    let newest = planned.iter().find(|b| b["backup_id"] == second.as_str()).unwrap();
+    let newest = planned
+        .iter()
+        .find(|b| b["backup_id"] == second.as_str())
+        .unwrap();
     assert_eq!(newest["action"], "keep");
     work.ok(&["prune"]);
     assert_eq!(work.status_of(&id), "complete");

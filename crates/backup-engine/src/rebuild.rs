@@ -35,6 +35,9 @@ pub struct RebuildReport {
 pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<RebuildReport> {
     let key = engine.key()?;
     let mut report = RebuildReport::default();
+    // A backup replicated to several repositories is found in each: merge their copies.
+    let mut found: BTreeMap<BackupId, ImportedBackup> = BTreeMap::new();
+    let mut primaries: BTreeMap<BackupId, String> = BTreeMap::new();
     for repo_config in &engine.config.repositories {
         let repo = Repository::open(&engine.config, repo_config).await?;
         repo.check_key(&key, cancel).await?;
@@ -45,29 +48,83 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
             }
         }
         for (backup_id, objects) in by_backup {
-            match import_one(engine, &repo, &key, backup_id, &objects, cancel).await {
-                Ok(()) => report.imported.push(backup_id.to_string()),
+            match import_one(&repo, &key, backup_id, &objects, cancel).await {
+                Ok((imported, primary)) => {
+                    primaries.insert(backup_id, primary);
+                    merge(&mut found, imported);
+                }
                 Err(e @ EngineError::Key(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(%backup_id, repository = %repo.name, "not imported: {e}");
-                    report
-                        .incomplete
-                        .push((backup_id.to_string(), e.to_string()));
+                    report.incomplete.push((
+                        backup_id.to_string(),
+                        format!("repository {}: {e}", repo.name),
+                    ));
                 }
             }
         }
     }
+    for (backup_id, mut imported) in found {
+        // The repository the backup was made in, when it still holds a copy.
+        if let Some(primary) = primaries.get(&backup_id) {
+            let holds = imported
+                .artifacts
+                .iter()
+                .all(|a| a.copies.iter().any(|c| &c.repository == primary));
+            if holds {
+                imported.backup.repository = primary.clone();
+            }
+        }
+        engine.catalog.import_backup(&imported).await?;
+        // Copies the config asks for and no repository holds yet are queued again.
+        if let Ok((_, source)) = engine.config.source(&imported.backup.source) {
+            let targets: Vec<_> =
+                crate::replicate::copy_targets(source, imported.backup.tag.as_deref())
+                    .into_iter()
+                    .filter(|t| {
+                        !imported
+                            .artifacts
+                            .iter()
+                            .all(|a| a.copies.iter().any(|c| c.repository == t.destination))
+                    })
+                    .collect();
+            engine
+                .catalog
+                .enqueue_copies(backup_id, &targets, Utc::now())
+                .await?;
+        }
+        report.imported.push(backup_id.to_string());
+    }
     Ok(report)
 }
 
+/// Adds `imported`'s copies to the same backup found in another repository.
+fn merge(found: &mut BTreeMap<BackupId, ImportedBackup>, imported: ImportedBackup) {
+    let Some(existing) = found.get_mut(&imported.backup.id) else {
+        found.insert(imported.backup.id, imported);
+        return;
+    };
+    for artifact in imported.artifacts {
+        match existing
+            .artifacts
+            .iter_mut()
+            .find(|a| a.artifact.id == artifact.artifact.id)
+        {
+            Some(a) => a.copies.extend(artifact.copies),
+            None => existing.artifacts.push(artifact),
+        }
+    }
+}
+
+/// Reads one backup's manifest in `repo` and returns what to import, with the repository
+/// the backup was made in (from its manifest).
 async fn import_one(
-    engine: &Engine,
     repo: &Repository,
     key: &backup_core::keys::MasterKey,
     backup_id: BackupId,
     objects: &[ObjectInfo],
     cancel: &CancellationToken,
-) -> Result<()> {
+) -> Result<(ImportedBackup, String)> {
     let envelope_key = layout::envelope_key(backup_id);
     if !objects.iter().any(|o| o.key == envelope_key) {
         return Err(EngineError::Failed(
@@ -126,19 +183,26 @@ async fn import_one(
             None => return Err(EngineError::Integrity(format!("{expected} is missing"))),
         }
     }
-    engine
-        .catalog
-        .import_backup(&imported(
-            repo,
-            &header,
-            &footer,
-            manifest_id,
-            &manifest_key,
-            verified,
-            stored,
-        ))
-        .await?;
-    Ok(())
+    let class_of = |key: &str| {
+        objects
+            .iter()
+            .find(|o| o.key == key)
+            .and_then(|o| o.storage_class.clone())
+            .filter(|class| class != "STANDARD")
+    };
+    let mut imported = imported(
+        repo,
+        &header,
+        &footer,
+        manifest_id,
+        &manifest_key,
+        verified,
+        stored,
+    );
+    for copy in imported.artifacts.iter_mut().flat_map(|a| &mut a.copies) {
+        copy.storage_class = class_of(&copy.object_key);
+    }
+    Ok((imported, header.repository.clone()))
 }
 
 fn imported(

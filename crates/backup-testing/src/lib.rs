@@ -2,5 +2,6 @@
 //! sink and catalog backend must pass, and real servers to run them against.
 
 pub mod catalog;
+pub mod proxy;
 pub mod servers;
 pub mod sink;

@@ -500,11 +500,13 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             return Ok(report.exit_code());
         }
         Command::Hold { backup_id, json } => {
-            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, true, cancel).await?;
+            let record =
+                backup_engine::prune::set_legal_hold(&engine, &backup_id, true, cancel).await?;
             output::hold(&record, json.json);
         }
         Command::Unhold { backup_id, json } => {
-            let record = backup_engine::prune::set_legal_hold(&engine, &backup_id, false, cancel).await?;
+            let record =
+                backup_engine::prune::set_legal_hold(&engine, &backup_id, false, cancel).await?;
             output::hold(&record, json.json);
         }
         Command::Gc { grace, json } => {
