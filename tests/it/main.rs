@@ -9,6 +9,7 @@ mod config;
 mod corruption;
 mod crash;
 mod keys;
+mod postgres;
 mod privileged;
 mod replication;
 mod retention;

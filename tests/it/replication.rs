@@ -6,37 +6,18 @@ use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use backup_sinks::{S3Credentials, S3Options, S3Sink, SecretSource};
+use backup_testing::s3::incomplete_uploads;
 use backup_testing::servers::{
     skip_s3_tests, SeaweedFs, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY,
 };
 use serde_json::Value;
 
 use crate::roundtrip::build_varied_tree;
-use crate::s3::create_bucket_named;
+use crate::s3::{create_bucket_named, runtime, s3_repository_toml, setup_sink, write_s3_keys};
 use crate::support::*;
 
-const HEAD: &str = r#"[catalog]
-url = "sqlite://var/catalog.db"
-[encryption]
-key-file = "var/keys/repo.key"
-"#;
-
 fn s3_repository(name: &str, endpoint: &str, bucket: &str) -> String {
-    format!(
-        r#"[[repository]]
-name = "{name}"
-kind = "s3"
-bucket = "{bucket}"
-region = "us-east-1"
-prefix = "repo"
-endpoint = "{endpoint}"
-force-path-style = true
-part-size-mib = 5
-access-key-id-file = "s3-key-id"
-secret-access-key-file = "s3-secret"
-"#
-    )
+    s3_repository_toml(name, endpoint, bucket, 5, "")
 }
 
 fn local_repository(name: &str) -> String {
@@ -44,14 +25,7 @@ fn local_repository(name: &str) -> String {
 }
 
 fn files_source(copy_to: &str) -> String {
-    format!(
-        "[[source]]\nname = \"files\"\nkind = \"files\"\npaths = [\"./data\"]\nrepository = \"region-a\"\ncopy-to = {copy_to}\n"
-    )
-}
-
-fn write_keys(work: &Work) {
-    fs::write(work.path("s3-key-id"), SEAWEEDFS_ACCESS_KEY).unwrap();
-    fs::write(work.path("s3-secret"), SEAWEEDFS_SECRET_KEY).unwrap();
+    files_source_toml("region-a", &format!("copy-to = {copy_to}\n"))
 }
 
 /// `(repository, storage class, complete)` of each copy `list --json` shows for `id`.
@@ -88,9 +62,9 @@ fn copies_are_verified_listed_and_used_when_the_primary_region_is_down() {
     let region_a = SeaweedFs::start();
     let region_b = SeaweedFs::start();
     let work = Work::new();
-    write_keys(&work);
+    write_s3_keys(&work, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY);
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         s3_repository("region-a", &region_a.endpoint(), "primary"),
         s3_repository("region-b", &region_b.endpoint(), "replica"),
         files_source("[\"region-b\"]")
@@ -199,7 +173,7 @@ fn damage_data_object(work: &Work, repo: &str, id: &str) -> String {
 fn a_damaged_copy_is_named_by_verify_and_restore_falls_back_to_another() {
     let work = Work::new();
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         local_repository("region-a"),
         local_repository("region-b"),
         files_source("[\"region-b\"]")
@@ -263,28 +237,9 @@ fn a_damaged_copy_is_named_by_verify_and_restore_falls_back_to_another() {
 
 /// Incomplete multipart uploads in `bucket`.
 fn multipart_uploads(work: &Work, endpoint: &str, bucket: &str) -> usize {
-    let mut options = S3Options::new("probe", bucket, "us-east-1");
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(work.path("s3-key-id")),
-        secret_access_key: SecretSource::File(work.path("s3-secret")),
-    };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let sink = S3Sink::new(options).await.unwrap();
-            let listed = sink
-                .client()
-                .list_multipart_uploads()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
-            listed.uploads().len()
-        })
+    let rt = runtime();
+    let sink = setup_sink(&rt, work, endpoint, bucket, "");
+    rt.block_on(incomplete_uploads(&sink)).len()
 }
 
 #[test]
@@ -294,9 +249,9 @@ fn a_copier_killed_mid_copy_is_taken_over_without_duplicates() {
     }
     let region_b = SeaweedFs::start();
     let work = Work::new();
-    write_keys(&work);
+    write_s3_keys(&work, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY);
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         local_repository("region-a"),
         s3_repository("region-b", &region_b.endpoint(), "replica"),
         files_source("[\"region-b\"]")
@@ -384,9 +339,9 @@ fn weekly_backups_are_archived_and_restored_after_a_thaw() {
     }
     let moto = backup_testing::servers::Moto::start();
     let work = Work::new();
-    write_keys(&work);
+    write_s3_keys(&work, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY);
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         local_repository("region-a"),
         s3_repository("archive-eu", &moto.endpoint(), "deep"),
         files_source(r#"[{ to = "archive-eu", storage-class = "DEEP_ARCHIVE", only = "weekly" }]"#)
@@ -503,7 +458,7 @@ fn weekly_backups_are_archived_and_restored_after_a_thaw() {
 fn a_damaged_source_copy_is_never_replicated() {
     let work = Work::new();
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         local_repository("region-a"),
         local_repository("region-b"),
         files_source("[\"region-b\"]")
@@ -545,7 +500,7 @@ fn a_damaged_source_copy_is_never_replicated() {
 fn a_copy_rule_keeps_its_own_retention() {
     let work = Work::new();
     work.write_config(&format!(
-        "{HEAD}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}",
         local_repository("region-a"),
         local_repository("region-b"),
         files_source(r#"[{ to = "region-b", keep = { last = 1 } }]"#)
@@ -605,7 +560,7 @@ fn a_copy_rule_keeps_its_own_retention() {
 fn a_rebuilt_catalog_knows_every_copy_and_requeues_missing_ones() {
     let work = Work::new();
     work.write_config(&format!(
-        "{HEAD}{}{}{}{}",
+        "{CONFIG_HEAD}{}{}{}{}",
         local_repository("region-a"),
         local_repository("region-b"),
         local_repository("region-c"),

@@ -2,93 +2,21 @@
 //! between backupctl and SeaweedFS): the backup fails cleanly, nothing half-written counts
 //! as a backup, and once the endpoint is back a backup, verify, restore and gc all work.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backup_sinks::{S3Credentials, S3Options, S3Sink, SecretSource, Sink};
+use backup_sinks::Sink;
 use backup_testing::proxy::{FaultProxy, Outcome};
+use backup_testing::s3::{create_bucket, incomplete_uploads};
 use backup_testing::servers::{
     skip_s3_tests, SeaweedFs, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::roundtrip::build_varied_tree;
+use crate::s3::{runtime, s3_config_toml, setup_sink, write_s3_keys};
 use crate::support::*;
 
 const BUCKET: &str = "backupd-faults";
-
-fn s3_config(endpoint: &str) -> String {
-    format!(
-        r#"[catalog]
-url = "sqlite://var/catalog.db"
-[encryption]
-key-file = "var/keys/repo.key"
-[[repository]]
-name = "region-a"
-kind = "s3"
-bucket = "{BUCKET}"
-region = "us-east-1"
-prefix = "repo"
-endpoint = "{endpoint}"
-force-path-style = true
-part-size-mib = 5
-concurrency = 2
-access-key-id-file = "s3-key-id"
-secret-access-key-file = "s3-secret"
-[[source]]
-name = "files"
-kind = "files"
-paths = ["./data"]
-repository = "region-a"
-"#
-    )
-}
-
-/// A sink on the server itself (not through the proxy), for setup and checks.
-fn direct_sink(rt: &tokio::runtime::Runtime, work: &Work, endpoint: &str) -> S3Sink {
-    let mut options = S3Options::new("direct", BUCKET, "us-east-1");
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.prefix = "repo".into();
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(work.path("s3-key-id")),
-        secret_access_key: SecretSource::File(work.path("s3-secret")),
-    };
-    rt.block_on(S3Sink::new(options)).unwrap()
-}
-
-/// Creates the bucket, retrying while the server settles.
-fn create_bucket(rt: &tokio::runtime::Runtime, sink: &S3Sink) {
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match sink.client().create_bucket().bucket(BUCKET).send().await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("create bucket: {e:?}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("create bucket: {e:?}"),
-            }
-        }
-    });
-}
-
-/// Keys of the bucket's incomplete multipart uploads.
-fn incomplete_uploads(rt: &tokio::runtime::Runtime, sink: &S3Sink) -> Vec<String> {
-    rt.block_on(async {
-        let page = sink
-            .client()
-            .list_multipart_uploads()
-            .bucket(BUCKET)
-            .send()
-            .await
-            .unwrap();
-        page.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_owned))
-            .collect()
-    })
-}
 
 #[test]
 fn endpoint_down_mid_backup_fails_cleanly_and_the_next_backup_works() {
@@ -98,9 +26,14 @@ fn endpoint_down_mid_backup_fails_cleanly_and_the_next_backup_works() {
     let server = SeaweedFs::start();
     let proxy = FaultProxy::start(&server.endpoint());
     let work = Work::new();
-    work.write_config(&s3_config(&proxy.endpoint()));
-    std::fs::write(work.path("s3-key-id"), SEAWEEDFS_ACCESS_KEY).unwrap();
-    std::fs::write(work.path("s3-secret"), SEAWEEDFS_SECRET_KEY).unwrap();
+    work.write_config(&s3_config_toml(
+        "region-a",
+        &proxy.endpoint(),
+        BUCKET,
+        5,
+        "concurrency = 2\n",
+    ));
+    write_s3_keys(&work, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY);
     build_varied_tree(&work);
     // Incompressible, so the data artifact needs several 5 MiB parts.
     write_file(
@@ -109,12 +42,10 @@ fn endpoint_down_mid_backup_fails_cleanly_and_the_next_backup_works() {
         0o644,
     );
     let source = snapshot(&work.data());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let direct = direct_sink(&rt, &work, &server.endpoint());
-    create_bucket(&rt, &direct);
+    let rt = runtime();
+    // On the server itself, not through the proxy.
+    let direct = setup_sink(&rt, &work, &server.endpoint(), BUCKET, "repo");
+    rt.block_on(create_bucket(&direct, false));
     work.init();
 
     // The endpoint goes away during the third part of the data upload.
@@ -153,7 +84,10 @@ fn endpoint_down_mid_backup_fails_cleanly_and_the_next_backup_works() {
     assert_same_tree(&source, &snapshot(&target.join("data")), true);
 
     work.ok(&["gc", "--grace", "0s"]);
-    assert_eq!(incomplete_uploads(&rt, &direct), Vec::<String>::new());
+    assert_eq!(
+        rt.block_on(incomplete_uploads(&direct)),
+        Vec::<String>::new()
+    );
     // Only the good backup's objects are left in the bucket.
     let cancel = CancellationToken::new();
     let objects = rt.block_on(direct.list("backups/", &cancel)).unwrap();

@@ -4,12 +4,13 @@
 //! in one PUT: moto ignores retention on multipart uploads (the sink's own tests check those
 //! on SeaweedFS).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use backup_sinks::{S3Credentials, S3Options, S3Sink, SecretSource};
+use backup_testing::s3::create_bucket;
 use backup_testing::servers::{skip_s3_tests, Moto};
 
 use crate::roundtrip::build_varied_tree;
+use crate::s3::{runtime, s3_config_toml, setup_sink, write_s3_keys};
 use crate::support::*;
 
 const UNLOCKED: &str = "backupd-unlocked";
@@ -17,64 +18,8 @@ const LOCKED: &str = "backupd-locked";
 const DAYS: u64 = 7;
 
 fn s3_config(endpoint: &str, bucket: &str) -> String {
-    format!(
-        r#"[catalog]
-url = "sqlite://var/catalog.db"
-[encryption]
-key-file = "var/keys/repo.key"
-[[repository]]
-name = "vault"
-kind = "s3"
-bucket = "{bucket}"
-region = "us-east-1"
-prefix = "repo"
-endpoint = "{endpoint}"
-force-path-style = true
-part-size-mib = 64
-access-key-id-file = "s3-key-id"
-secret-access-key-file = "s3-secret"
-object-lock = {{ mode = "governance", days = {DAYS} }}
-[[source]]
-name = "files"
-kind = "files"
-paths = ["./data"]
-repository = "vault"
-"#
-    )
-}
-
-/// A sink on `bucket` for setup and checks (no object lock of its own).
-fn setup_sink(rt: &tokio::runtime::Runtime, work: &Work, endpoint: &str, bucket: &str) -> S3Sink {
-    let mut options = S3Options::new("setup", bucket, "us-east-1");
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(work.path("s3-key-id")),
-        secret_access_key: SecretSource::File(work.path("s3-secret")),
-    };
-    rt.block_on(S3Sink::new(options)).unwrap()
-}
-
-/// Creates the sink's bucket, with Object Lock if `locked`, retrying while the server settles.
-fn create_bucket(rt: &tokio::runtime::Runtime, sink: &S3Sink, locked: bool) {
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let request = sink
-                .client()
-                .create_bucket()
-                .bucket(sink.bucket())
-                .object_lock_enabled_for_bucket(locked);
-            match request.send().await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("create bucket: {e:?}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("create bucket: {e:?}"),
-            }
-        }
-    });
+    let object_lock = format!("object-lock = {{ mode = \"governance\", days = {DAYS} }}\n");
+    s3_config_toml("vault", endpoint, bucket, 64, &object_lock)
 }
 
 #[test]
@@ -84,18 +29,14 @@ fn object_lock_repository_needs_a_locked_bucket_and_locks_what_it_writes() {
     }
     let server = Moto::start();
     let endpoint = server.endpoint();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let work = Work::new();
-    std::fs::write(work.path("s3-key-id"), "testing").unwrap();
-    std::fs::write(work.path("s3-secret"), "testing").unwrap();
+    write_s3_keys(&work, "testing", "testing");
     build_varied_tree(&work);
-    let unlocked = setup_sink(&rt, &work, &endpoint, UNLOCKED);
-    create_bucket(&rt, &unlocked, false);
-    let locked = setup_sink(&rt, &work, &endpoint, LOCKED);
-    create_bucket(&rt, &locked, true);
+    let unlocked = setup_sink(&rt, &work, &endpoint, UNLOCKED, "");
+    rt.block_on(create_bucket(&unlocked, false));
+    let locked = setup_sink(&rt, &work, &endpoint, LOCKED, "");
+    rt.block_on(create_bucket(&locked, true));
 
     // A bucket without Object Lock: init fails (a permanent repository error, exit 1),
     // naming the bucket and the fix, and writes nothing there.

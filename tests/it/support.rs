@@ -78,6 +78,27 @@ on-unreadable = "{}"
     s
 }
 
+/// The top of a config written piece by piece: the SQLite catalog and the key file,
+/// both under `var/` of the work dir.
+pub const CONFIG_HEAD: &str = r#"[catalog]
+url = "sqlite://var/catalog.db"
+[encryption]
+key-file = "var/keys/repo.key"
+"#;
+
+/// A `[[source]]` named `files` that backs up `./data` to `repository`; `extra`: more
+/// lines of its table, each ending in a newline.
+pub fn files_source_toml(repository: &str, extra: &str) -> String {
+    format!(
+        r#"[[source]]
+name = "files"
+kind = "files"
+paths = ["./data"]
+repository = "{repository}"
+{extra}"#
+    )
+}
+
 /// How `backupctl` is started.
 enum Runner {
     /// `cargo_bin("backupctl")` as the current user.

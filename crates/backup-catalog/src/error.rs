@@ -122,6 +122,19 @@ pub enum CatalogError {
     LegalHold { id: BackupId },
 
     #[error(
+        "WAL file {file_name} of source {source_name} is archived already with different \
+         content (SHA-256 {archived_sha256}, now {new_sha256}); PostgreSQL never rewrites a WAL \
+         file, so two clusters may be archiving to the same source: check archive_command on \
+         every server"
+    )]
+    WalConflict {
+        source_name: String,
+        file_name: String,
+        archived_sha256: String,
+        new_sha256: String,
+    },
+
+    #[error(
         "backup {id} is being deleted (status deleting); it cannot be restored, verified, held \
          or imported; `backupctl prune` or `backupctl gc` finishes the deletion"
     )]

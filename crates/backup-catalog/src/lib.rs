@@ -13,6 +13,7 @@ mod catalog;
 mod error;
 mod jobs;
 mod model;
+mod postgres;
 mod replication;
 mod retention;
 
@@ -23,5 +24,6 @@ pub use model::{
     ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupStatus,
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
+pub use postgres::{PostgresBackupRecord, WalFileRecord, WalRecorded};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod manifest;
 pub mod pool;
 pub mod retention;
+pub mod sealed;
 
 pub use ids::{ArtifactId, BackupId};
 

@@ -272,6 +272,13 @@ pub mod layout {
     use super::*;
 
     pub const BACKUPS_PREFIX: &str = "backups/";
+    pub const WAL_PREFIX: &str = "wal/";
+
+    /// A source's archived WAL file (`file` is a validated WAL file name; sources are
+    /// validated config names).
+    pub fn wal_key(source: &str, file: &str) -> String {
+        format!("{WAL_PREFIX}{source}/{file}.bkpd")
+    }
 
     pub fn backup_prefix(backup: BackupId) -> String {
         format!("{BACKUPS_PREFIX}{backup}/")

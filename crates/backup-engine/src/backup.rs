@@ -29,6 +29,8 @@ use crate::{Engine, Progress};
 use backup_sinks::put_bytes;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// The name a PostgreSQL data directory is stored under in a base backup.
+pub const PGDATA_LABEL: &str = "pgdata";
 /// Chunks buffered between the pipeline and the sink (each up to one segment).
 const SINK_QUEUE: usize = 4;
 
@@ -205,6 +207,46 @@ async fn write_and_record(
         key_id: key.id().clone(),
         tag,
     };
+    let mut session = match source {
+        SourceKindConfig::Postgres { connection, .. } => Some(
+            crate::pgbackup::BaseBackupSession::start(
+                connection,
+                &format!("backupd {backup_id}"),
+                source.wal_segment_size().unwrap_or_default(),
+            )
+            .await?,
+        ),
+        SourceKindConfig::Files { .. } => None,
+    };
+    let (handshake, stop_parts) = match session.take() {
+        Some(session) => {
+            let (tree_done, tree_done_rx) = tokio::sync::oneshot::channel();
+            let (stop_tx, stop_files) = std::sync::mpsc::channel();
+            (
+                Some(PostgresHandshake {
+                    tree_done,
+                    stop_files,
+                }),
+                Some((session, tree_done_rx, stop_tx)),
+            )
+        }
+        None => (None, None),
+    };
+    let stopper = async move {
+        let Some((session, tree_done_rx, stop_tx)) = stop_parts else {
+            return Ok::<_, EngineError>(None);
+        };
+        // Also when the producer failed before reading everything: end the backup mode.
+        let _ = tree_done_rx.await;
+        let stopped = session.stop().await;
+        let _ = stop_tx.send(
+            stopped
+                .as_ref()
+                .map(|(files, _)| files.clone())
+                .map_err(|e| e.to_string()),
+        );
+        stopped.map(|(_, position)| Some(position))
+    };
     let job = ProduceJob {
         source: source.clone(),
         options: WriteOptions {
@@ -217,13 +259,16 @@ async fn write_and_record(
         manifest: (manifest_id, manifest_dek, ChannelWriter::new(manifest_tx)),
         header,
         progress,
+        postgres: handshake,
     };
     let producer = tokio::task::spawn_blocking(move || job.run());
-    let (data_put, manifest_put, produced) = tokio::join!(
+    let (data_put, manifest_put, produced, position) = tokio::join!(
         repo.sink.put(&data_key, data_rx, cancel),
         repo.sink.put(&manifest_key, manifest_rx, cancel),
-        producer
+        producer,
+        stopper
     );
+    let position = position?;
     let produced =
         produced.map_err(|e| EngineError::Failed(format!("backup pipeline crashed: {e}")))?;
     // Either side failing breaks the other: report the cause. A sink that failed only
@@ -275,6 +320,22 @@ async fn write_and_record(
                 stored_sha256: hex::encode(summary.stored_sha256),
                 storage_class: None,
                 verified_at: now,
+            })
+            .await?;
+    }
+    if let Some(p) = &position {
+        engine
+            .catalog
+            .record_postgres_backup(&backup_catalog::PostgresBackupRecord {
+                backup_id,
+                start_lsn: p.start_lsn.to_string(),
+                stop_lsn: p.stop_lsn.to_string(),
+                timeline: p.timeline,
+                start_wal: p.start_wal.clone(),
+                stop_wal: p.stop_wal.clone(),
+                start_time: p.start_time,
+                stop_time: p.stop_time,
+                parent_backup_id: None,
             })
             .await?;
     }
@@ -347,6 +408,14 @@ struct ProduceJob {
     manifest: Stream,
     header: ManifestHeader,
     progress: Arc<Progress>,
+    /// For PostgreSQL: says when the data directory has been read, then gets the files
+    /// `pg_backup_stop` returned (or why it failed).
+    postgres: Option<PostgresHandshake>,
+}
+
+struct PostgresHandshake {
+    tree_done: tokio::sync::oneshot::Sender<()>,
+    stop_files: std::sync::mpsc::Receiver<Result<crate::pgbackup::StopFiles, String>>,
 }
 
 struct ManifestRecorder<'a, W: io::Write> {
@@ -392,6 +461,11 @@ impl ProduceJob {
         let mut manifest =
             ManifestWriter::new(manifest_writer, &self.header).map_err(output_error)?;
         let progress = self.progress.clone();
+        let mut recorder = ManifestRecorder {
+            manifest: &mut manifest,
+            progress: &progress,
+        };
+        let mut on_bytes = |n| progress.add_bytes(n);
         let stats = match &self.source {
             SourceKindConfig::Files {
                 paths,
@@ -400,12 +474,46 @@ impl ProduceJob {
                 paths,
                 *on_unreadable,
                 &mut data,
-                &mut ManifestRecorder {
-                    manifest: &mut manifest,
-                    progress: &progress,
-                },
-                &mut |n| progress.add_bytes(n),
+                &mut recorder,
+                &mut on_bytes,
             )?,
+            SourceKindConfig::Postgres { data_directory, .. } => {
+                let handshake = self
+                    .postgres
+                    .expect("postgres backups come with their handshake");
+                let mut tree = files::TreeBackup::new(
+                    files::UnreadablePolicy::Fail,
+                    &mut data,
+                    &mut recorder,
+                    &mut on_bytes,
+                );
+                // The server deletes files (temporary relations, old WAL) while we read.
+                tree.tolerate_vanished_files();
+                tree.add_root(
+                    data_directory,
+                    PGDATA_LABEL,
+                    Some(&crate::pgbackup::excluded),
+                )?;
+                let _ = handshake.tree_done.send(());
+                let stop = handshake
+                    .stop_files
+                    .recv()
+                    .map_err(|_| EngineError::Failed("pg_backup_stop never answered".into()))?
+                    .map_err(EngineError::Failed)?;
+                tree.add_file(
+                    &format!("{PGDATA_LABEL}/backup_label"),
+                    stop.backup_label.as_bytes(),
+                    0o600,
+                )?;
+                if !stop.tablespace_map.is_empty() {
+                    tree.add_file(
+                        &format!("{PGDATA_LABEL}/tablespace_map"),
+                        stop.tablespace_map.as_bytes(),
+                        0o600,
+                    )?;
+                }
+                tree.finish()
+            }
         };
         let (data_out, data_summary) = data.finish().map_err(|e| fmt("data artifact", e))?;
         data_out.finish().map_err(output_error)?;

@@ -301,12 +301,45 @@ pub enum SourceKindConfig {
         #[serde(default)]
         on_unreadable: UnreadablePolicy,
     },
+    /// A PostgreSQL cluster: base backups of `data-directory` (read on this host while the
+    /// server runs) and WAL archived by `backupctl wal-push` for point-in-time restore.
+    #[serde(rename = "postgres", rename_all = "kebab-case")]
+    Postgres {
+        /// libpq-style URL of a superuser (or pg_backup_start-privileged) connection. Put a
+        /// password in `PGPASSWORD` or `~/.pgpass`, not here.
+        connection: String,
+        data_directory: PathBuf,
+        /// Where pg_ctl and friends live (for `restore --start`); default: PATH.
+        #[serde(default)]
+        pg_bin_dir: Option<PathBuf>,
+        /// The cluster's `wal_segment_size` (set by initdb; 16 MiB unless changed there).
+        #[serde(default = "default_wal_segment_mib")]
+        wal_segment_size_mib: u64,
+    },
+}
+
+fn default_wal_segment_mib() -> u64 {
+    16
 }
 
 impl SourceKindConfig {
+    /// A postgres source's WAL segment size (validated at load).
+    pub fn wal_segment_size(&self) -> Option<backup_sources::postgres::wal::WalSegmentSize> {
+        match self {
+            Self::Postgres {
+                wal_segment_size_mib,
+                ..
+            } => {
+                backup_sources::postgres::wal::WalSegmentSize::new(wal_segment_size_mib << 20).ok()
+            }
+            Self::Files { .. } => None,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Self::Files { .. } => "files",
+            Self::Postgres { .. } => "postgres",
         }
     }
 }
@@ -383,12 +416,13 @@ impl Config {
                     e.to_string(),
                 )
             })?;
-            if entry.backup_type == BackupType::Incr
-                && matches!(s.kind, SourceKindConfig::Files { .. })
-            {
+            if entry.backup_type == BackupType::Incr {
                 return Err(self.invalid(
                     format!("source[{i}].schedule[{j}].type"),
-                    "files sources take full backups only; remove `type = \"incr\"`",
+                    format!(
+                        "{} sources take full backups only; remove `type = \"incr\"`",
+                        s.kind.kind_name()
+                    ),
                 ));
             }
             out.push(schedule);
@@ -499,6 +533,35 @@ impl Config {
                     return Err(self.invalid(format!("source[{i}].paths"), "list at least one path"))
                 }
                 SourceKindConfig::Files { .. } => {}
+                SourceKindConfig::Postgres { connection, .. }
+                    if !(connection.starts_with("postgres://")
+                        || connection.starts_with("postgresql://")) =>
+                {
+                    return Err(self.invalid(
+                        format!("source[{i}].connection"),
+                        "must be a postgres:// or postgresql:// URL",
+                    ))
+                }
+                SourceKindConfig::Postgres { connection, .. } if url_has_password(connection) => {
+                    return Err(self.invalid(
+                        format!("source[{i}].connection"),
+                        "must not contain a password: use PGPASSWORD or ~/.pgpass",
+                    ))
+                }
+                SourceKindConfig::Postgres {
+                    wal_segment_size_mib,
+                    ..
+                } if backup_sources::postgres::wal::WalSegmentSize::new(
+                    wal_segment_size_mib.saturating_mul(1 << 20),
+                )
+                .is_err() =>
+                {
+                    return Err(self.invalid(
+                        format!("source[{i}].wal-segment-size-mib"),
+                        "must be a power of two from 1 to 1024",
+                    ))
+                }
+                SourceKindConfig::Postgres { .. } => {}
             }
         }
         Ok(())
@@ -592,19 +655,43 @@ impl Config {
             })
     }
 
-    /// Checks that a files source's paths exist, naming the config key on failure.
+    /// Checks that a source's paths exist, naming the config key on failure.
     pub fn check_source_paths(&self, index: usize) -> Result<(), ConfigError> {
-        let SourceKindConfig::Files { paths, .. } = &self.sources[index].kind;
-        for (j, p) in paths.iter().enumerate() {
-            if let Err(e) = std::fs::symlink_metadata(p) {
-                return Err(self.invalid(
-                    format!("source[{index}].paths[{j}]"),
-                    format!("{}: {e}", p.display()),
-                ));
+        match &self.sources[index].kind {
+            SourceKindConfig::Files { paths, .. } => {
+                for (j, p) in paths.iter().enumerate() {
+                    if let Err(e) = std::fs::symlink_metadata(p) {
+                        return Err(self.invalid(
+                            format!("source[{index}].paths[{j}]"),
+                            format!("{}: {e}", p.display()),
+                        ));
+                    }
+                }
+            }
+            SourceKindConfig::Postgres { data_directory, .. } => {
+                if let Err(e) = std::fs::metadata(data_directory.join("PG_VERSION")) {
+                    return Err(self.invalid(
+                        format!("source[{index}].data-directory"),
+                        format!(
+                            "{} is not a PostgreSQL data directory (PG_VERSION: {e})",
+                            data_directory.display()
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Whether a `scheme://user:password@host` URL carries a password.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user_info, _)| user_info.contains(':'))
+        || url.contains("password=")
 }
 
 fn check_name(name: &str) -> Result<(), String> {

@@ -10,6 +10,8 @@ pub mod error;
 pub mod gc;
 pub mod init;
 pub mod keyfile;
+pub mod pgbackup;
+pub mod pitr;
 pub mod policy;
 pub mod prune;
 pub mod rebuild;
@@ -21,6 +23,7 @@ pub mod service;
 mod streams;
 pub mod thaw;
 pub mod verify;
+pub mod wal;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -269,20 +269,7 @@ async fn prune_copies(
         .await?;
     let infos: Vec<BackupInfo> = records
         .iter()
-        .filter_map(|r| {
-            let copies = copies.remove(&r.id)?;
-            Some(BackupInfo {
-                id: r.id,
-                finished_at: r.finished_at.unwrap_or(r.started_at),
-                state: BackupState::Complete,
-                tag: r.tag.clone(),
-                legal_hold: r.legal_hold,
-                object_lock_until: object_lock_until(&engine.config, &copies),
-                depends_on: None,
-                pinned_by: None,
-                copies,
-            })
-        })
+        .filter_map(|r| Some(backup_info(&engine.config, r, copies.remove(&r.id)?)))
         .collect();
     let plan_options = PlanOptions {
         force: options.force,
@@ -401,21 +388,7 @@ async fn plan_source(
     };
     let mut infos: Vec<BackupInfo> = records
         .iter()
-        .map(|r| {
-            let copies = copies.remove(&r.id).unwrap_or_default();
-            BackupInfo {
-                id: r.id,
-                finished_at: r.finished_at.unwrap_or(r.started_at),
-                state: state_of(r.status),
-                tag: r.tag.clone(),
-                legal_hold: r.legal_hold,
-                object_lock_until: object_lock_until(&engine.config, &copies),
-                // Every backup is a full backup today.
-                depends_on: None,
-                pinned_by: None,
-                copies,
-            }
-        })
+        .map(|r| backup_info(&engine.config, r, copies.remove(&r.id).unwrap_or_default()))
         .collect();
     // The planner's "newest" goes by finish time; `restore --latest` picks the latest start.
     // Should two overlapping backups disagree, keep both.
@@ -440,6 +413,22 @@ async fn plan_source(
         .map_err(|e| EngineError::Failed(format!("planning retention of {}: {e}", source.name)))?;
     let records = records.into_iter().map(|r| (r.id, r)).collect();
     Ok((records, plan))
+}
+
+/// What the retention planner knows of a backup and the `copies` it plans over.
+fn backup_info(config: &crate::Config, r: &BackupRecord, copies: Vec<CopyInfo>) -> BackupInfo {
+    BackupInfo {
+        id: r.id,
+        finished_at: r.finished_at.unwrap_or(r.started_at),
+        state: state_of(r.status),
+        tag: r.tag.clone(),
+        legal_hold: r.legal_hold,
+        object_lock_until: object_lock_until(config, &copies),
+        // Every backup is a full backup today.
+        depends_on: None,
+        pinned_by: None,
+        copies,
+    }
 }
 
 /// When the last S3 Object Lock retention on any of these copies ends: the store refuses to

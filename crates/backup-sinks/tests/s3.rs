@@ -7,10 +7,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use backup_sinks::{
-    put_bytes, read_object, ErrorKind, S3Credentials, S3Options, S3Sink, SecretSource, Sink,
-    SinkError,
-};
+use backup_sinks::{put_bytes, read_object, ErrorKind, S3Options, S3Sink, Sink, SinkError};
+use backup_testing::s3::{create_bucket, incomplete_uploads, key_files, test_options, PART_SIZE};
 use backup_testing::servers::{
     skip_s3_tests, Moto, SeaweedFs, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY,
 };
@@ -19,75 +17,21 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const PART_SIZE: usize = 5 << 20;
-
 /// Options for a sink on a test server, with credentials in files under `dir`.
 fn options(
     endpoint: &str,
     bucket: &str,
     prefix: &str,
-    (access_key, secret_key): (&str, &str),
+    keys: (&str, &str),
     dir: &Path,
 ) -> S3Options {
-    let id_file = dir.join(format!("access-key-{bucket}-{secret_key}"));
-    let secret_file = dir.join(format!("secret-key-{bucket}-{secret_key}"));
-    std::fs::write(&id_file, format!("{access_key}\n")).unwrap();
-    std::fs::write(&secret_file, format!("{secret_key}\n")).unwrap();
-    let mut options = S3Options::new(format!("s3-{bucket}"), bucket, "us-east-1");
-    options.prefix = prefix.to_owned();
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.part_size = PART_SIZE;
-    options.concurrency = 2;
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(id_file),
-        secret_access_key: SecretSource::File(secret_file),
-    };
-    options
-}
-
-/// Creates the sink's bucket, retrying while a just-started server settles.
-async fn create_bucket(sink: &S3Sink) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match sink
-            .client()
-            .create_bucket()
-            .bucket(sink.bucket())
-            .send()
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!(
-                    "create bucket {}: {}; retrying",
-                    sink.bucket(),
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!(
-                "create bucket {}: {}",
-                sink.bucket(),
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            ),
-        }
-    }
-}
-
-/// Keys of the bucket's incomplete multipart uploads.
-async fn incomplete_uploads(sink: &S3Sink) -> Vec<String> {
-    let page = sink
-        .client()
-        .list_multipart_uploads()
-        .bucket(sink.bucket())
-        .send()
-        .await
-        .unwrap();
-    page.uploads()
-        .iter()
-        .filter_map(|u| u.key().map(str::to_owned))
-        .collect()
+    test_options(
+        format!("s3-{bucket}"),
+        endpoint,
+        bucket,
+        prefix,
+        key_files(dir, keys),
+    )
 }
 
 async fn wait_for_no_uploads(sink: &S3Sink, context: &str) {
@@ -322,7 +266,7 @@ async fn seaweedfs_conformance() {
     ))
     .await
     .unwrap();
-    create_bucket(&sink).await;
+    create_bucket(&sink, false).await;
     sink.verify(&CancellationToken::new()).await.unwrap();
     sink_conformance(&sink).await;
     multipart_round_trip(&sink, true).await;
@@ -341,7 +285,7 @@ async fn seaweedfs_faults() {
     let sink = S3Sink::new(options(&endpoint, "faults", "repo", keys, dir.path()))
         .await
         .unwrap();
-    create_bucket(&sink).await;
+    create_bucket(&sink, false).await;
     let cancel = CancellationToken::new();
     put_bytes(&sink, "present", &b"x"[..], &cancel)
         .await
@@ -405,7 +349,7 @@ async fn moto_conformance() {
     ))
     .await
     .unwrap();
-    create_bucket(&sink).await;
+    create_bucket(&sink, false).await;
     sink_conformance(&sink).await;
     multipart_round_trip(&sink, false).await;
     wait_for_no_uploads(&sink, "after the conformance suite").await;
@@ -423,7 +367,7 @@ async fn moto_faults() {
     let sink = S3Sink::new(options(&endpoint, "faults", "repo", keys, dir.path()))
         .await
         .unwrap();
-    create_bucket(&sink).await;
+    create_bucket(&sink, false).await;
     missing_bucket_is_a_permanent_error_naming_it(
         options(&endpoint, "no-such-bucket", "", keys, dir.path()),
         false,

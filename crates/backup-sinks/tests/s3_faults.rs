@@ -8,104 +8,40 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use backup_sinks::{
-    put_bytes, read_object, ErrorKind, S3Credentials, S3Options, S3Sink, SecretSource, Sink,
-    SinkError,
-};
+use backup_sinks::{put_bytes, read_object, ErrorKind, S3Sink, Sink, SinkError};
 use backup_testing::proxy::{FaultProxy, Outcome, Request};
+use backup_testing::s3::{create_bucket, incomplete_uploads, key_files, test_options, PART_SIZE};
 use backup_testing::servers::{
     skip_s3_tests, Moto, SeaweedFs, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY,
 };
 use backup_testing::sink::{live_stream, sha256, test_data};
 use tokio_util::sync::CancellationToken;
 
-const PART_SIZE: usize = 5 << 20;
 const SEAWEEDFS_KEYS: (&str, &str) = (SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY);
 
-/// Options for a sink on `endpoint`, with credentials in files under `dir`.
-fn options(
-    endpoint: &str,
-    bucket: &str,
-    (access_key, secret_key): (&str, &str),
-    dir: &Path,
-) -> S3Options {
-    let id_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&id_file, format!("{access_key}\n")).unwrap();
-    std::fs::write(&secret_file, format!("{secret_key}\n")).unwrap();
-    let mut options = S3Options::new(format!("s3-{bucket}"), bucket, "us-east-1");
-    options.prefix = "repo".to_owned();
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.part_size = PART_SIZE;
-    options.concurrency = 2;
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(id_file),
-        secret_access_key: SecretSource::File(secret_file),
-    };
-    options
-}
-
-/// A sink talking to the server directly (for setup and checks) and one through a proxy.
+/// A sink talking to the server directly (for setup and checks) and one through a proxy,
+/// both with credentials in files under `dir`.
 async fn sinks(
     endpoint: &str,
     bucket: &str,
     keys: (&str, &str),
     dir: &Path,
 ) -> (S3Sink, FaultProxy, S3Sink) {
-    let direct = S3Sink::new(options(endpoint, bucket, keys, dir))
-        .await
-        .unwrap();
-    create_bucket(&direct).await;
+    let credentials = key_files(dir, keys);
+    let options = |endpoint: &str| {
+        test_options(
+            format!("s3-{bucket}"),
+            endpoint,
+            bucket,
+            "repo",
+            credentials.clone(),
+        )
+    };
+    let direct = S3Sink::new(options(endpoint)).await.unwrap();
+    create_bucket(&direct, false).await;
     let proxy = FaultProxy::start(endpoint);
-    let proxied = S3Sink::new(options(&proxy.endpoint(), bucket, keys, dir))
-        .await
-        .unwrap();
+    let proxied = S3Sink::new(options(&proxy.endpoint())).await.unwrap();
     (direct, proxy, proxied)
-}
-
-/// Creates the sink's bucket, retrying while a just-started server settles.
-async fn create_bucket(sink: &S3Sink) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match sink
-            .client()
-            .create_bucket()
-            .bucket(sink.bucket())
-            .send()
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!(
-                    "create bucket {}: {}; retrying",
-                    sink.bucket(),
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!(
-                "create bucket {}: {}",
-                sink.bucket(),
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            ),
-        }
-    }
-}
-
-/// Keys of the bucket's incomplete multipart uploads.
-async fn incomplete_uploads(sink: &S3Sink) -> Vec<String> {
-    let page = sink
-        .client()
-        .list_multipart_uploads()
-        .bucket(sink.bucket())
-        .send()
-        .await
-        .unwrap();
-    page.uploads()
-        .iter()
-        .filter_map(|u| u.key().map(str::to_owned))
-        .collect()
 }
 
 /// Outcomes of the requests with `method` whose path (without the query) is `path`.

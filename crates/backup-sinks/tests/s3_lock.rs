@@ -7,80 +7,44 @@
 #![cfg(feature = "s3")]
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::DateTime;
 use backup_sinks::{
     put_bytes, read_object, ErrorKind, ObjectLock, ObjectLockMode, RestoreRequested, RestoreTier,
-    S3Credentials, S3Options, S3Sink, SecretSource, Sink, SinkError, ThawState,
+    S3Options, S3Sink, Sink, SinkError, ThawState,
 };
+use backup_testing::s3::{create_bucket, key_files, test_options, PART_SIZE};
 use backup_testing::servers::{
     skip_s3_tests, Moto, SeaweedFs, SEAWEEDFS_ACCESS_KEY, SEAWEEDFS_SECRET_KEY,
 };
 use backup_testing::sink::test_data;
 use tokio_util::sync::CancellationToken;
 
-const PART_SIZE: usize = 5 << 20;
 /// Retention of the locked test objects.
 const DAYS: u32 = 2;
 
-/// Options for a sink on a test server, with credentials in files under `dir`.
+/// Options for a sink of repository `repo-<bucket>` on a test server, with credentials in
+/// files under `dir`.
 fn options(
     endpoint: &str,
     bucket: &str,
     prefix: &str,
-    (access_key, secret_key): (&str, &str),
+    keys: (&str, &str),
     dir: &Path,
 ) -> S3Options {
-    let id_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&id_file, access_key).unwrap();
-    std::fs::write(&secret_file, secret_key).unwrap();
-    let mut options = S3Options::new(format!("repo-{bucket}"), bucket, "us-east-1");
-    options.prefix = prefix.to_owned();
-    options.endpoint = Some(endpoint.to_owned());
-    options.force_path_style = true;
-    options.part_size = PART_SIZE;
-    options.concurrency = 2;
-    options.credentials = S3Credentials::Static {
-        access_key_id: SecretSource::File(id_file),
-        secret_access_key: SecretSource::File(secret_file),
-    };
-    options
+    test_options(
+        format!("repo-{bucket}"),
+        endpoint,
+        bucket,
+        prefix,
+        key_files(dir, keys),
+    )
 }
 
 fn lock(mode: ObjectLockMode) -> Option<ObjectLock> {
     Some(ObjectLock { mode, days: DAYS })
-}
-
-/// Creates the sink's bucket (with Object Lock if `locked`), retrying while a just-started
-/// server settles.
-async fn create_bucket(sink: &S3Sink, locked: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let request = sink
-            .client()
-            .create_bucket()
-            .bucket(sink.bucket())
-            .object_lock_enabled_for_bucket(locked);
-        match request.send().await {
-            Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!(
-                    "create bucket {}: {}; retrying",
-                    sink.bucket(),
-                    DisplayErrorContext(&e)
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!(
-                "create bucket {}: {}",
-                sink.bucket(),
-                DisplayErrorContext(&e)
-            ),
-        }
-    }
 }
 
 /// The stored object's lock mode, retain-until date and version id, from HEAD.

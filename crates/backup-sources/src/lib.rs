@@ -4,3 +4,4 @@
 //! the async executor.
 
 pub mod files;
+pub mod postgres;

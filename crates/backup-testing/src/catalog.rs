@@ -37,6 +37,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     retention::retention_conformance(catalog).await;
     jobs::jobs_conformance(catalog).await;
     replication::replication_conformance(catalog).await;
+    postgres::postgres_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ async fn list(
 // The job queue checks (after the helpers: they use `assert_err!`).
 pub mod jobs;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).
+pub mod postgres;
 pub mod replication;
 pub mod retention;
 

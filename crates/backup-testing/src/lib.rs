@@ -1,7 +1,10 @@
 //! Test support shared by the backupd crates: conformance suites that every
-//! sink and catalog backend must pass, and real servers to run them against.
+//! sink and catalog backend must pass, real servers to run them against, and the setup of
+//! S3 sinks on those servers.
 
 pub mod catalog;
+pub mod postgres;
 pub mod proxy;
+pub mod s3;
 pub mod servers;
 pub mod sink;

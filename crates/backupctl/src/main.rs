@@ -60,6 +60,32 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// PostgreSQL archive_command: archive one WAL file (`wal-push %p`). Exits 0 only once
+    /// the file is durable in the repository.
+    WalPush {
+        /// Path of the WAL file (%p).
+        path: PathBuf,
+        /// The postgres source (default: the only one configured).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// PostgreSQL restore_command: restore one archived WAL file (`wal-fetch %f %p`).
+    /// Exits 1 when the file is not archived, as restore_command must.
+    WalFetch {
+        /// WAL file name (%f).
+        file_name: String,
+        /// Where to write it (%p).
+        destination: PathBuf,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// PostgreSQL: check that the archived WAL is continuous from the oldest base backup to
+    /// the newest segment; names the first missing segments and their timeline (exit 1).
+    Check {
+        source: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Replication state.
     Replication {
         #[command(subcommand)]
@@ -85,12 +111,13 @@ enum Command {
     },
     /// Restore a backup into a directory.
     Restore {
-        /// Backup id (or unique prefix); omit with --source S --latest.
-        #[arg(required_unless_present = "latest")]
+        /// Backup id (or unique prefix); omit with --source S --latest or --source S
+        /// --point-in-time T.
+        #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
         #[arg(long, value_name = "DIR")]
         target: PathBuf,
-        #[arg(long, requires = "latest", conflicts_with = "backup_id")]
+        #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
         /// Restore the newest complete backup of --source.
         #[arg(long, requires = "source")]
@@ -107,6 +134,20 @@ enum Command {
         /// Only request the restore of archived objects, then stop (see `thaw status`).
         #[arg(long)]
         thaw_only: bool,
+        /// PostgreSQL: recover to this time (e.g. "2026-11-23 10:15:00+00"); with --source,
+        /// the newest base backup that ended before it is restored into --target.
+        #[arg(long, value_name = "TIME", conflicts_with = "lsn")]
+        point_in_time: Option<String>,
+        /// PostgreSQL: recover to this WAL position (e.g. 0/3000028).
+        #[arg(long, value_name = "LSN")]
+        lsn: Option<String>,
+        /// PostgreSQL: recovery_target_timeline (default latest).
+        #[arg(long, value_name = "TIMELINE")]
+        timeline: Option<String>,
+        /// PostgreSQL: start the restored server on this port and wait until it has recovered
+        /// to the target and promoted; prints the position and time reached.
+        #[arg(long, value_name = "PORT")]
+        start: Option<u16>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -272,6 +313,26 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// `2026-11-23 10:15:00+00`, RFC 3339, or a time without offset (taken as UTC).
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, EngineError> {
+    let t = text.trim();
+    let with_t = t.replacen(' ', "T", 1);
+    let normalized = match with_t.rfind(['+', '-']) {
+        // "+00" -> "+00:00"
+        Some(i) if i > 10 && with_t.len() - i == 3 => format!("{with_t}:00"),
+        _ => with_t.clone(),
+    };
+    if let Ok(parsed) = chrono::DateTime::parse_from_rfc3339(&normalized) {
+        return Ok(parsed.with_timezone(&chrono::Utc));
+    }
+    if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(&with_t, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Ok(naive.and_utc());
+    }
+    Err(EngineError::Usage(format!(
+        "--point-in-time {text:?}: use a time like \"2026-11-23 10:15:00+00\" (UTC if no offset)"
+    )))
+}
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -358,6 +419,29 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 return Ok(exit::FAILED);
             }
         }
+        Command::WalPush { path, source } => {
+            let source = backup_engine::wal::postgres_source(&engine, source.as_deref())?;
+            let outcome = backup_engine::wal::wal_push(&engine, source, &path, cancel).await?;
+            tracing::info!(file = %outcome.file_name, already = outcome.already_archived,
+                seconds = outcome.seconds, "wal-push done");
+        }
+        Command::WalFetch {
+            file_name,
+            destination,
+            source,
+        } => {
+            let source = backup_engine::wal::postgres_source(&engine, source.as_deref())?;
+            backup_engine::wal::wal_fetch(&engine, source, &file_name, &destination, cancel)
+                .await?;
+        }
+        Command::Check { source, json } => {
+            let source = backup_engine::wal::postgres_source(&engine, Some(&source))?;
+            let check = backup_engine::wal::check_archive(&engine, source, cancel).await?;
+            output::archive_check(&check, json.json);
+            if !check.ok {
+                return Ok(exit::FAILED);
+            }
+        }
         Command::Replication {
             command: ReplicationCommand::Status { json },
         } => {
@@ -399,8 +483,63 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             from,
             thaw,
             thaw_only,
+            point_in_time,
+            lsn,
+            timeline,
+            start,
             json,
         } => {
+            let postgres_source = match (&backup_id, &source) {
+                (Some(id), _) => {
+                    let record = engine.catalog.find_backup_by_prefix(id).await?;
+                    engine
+                        .config
+                        .source(&record.source)
+                        .ok()
+                        .map(|(_, s)| s)
+                        .filter(|s| s.kind.kind_name() == "postgres")
+                }
+                (None, Some(name)) => {
+                    Some(engine.config.source(name)?.1).filter(|s| s.kind.kind_name() == "postgres")
+                }
+                (None, None) => None,
+            };
+            if let Some(pg) = postgres_source {
+                let target_spec = match (&point_in_time, &lsn) {
+                    (Some(t), _) => backup_engine::pitr::RecoveryTarget::Time(parse_time(t)?),
+                    (None, Some(l)) => backup_engine::pitr::RecoveryTarget::Lsn(
+                        l.parse()
+                            .map_err(|e| EngineError::Usage(format!("--lsn: {e}")))?,
+                    ),
+                    (None, None) => backup_engine::pitr::RecoveryTarget::Latest,
+                };
+                let options = backup_engine::pitr::PitrOptions {
+                    target: target_spec,
+                    timeline,
+                    backup: backup_id,
+                    start_port: start,
+                    start_timeout: Duration::from_secs(600),
+                    restore: backup_engine::restore::RestoreOptions {
+                        force: false,
+                        from,
+                        thaw: thaw.options(),
+                    },
+                };
+                let progress = Arc::new(Progress::default());
+                let bar = progress::start(progress.clone(), "restoring");
+                let outcome = backup_engine::pitr::run_pitr_restore(
+                    &engine, pg, &target, &options, progress, cancel,
+                )
+                .await;
+                progress::finish(bar);
+                output::pitr(&outcome?, json.json);
+                return Ok(exit::OK);
+            }
+            if point_in_time.is_some() || lsn.is_some() || start.is_some() {
+                return Err(EngineError::Usage(
+                    "--point-in-time, --lsn and --start need a postgres source".into(),
+                ));
+            }
             let selector = match (backup_id, source) {
                 (Some(id), _) => BackupSelector::Id(id),
                 (None, Some(source)) => BackupSelector::Latest(source),

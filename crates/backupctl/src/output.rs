@@ -350,6 +350,69 @@ pub fn restore(o: &RestoreOutcome, as_json: bool) {
     }
 }
 
+pub fn archive_check(c: &backup_engine::wal::ArchiveCheck, as_json: bool) {
+    if as_json {
+        return json(c);
+    }
+    let range = format!(
+        "{} to {}",
+        c.from.as_deref().unwrap_or("-"),
+        c.to.as_deref().unwrap_or("-")
+    );
+    if c.ok {
+        println!(
+            "WAL archive of {} is continuous from {range} (timeline {}, {} files archived)",
+            c.source,
+            c.timeline.unwrap_or(1),
+            c.files_archived
+        );
+        return;
+    }
+    if let Some(problem) = &c.problem {
+        println!("WAL archive of {} cannot be replayed: {problem}", c.source);
+    }
+    for m in &c.missing {
+        println!(
+            "missing WAL segment {} (timeline {}) between {range}",
+            m.file_name, m.timeline
+        );
+    }
+}
+
+pub fn pitr(o: &backup_engine::pitr::PitrOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    println!(
+        "restored base backup {} of {} (ended {}) into {}: {} files, {} in {:.1}s; recovery target {}",
+        o.base_backup,
+        o.source,
+        o.base_backup_stop_time.to_rfc3339(),
+        o.data_directory.display(),
+        o.files,
+        human_bytes(o.bytes),
+        o.restore_seconds,
+        o.target
+    );
+    match (&o.recovery_seconds, &o.server_log) {
+        (Some(seconds), log) => println!(
+            "server recovered and promoted in {seconds:.1}s: reached {}{}{}",
+            o.reached_lsn.as_deref().unwrap_or("?"),
+            o.reached_time
+                .as_deref()
+                .map(|t| format!(" (last transaction {t})"))
+                .unwrap_or_default(),
+            log.as_ref()
+                .map(|l| format!("; log {}", l.display()))
+                .unwrap_or_default()
+        ),
+        (None, _) => println!(
+            "start it with: pg_ctl -D {} start (recovery.signal and restore_command are set)",
+            o.data_directory.display()
+        ),
+    }
+}
+
 pub fn verify(r: &VerifyReport, as_json: bool) {
     if as_json {
         return json(r);

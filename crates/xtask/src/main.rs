@@ -1,4 +1,5 @@
-//! Developer automation: `cargo xtask quickstart`, `cargo xtask bench`.
+//! Developer automation: `cargo xtask quickstart`, `cargo xtask bench`, `bench-s3`,
+//! `bench-scheduler`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod s3_bench;
 mod scheduler_bench;
 
 fn main() -> Result<()> {
@@ -15,9 +17,10 @@ fn main() -> Result<()> {
         Some("quickstart") => quickstart(args.iter().any(|a| a == "--no-daemon")),
         Some("bench") => bench(&args[1..]),
         Some("bench-scheduler") => scheduler_bench::run(&args[1..]),
+        Some("bench-s3") => s3_bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-scheduler [--postgres URL]"
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-scheduler [--postgres URL]"
             );
             std::process::exit(2);
         }
@@ -221,25 +224,8 @@ fn bench(args: &[String]) -> Result<()> {
             other => bail!("unknown bench option {other}"),
         }
     }
-    let restic = Path::new("/usr/bin/restic");
-    if !restic.exists() {
-        bail!("restic is not installed: apt-get install -y restic");
-    }
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
-    let corpus = home.join(format!(".cache/backupd/corpus-{scale}"));
-    let script = workspace_root().join("../shared/bench/make-corpus.sh");
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(&corpus)
-        .arg(&scale)
-        .status()
-        .context("running make-corpus.sh")?;
-    if !status.success() {
-        bail!("make-corpus.sh failed");
-    }
-    // Measure and back up the real directory, not a symlink to it.
-    let corpus = fs::canonicalize(&corpus)?;
-    let corpus_bytes = du_bytes(&corpus)?;
+    let restic = restic()?;
+    let (corpus, corpus_bytes) = reference_corpus(None, &scale)?;
     let bin = cargo_build_backupctl(true)?;
     println!(
         "corpus {} ({:.2} GB), {rounds} rounds",
@@ -344,6 +330,53 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// restic 0.14 from the distribution, the peer of every comparison.
+pub(crate) fn restic() -> Result<&'static Path> {
+    let restic = Path::new("/usr/bin/restic");
+    if !restic.exists() {
+        bail!("restic is not installed: apt-get install -y restic");
+    }
+    Ok(restic)
+}
+
+/// The reference corpus (`make-corpus.sh DIR SCALE`, a no-op when DIR is complete) in `dir`,
+/// by default `~/.cache/backupd/corpus-SCALE`: its canonical path and size in bytes.
+pub(crate) fn reference_corpus(dir: Option<PathBuf>, scale: &str) -> Result<(PathBuf, u64)> {
+    let corpus = dir.unwrap_or_else(|| {
+        let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+        home.join(format!(".cache/backupd/corpus-{scale}"))
+    });
+    let script = workspace_root().join("../shared/bench/make-corpus.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&corpus)
+        .arg(scale)
+        .status()
+        .context("running make-corpus.sh")?;
+    if !status.success() {
+        bail!("make-corpus.sh failed");
+    }
+    // Measure and back up the real directory, not a symlink to it.
+    let corpus = fs::canonicalize(&corpus)?;
+    let corpus_bytes = du_bytes(&corpus)?;
+    Ok((corpus, corpus_bytes))
+}
+
+/// `(cores, CPU model)` for the machine note of a report.
+pub(crate) fn machine() -> (usize, String) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cores, cpu)
+}
+
 fn tempdir(label: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("backupd-bench-{label}-{}", std::process::id()));
     if dir.exists() {
@@ -383,15 +416,7 @@ fn write_report(
     ours: &Row,
     peer: &Row,
 ) -> Result<()> {
-    let cpu = fs::read_to_string("/proc/cpuinfo")?
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let (cores, cpu) = machine();
     let table = format!(
         "| tool | backup MB/s | backup peak RSS | restore MB/s | restore peak RSS | stored | ratio |\n\
          |---|---:|---:|---:|---:|---:|---:|\n\

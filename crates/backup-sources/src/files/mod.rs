@@ -125,23 +125,99 @@ pub fn backup_tree(
     recorder: &mut impl EntryRecorder,
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats, FilesError> {
-    let mut walker = Walker {
-        policy,
-        data,
-        recorder,
-        progress,
-        offset: 0,
-        stats: TreeStats::default(),
-        buf: vec![0; COPY_BUFFER],
-    };
+    let mut tree = TreeBackup::new(policy, data, recorder, progress);
     for (abs, label) in root_labels(roots)? {
-        let meta = fs::symlink_metadata(&abs).map_err(|source| FilesError::Root {
-            path: abs.clone(),
+        tree.add_root(&abs, &label, None)?;
+    }
+    Ok(tree.finish())
+}
+
+/// Leaves a path out of a backup: gets its path below the root (`b"pg_wal/0000..."`).
+pub type Exclude<'a> = &'a dyn Fn(&[u8]) -> bool;
+
+/// A backup of trees built step by step: roots (optionally with exclusions) and files whose
+/// content is given rather than read (such as PostgreSQL's `backup_label`).
+pub struct TreeBackup<'a, W: Write, R: EntryRecorder> {
+    walker: Walker<'a, W, R>,
+}
+
+impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
+    pub fn new(
+        policy: UnreadablePolicy,
+        data: &'a mut W,
+        recorder: &'a mut R,
+        progress: &'a mut dyn FnMut(u64),
+    ) -> Self {
+        TreeBackup {
+            walker: Walker {
+                policy,
+                data,
+                recorder,
+                progress,
+                offset: 0,
+                stats: TreeStats::default(),
+                buf: vec![0; COPY_BUFFER],
+                vanished_ok: false,
+            },
+        }
+    }
+
+    /// Files that disappear while being backed up are left out silently instead of being
+    /// unreadable (a live database server removes files during an online backup).
+    pub fn tolerate_vanished_files(&mut self) {
+        self.walker.vanished_ok = true;
+    }
+
+    /// Adds the tree at `abs` under `label`, without the paths `exclude` rejects.
+    pub fn add_root(
+        &mut self,
+        abs: &Path,
+        label: &str,
+        exclude: Option<Exclude<'_>>,
+    ) -> Result<(), FilesError> {
+        let meta = fs::symlink_metadata(abs).map_err(|source| FilesError::Root {
+            path: abs.to_path_buf(),
             source,
         })?;
-        walker.visit(&abs, label.into_bytes(), &meta)?;
+        let prefix_len = label.len() + 1;
+        let skip =
+            |rel: &[u8]| exclude.is_some_and(|f| rel.len() > prefix_len && f(&rel[prefix_len..]));
+        self.walker
+            .visit(abs, label.as_bytes().to_vec(), &meta, &skip)
     }
-    Ok(walker.stats)
+
+    /// Adds a regular file at `rel` (below the roots' labels) with the given content.
+    pub fn add_file(&mut self, rel: &str, content: &[u8], mode: u32) -> Result<(), FilesError> {
+        let w = &mut self.walker;
+        let start = w.offset;
+        w.data.write_all(content).map_err(FilesError::Output)?;
+        w.offset += content.len() as u64;
+        (w.progress)(content.len() as u64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let e = FileEntry {
+            path: EntryPath::from_bytes(rel.as_bytes()),
+            kind: EntryKind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: now.as_secs() as i64,
+            mtime_nsec: now.subsec_nanos(),
+            size: content.len() as u64,
+            offset: Some(start),
+            blake3: Some(blake3::hash(content).to_hex().to_string()),
+            target: None,
+        };
+        w.record(e)?;
+        w.stats.files += 1;
+        w.stats.bytes += content.len() as u64;
+        Ok(())
+    }
+
+    pub fn finish(self) -> TreeStats {
+        self.walker.stats
+    }
 }
 
 struct Walker<'a, W: Write, R: EntryRecorder> {
@@ -152,11 +228,20 @@ struct Walker<'a, W: Write, R: EntryRecorder> {
     offset: u64,
     stats: TreeStats,
     buf: Vec<u8>,
+    /// A path that vanished mid-walk is left out rather than unreadable.
+    vanished_ok: bool,
 }
 
 impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
     /// Depth-first with an explicit stack, so deep trees cannot overflow the thread stack.
-    fn visit(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<(), FilesError> {
+    /// Paths `skip` accepts (and everything below them) are left out.
+    fn visit(
+        &mut self,
+        abs: &Path,
+        rel: Vec<u8>,
+        meta: &fs::Metadata,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<(), FilesError> {
         let mut stack = vec![(abs.to_path_buf(), rel, meta.clone())];
         while let Some((path, rel, meta)) = stack.pop() {
             let ft = meta.file_type();
@@ -176,6 +261,9 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
                     let mut child_rel = rel.clone();
                     child_rel.push(b'/');
                     child_rel.extend_from_slice(name.as_bytes());
+                    if skip(&child_rel) {
+                        continue;
+                    }
                     match fs::symlink_metadata(&child) {
                         Ok(m) => stack.push((child, child_rel, m)),
                         Err(source) => self.unreadable(&child, &child_rel, source)?,
@@ -248,6 +336,10 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
     }
 
     fn unreadable(&mut self, path: &Path, rel: &[u8], source: io::Error) -> Result<(), FilesError> {
+        if self.vanished_ok && source.kind() == io::ErrorKind::NotFound {
+            tracing::debug!(path = %path.display(), "vanished during the backup; left out");
+            return Ok(());
+        }
         match self.policy {
             UnreadablePolicy::Fail => Err(FilesError::Unreadable {
                 path: path.to_path_buf(),

@@ -1,0 +1,530 @@
+//! `backupctl wal-push %p` (PostgreSQL's archive_command) and `backupctl wal-fetch %f %p`
+//! (its restore_command): WAL files go through the same compressed, encrypted, checksummed
+//! format as backups, each as one sealed object (it carries its own wrapped key), and are
+//! recorded in the catalog only once durable and verified.
+//!
+//! A push returns success only after the object is durable and recorded, so PostgreSQL never
+//! recycles a segment that is not safely archived. Pushing a file again is a success when its
+//! content is identical (PostgreSQL retries after a crash) and a loud failure when it differs.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{CatalogError, WalFileRecord, WalRecorded};
+use backup_core::format::{ArtifactKind, ReadOptions, WriteOptions};
+use backup_core::manifest::layout;
+use backup_core::sealed::{open_sealed, seal, SealedError};
+use backup_sinks::{ChannelReader, ChannelWriter, Sink, SinkError};
+use backup_sources::postgres::wal::WalFileName;
+
+use crate::config::{SourceConfig, SourceKindConfig};
+use crate::error::{EngineError, Result};
+use crate::repo::Repository;
+use crate::streams::HashingReader;
+use crate::Engine;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WalPushOutcome {
+    pub source: String,
+    pub file_name: String,
+    pub repository: String,
+    pub plaintext_size: u64,
+    pub stored_size: u64,
+    /// It was archived before with the same content: nothing was uploaded.
+    pub already_archived: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WalFetchOutcome {
+    pub source: String,
+    pub file_name: String,
+    pub repository: String,
+    pub destination: PathBuf,
+    pub size: u64,
+}
+
+/// The PostgreSQL source to archive for: `name`, or the only postgres source configured.
+pub fn postgres_source<'a>(engine: &'a Engine, name: Option<&str>) -> Result<&'a SourceConfig> {
+    let config = &engine.config;
+    let source = match name {
+        Some(name) => config.source(name)?.1,
+        None => {
+            let mut postgres = config
+                .sources
+                .iter()
+                .filter(|s| matches!(s.kind, SourceKindConfig::Postgres { .. }));
+            match (postgres.next(), postgres.next()) {
+                (Some(only), None) => only,
+                (None, _) => {
+                    return Err(EngineError::Usage(format!(
+                        "no source of kind \"postgres\" in {}",
+                        config.origin
+                    )))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(EngineError::Usage(
+                        "several postgres sources are configured: name one with --source".into(),
+                    ))
+                }
+            }
+        }
+    };
+    if !matches!(source.kind, SourceKindConfig::Postgres { .. }) {
+        return Err(EngineError::Usage(format!(
+            "source {} is of kind {}, not postgres",
+            source.name,
+            source.kind.kind_name()
+        )));
+    }
+    Ok(source)
+}
+
+fn parse_name(source: &SourceConfig, name: &str) -> Result<WalFileName> {
+    let size = source.kind.wal_segment_size().unwrap_or_default();
+    WalFileName::parse(name, size).map_err(|e| EngineError::Usage(e.to_string()))
+}
+
+/// The timeline a WAL file belongs to.
+fn timeline_of(name: &WalFileName) -> u32 {
+    match name {
+        WalFileName::Segment(s) | WalFileName::Partial(s) => s.timeline,
+        WalFileName::BackupHistory { segment, .. } => segment.timeline,
+        WalFileName::History { timeline } => *timeline,
+    }
+}
+
+/// SHA-256 and size of a local file.
+fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    let mut reader = HashingReader::new(std::fs::File::open(path)?);
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok(reader.finish())
+}
+
+fn sealed_error(what: &str, e: SealedError) -> EngineError {
+    match e {
+        SealedError::WrongKey { .. } => EngineError::Key(format!("{what}: {e}")),
+        e if e.is_integrity_failure() => EngineError::Integrity(format!("{what}: {e}")),
+        e => EngineError::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// `backupctl wal-push PATH`: archives one WAL file of `source`.
+pub async fn wal_push(
+    engine: &Engine,
+    source: &SourceConfig,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<WalPushOutcome> {
+    let started = Instant::now();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| EngineError::Usage(format!("{}: not a WAL file path", path.display())))?
+        .to_owned();
+    let parsed = parse_name(source, &file_name)?;
+    let local = path.to_path_buf();
+    let (plaintext_size, plaintext_sha) = tokio::task::spawn_blocking(move || hash_file(&local))
+        .await
+        .map_err(|e| EngineError::Failed(format!("hashing {file_name} crashed: {e}")))?
+        .map_err(|e| EngineError::Failed(format!("reading {}: {e}", path.display())))?;
+    let mut outcome = WalPushOutcome {
+        source: source.name.clone(),
+        file_name: file_name.clone(),
+        repository: source.repository.clone(),
+        plaintext_size,
+        stored_size: 0,
+        already_archived: false,
+        seconds: 0.0,
+    };
+    if let Some(existing) = engine.catalog.wal_file(&source.name, &file_name).await? {
+        if existing.plaintext_sha256 == hex::encode(plaintext_sha)
+            && existing.plaintext_size == plaintext_size
+        {
+            outcome.already_archived = true;
+            outcome.stored_size = existing.stored_size;
+            outcome.seconds = started.elapsed().as_secs_f64();
+            return Ok(outcome);
+        }
+        return Err(conflict(CatalogError::WalConflict {
+            source_name: source.name.clone(),
+            file_name,
+            archived_sha256: existing.plaintext_sha256,
+            new_sha256: hex::encode(plaintext_sha),
+        }));
+    }
+
+    let repo = Repository::open(
+        &engine.config,
+        engine.config.repository(&source.repository)?,
+    )
+    .await?;
+    let key = engine.key()?;
+    if !repo.check_key(&key, cancel).await? {
+        return Err(EngineError::Failed(format!(
+            "repository {} has not been initialised; run `backupctl init`",
+            repo.name
+        )));
+    }
+    let object_key = layout::wal_key(&source.name, &file_name);
+    let options = WriteOptions {
+        zstd_level: engine.config.pipeline.compression_level,
+        ..WriteOptions::default()
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let local = path.to_path_buf();
+    let producer = {
+        let key = engine.key()?;
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut input = std::fs::File::open(&local)
+                .map_err(|e| EngineError::Failed(format!("reading {}: {e}", local.display())))?;
+            let mut writer = seal(ChannelWriter::new(tx), &key, ArtifactKind::Wal, &options)
+                .map_err(|e| EngineError::from_format("sealing WAL", e))?;
+            io::copy(&mut input, &mut writer)
+                .map_err(|e| EngineError::Failed(format!("reading {}: {e}", local.display())))?;
+            let (out, summary) = writer
+                .finish()
+                .map_err(|e| EngineError::from_format("sealing WAL", e))?;
+            out.finish()
+                .map_err(|e| EngineError::Failed(format!("writing WAL: {e}")))?;
+            Ok(summary)
+        })
+    };
+    let (put, produced) = tokio::join!(repo.sink.put(&object_key, rx, cancel), producer);
+    let summary =
+        produced.map_err(|e| EngineError::Failed(format!("sealing {object_key} crashed: {e}")))?;
+    let (stored_size, stored_sha) = match (put, summary) {
+        (Ok(receipt), Ok(summary)) => {
+            if summary.plaintext_sha256 != plaintext_sha {
+                // Not what was hashed first: drop it, so the retry stores the final content.
+                let _ = repo.sink.delete(&object_key, cancel).await;
+                return Err(EngineError::Failed(format!(
+                    "{}: the file changed while it was being archived; PostgreSQL will retry",
+                    path.display()
+                )));
+            }
+            // The sink hashed what it stored; that is the object's checksum (the sealed
+            // prefix is outside the artifact summary's stored hash).
+            (receipt.size, receipt.sha256)
+        }
+        // Stored by an earlier push that died before recording it: keep it if it holds
+        // exactly this file.
+        (Err(SinkError::AlreadyExists { .. }), _) => {
+            adopt_existing(&repo, engine.key()?, &object_key, plaintext_sha, cancel).await?
+        }
+        (Err(e), _) if !matches!(e, SinkError::Body { .. }) => return Err(e.into()),
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e.into()),
+    };
+    let recorded = engine
+        .catalog
+        .record_wal_file(&WalFileRecord {
+            source: source.name.clone(),
+            file_name: file_name.clone(),
+            timeline: timeline_of(&parsed),
+            repository: repo.name.clone(),
+            object_key,
+            plaintext_size,
+            plaintext_sha256: hex::encode(plaintext_sha),
+            stored_size,
+            stored_sha256: hex::encode(stored_sha),
+            archived_at: Utc::now(),
+        })
+        .await
+        .map_err(conflict)?;
+    outcome.already_archived = recorded == WalRecorded::AlreadyArchived;
+    outcome.repository = repo.name;
+    outcome.stored_size = stored_size;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(source = %source.name, file = %outcome.file_name, bytes = plaintext_size, "WAL archived");
+    Ok(outcome)
+}
+
+fn conflict(e: CatalogError) -> EngineError {
+    match e {
+        e @ CatalogError::WalConflict { .. } => EngineError::Integrity(e.to_string()),
+        other => other.into(),
+    }
+}
+
+/// Reads an existing sealed WAL object: Ok((stored size, stored SHA-256)) if it decrypts to
+/// exactly `plaintext_sha`, an error otherwise.
+async fn adopt_existing(
+    repo: &Repository,
+    key: backup_core::keys::MasterKey,
+    object_key: &str,
+    plaintext_sha: [u8; 32],
+    cancel: &CancellationToken,
+) -> Result<(u64, [u8; 32])> {
+    let rx = repo.sink.get(object_key, cancel).await?;
+    let what = format!("repository {} object {object_key}", repo.name);
+    let (plain, stored) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut input = HashingReader::new(ChannelReader::new(rx));
+        let plain = {
+            let (mut reader, _) = open_sealed(&mut input, &key, &ReadOptions::default())
+                .map_err(|e| sealed_error(&what, e))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(|e| crate::restore::stream_error(&what, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            <[u8; 32]>::from(hasher.finalize())
+        };
+        Ok((plain, input.finish()))
+    })
+    .await
+    .map_err(|e| EngineError::Failed(format!("reading {object_key} crashed: {e}")))??;
+    if plain != plaintext_sha {
+        return Err(EngineError::Integrity(format!(
+            "repository {} already holds {object_key} with different content; PostgreSQL never \
+             rewrites a WAL file, so two clusters may be archiving to the same source",
+            repo.name
+        )));
+    }
+    Ok(stored)
+}
+
+/// `backupctl wal-fetch FILE DEST`: restores one archived WAL file of `source` to `dest`
+/// (written beside it and renamed into place, so PostgreSQL never sees a partial file).
+pub async fn wal_fetch(
+    engine: &Engine,
+    source: &SourceConfig,
+    file_name: &str,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<WalFetchOutcome> {
+    parse_name(source, file_name)?;
+    let record = engine
+        .catalog
+        .wal_file(&source.name, file_name)
+        .await?
+        .ok_or_else(|| {
+            EngineError::Failed(format!(
+                "WAL file {file_name} of source {} is not archived",
+                source.name
+            ))
+        })?;
+    let repo = Repository::open_named(&engine.config, &record.repository).await?;
+    let key = engine.key()?;
+    let rx = repo.sink.get(&record.object_key, cancel).await.map_err(|e| {
+        if e.is_not_found() {
+            EngineError::Integrity(format!(
+                "WAL file {file_name} of source {} is recorded but its object {} is missing from repository {}",
+                source.name, record.object_key, repo.name
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    let partial = dest.with_file_name(format!(
+        ".{}.backupd-partial",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
+    ));
+    let what = format!(
+        "WAL file {file_name} ({} in repository {})",
+        record.object_key, repo.name
+    );
+    let (dest_owned, expected) = (dest.to_path_buf(), record.clone());
+    let size = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let result = (|| {
+            let mut input = HashingReader::new(ChannelReader::new(rx));
+            let (mut reader, _) = open_sealed(&mut input, &key, &ReadOptions::default())
+                .map_err(|e| sealed_error(&what, e))?;
+            let mut out = std::fs::File::create(&partial)
+                .map_err(|e| EngineError::Failed(format!("creating {}: {e}", partial.display())))?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(|e| crate::restore::stream_error(&what, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| {
+                    EngineError::Failed(format!("writing {}: {e}", partial.display()))
+                })?;
+                size += n as u64;
+            }
+            if hex::encode(hasher.finalize()) != expected.plaintext_sha256
+                || size != expected.plaintext_size
+            {
+                return Err(EngineError::Integrity(format!(
+                    "{what}: decoded content does not match the checksum recorded at push time"
+                )));
+            }
+            out.sync_all()
+                .map_err(|e| EngineError::Failed(format!("syncing {}: {e}", partial.display())))?;
+            std::fs::rename(&partial, &dest_owned).map_err(|e| {
+                EngineError::Failed(format!("renaming into {}: {e}", dest_owned.display()))
+            })?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        result
+    })
+    .await
+    .map_err(|e| EngineError::Failed(format!("fetching {file_name} crashed: {e}")))??;
+    Ok(WalFetchOutcome {
+        source: source.name.clone(),
+        file_name: file_name.to_owned(),
+        repository: repo.name.clone(),
+        destination: dest.to_path_buf(),
+        size,
+    })
+}
+
+/// `backupctl check SOURCE`: whether the archived WAL is continuous from the oldest base
+/// backup's start to the newest archived segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveCheck {
+    pub source: String,
+    pub ok: bool,
+    /// The first segment replay needs (the oldest base backup's start, or the oldest archived
+    /// segment without a base backup) and the newest archived one.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub timeline: Option<u32>,
+    pub files_archived: u64,
+    /// Missing segments in replay order (the first few), with their timelines.
+    pub missing: Vec<MissingSegment>,
+    /// Why the range cannot be checked, when it cannot (e.g. a timeline history is missing).
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MissingSegment {
+    pub file_name: String,
+    pub timeline: u32,
+}
+
+/// How many missing segments a check lists.
+const MISSING_SHOWN: usize = 20;
+
+pub async fn check_archive(
+    engine: &Engine,
+    source: &SourceConfig,
+    cancel: &CancellationToken,
+) -> Result<ArchiveCheck> {
+    use backup_sources::postgres::wal::{missing_segments, SegmentName, TimelineHistory};
+    let size = source.kind.wal_segment_size().unwrap_or_default();
+    let files = engine.catalog.wal_files(&source.name).await?;
+    let segments: Vec<SegmentName> = files
+        .iter()
+        .filter_map(|f| match WalFileName::parse(&f.file_name, size) {
+            Ok(WalFileName::Segment(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let mut check = ArchiveCheck {
+        source: source.name.clone(),
+        ok: true,
+        from: None,
+        to: None,
+        timeline: None,
+        files_archived: files.len() as u64,
+        missing: Vec::new(),
+        problem: None,
+    };
+    let Some(to) = segments
+        .iter()
+        .max_by_key(|s| (s.segno, s.timeline))
+        .copied()
+    else {
+        check.ok = false;
+        check.problem = Some(format!(
+            "no WAL segment of {} is archived: check archive_mode and archive_command \
+             (`backupctl wal-push %p`)",
+            source.name
+        ));
+        return Ok(check);
+    };
+    let bases = engine.catalog.postgres_backups(&source.name).await?;
+    let from = match bases.first() {
+        Some(base) => SegmentName::parse(&base.start_wal, size)
+            .map_err(|e| EngineError::Integrity(format!("base backup {}: {e}", base.backup_id)))?,
+        None => *segments
+            .iter()
+            .filter(|s| s.timeline == to.timeline)
+            .min()
+            .expect("`to` is on its own timeline"),
+    };
+    check.from = Some(from.file_name(size));
+    check.to = Some(to.file_name(size));
+    check.timeline = Some(to.timeline);
+    let history = if to.timeline > 1 {
+        let name = format!("{:08X}.history", to.timeline);
+        match files.iter().find(|f| f.file_name == name) {
+            Some(record) => {
+                let text = read_wal_file(engine, record, cancel).await?;
+                Some(
+                    TimelineHistory::parse(to.timeline, &String::from_utf8_lossy(&text))
+                        .map_err(|e| EngineError::Integrity(format!("{name}: {e}")))?,
+                )
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    match missing_segments(
+        segments.iter().copied(),
+        from,
+        to,
+        history.as_ref(),
+        size,
+        MISSING_SHOWN,
+    ) {
+        Ok(missing) => {
+            check.ok = missing.is_empty();
+            check.missing = missing
+                .into_iter()
+                .map(|s| MissingSegment {
+                    file_name: s.file_name(size),
+                    timeline: s.timeline,
+                })
+                .collect();
+        }
+        Err(e) => {
+            check.ok = false;
+            check.problem = Some(e.to_string());
+        }
+    }
+    Ok(check)
+}
+
+/// The content of a (small) archived WAL file, such as a timeline history.
+async fn read_wal_file(
+    engine: &Engine,
+    record: &WalFileRecord,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>> {
+    let repo = Repository::open_named(&engine.config, &record.repository).await?;
+    let bytes = backup_sinks::read_object(&repo.sink, &record.object_key, cancel).await?;
+    let key = engine.key()?;
+    let what = format!("{} in repository {}", record.object_key, repo.name);
+    let (mut reader, _) = open_sealed(io::Cursor::new(bytes), &key, &ReadOptions::default())
+        .map_err(|e| sealed_error(&what, e))?;
+    let mut out = Vec::new();
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| crate::restore::stream_error(&what, e))?;
+    Ok(out)
+}
