@@ -284,4 +284,125 @@ fn point_in_time_restore_recovers_exactly_to_the_target() {
     assert_eq!(psql_at(port, "SELECT note FROM marker"), "kept");
     assert_eq!(psql_at(port, "SELECT pg_is_in_recovery()"), "f");
     work.ok(&["check", "pg"]).expect_mentions(&["continuous"]);
+
+    // The restored server promoted to timeline 2 and archives into the same source. Restore
+    // again, to a point on timeline 2: recovery follows the archived history file.
+    assert_eq!(
+        psql_at(port, "SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    psql_at(
+        port,
+        "CREATE TABLE after_switch AS SELECT generate_series(1, 321) AS n",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let second_target = psql_at(
+        port,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    psql_at(
+        port,
+        "INSERT INTO after_switch SELECT generate_series(1, 1000)",
+    );
+    let switched = psql_at(port, "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while psql_at(
+        port,
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+    ) < switched
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{switched} not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = work.path("restored-again");
+    let port2 = backup_testing::postgres::free_port();
+    let _stop2 = StopOnDrop(again.clone());
+    work.ok(&[
+        "restore",
+        "--source",
+        "pg",
+        "--point-in-time",
+        &second_target,
+        "--target",
+        again.to_str().unwrap(),
+        "--start",
+        &port2.to_string(),
+    ]);
+    assert_eq!(psql_at(port2, "SELECT count(*) FROM after_switch"), "321");
+    assert_eq!(psql_at(port2, "SELECT note FROM marker"), "kept");
+    assert_eq!(
+        psql_at(port2, "SELECT count(*) FROM pgbench_history"),
+        history_at_target
+    );
+}
+
+#[test]
+fn expiring_a_base_backup_expires_only_the_wal_it_alone_needed() {
+    let work = pg_work();
+    let exe = work.path("bin/backupctl");
+    let mut cluster = PgCluster::init(PgClusterOptions {
+        archive_command: Some(format!(
+            "{} --config {} wal-push %p",
+            exe.display(),
+            work.config.display()
+        )),
+        ..PgClusterOptions::default()
+    });
+    let config = pg_config(&work, &cluster.url("postgres"), cluster.data_dir());
+    work.write_config(&config);
+    cluster.start();
+    work.init();
+    cluster.pgbench_init(1);
+    let first = work.ok(&["backup", "pg"]).stdout.trim().to_owned();
+    cluster.pgbench_run(2, PgbenchLength::Transactions(50));
+    for _ in 0..3 {
+        cluster.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1)");
+        let name = cluster.switch_wal();
+        cluster.wait_archived(&name, Duration::from_secs(60));
+    }
+    let second = work.ok(&["backup", "pg"]).stdout.trim().to_owned();
+    cluster.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (2, 2, 2, 424242)");
+    let name = cluster.switch_wal();
+    cluster.wait_archived(&name, Duration::from_secs(60));
+    let wal_before = files_below(&work.path("var/repo/wal/pg")).len();
+
+    work.write_config(&format!("{config}keep = {{ last = 1 }}\n"));
+    let plan = work.ok(&["prune", "--dry-run", "--json"]).json();
+    let expiring = plan["sources"][0]["wal_files_expired"].as_u64().unwrap();
+    assert!(expiring >= 3, "{plan:#}");
+    assert_eq!(files_below(&work.path("var/repo/wal/pg")).len(), wal_before);
+    work.ok(&["prune"])
+        .expect_mentions(&["archived WAL files no kept base backup needs deleted"]);
+    assert_eq!(work.listed(&first), None, "the older base backup is gone");
+    assert_eq!(
+        files_below(&work.path("var/repo/wal/pg")).len(),
+        wal_before - expiring as usize
+    );
+    // What is left still replays from the kept base backup to the end.
+    work.ok(&["check", "pg"]).expect_mentions(&["continuous"]);
+    let restored = work.path("restored");
+    let port = backup_testing::postgres::free_port();
+    let _stop = StopOnDrop(restored.clone());
+    let out = work.ok(&[
+        "restore",
+        "--source",
+        "pg",
+        "--target",
+        restored.to_str().unwrap(),
+        "--start",
+        &port.to_string(),
+        "--json",
+    ]);
+    assert_eq!(out.json()["base_backup"], second.as_str());
+    assert_eq!(
+        psql_at(
+            port,
+            "SELECT count(*) FROM pgbench_history WHERE delta = 424242"
+        ),
+        "1"
+    );
 }

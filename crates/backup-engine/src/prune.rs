@@ -89,6 +89,9 @@ pub struct SourcePrune {
     /// Newest first.
     pub backups: Vec<PlannedBackup>,
     pub early_deletion_charge_usd: f64,
+    /// PostgreSQL: archived WAL files no retained base backup needs any more (in a dry run:
+    /// that would be deleted).
+    pub wal_files_expired: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -169,6 +172,7 @@ pub async fn run_prune(
             policy: policy.to_string(),
             backups: Vec::new(),
             early_deletion_charge_usd: plan.early_deletion_charge_usd(),
+            wal_files_expired: 0,
         };
         for decision in plan.decisions {
             let record = &records[&decision.backup];
@@ -213,6 +217,25 @@ pub async fn run_prune(
             pruned.backups.push(planned);
         }
         report.early_deletion_charge_usd += pruned.early_deletion_charge_usd;
+        if matches!(
+            source.kind,
+            crate::config::SourceKindConfig::Postgres { .. }
+        ) {
+            let kept: Vec<BackupId> = pruned
+                .backups
+                .iter()
+                .filter(|b| b.action == Action::Keep || b.error.is_some())
+                .map(|b| b.backup_id)
+                .collect();
+            match expire_wal(engine, source, &kept, options.dry_run, cancel).await {
+                Ok(n) => pruned.wal_files_expired = n,
+                Err(e) if cancel.is_cancelled() => return Err(e),
+                Err(e) => {
+                    tracing::error!(source = %source.name, "expiring WAL failed: {e}");
+                    report.failed += 1;
+                }
+            }
+        }
         report.sources.push(pruned);
     }
     for source in config
@@ -225,6 +248,62 @@ pub async fn run_prune(
         }
     }
     Ok(report)
+}
+
+/// Deletes the archived WAL that no kept base backup of `source` needs: everything before
+/// the start segment of the oldest kept one (timeline histories are always kept). Without a
+/// kept base backup nothing is deleted. Returns how many files went (or would go).
+async fn expire_wal(
+    engine: &Engine,
+    source: &SourceConfig,
+    kept: &[BackupId],
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    use backup_sources::postgres::wal::{segments_needed_from, SegmentName, WalFileName};
+    let size = source.kind.wal_segment_size().unwrap_or_default();
+    let bases = engine.catalog.postgres_backups(&source.name).await?;
+    let Some(oldest) = bases
+        .iter()
+        .filter(|b| kept.contains(&b.backup_id))
+        .filter_map(|b| SegmentName::parse(&b.start_wal, size).ok())
+        .min_by_key(|s| s.segno)
+    else {
+        return Ok(0);
+    };
+    let retention = segments_needed_from(oldest);
+    let expired: Vec<_> = engine
+        .catalog
+        .wal_files(&source.name)
+        .await?
+        .into_iter()
+        .filter(|f| {
+            WalFileName::parse(&f.file_name, size).is_ok_and(|name| !retention.is_needed(&name))
+        })
+        .collect();
+    if dry_run || expired.is_empty() {
+        return Ok(expired.len() as u64);
+    }
+    // The catalog first: a crash in between leaves unreferenced objects, never a recorded
+    // file without its object.
+    let names: Vec<String> = expired.iter().map(|f| f.file_name.clone()).collect();
+    engine
+        .catalog
+        .forget_wal_files(&source.name, &names)
+        .await?;
+    let mut repos: HashMap<String, Repository> = HashMap::new();
+    for file in &expired {
+        if !repos.contains_key(&file.repository) {
+            let repo = Repository::open_named(&engine.config, &file.repository).await?;
+            repos.insert(file.repository.clone(), repo);
+        }
+        repos[&file.repository]
+            .sink
+            .delete(&file.object_key, cancel)
+            .await?;
+    }
+    tracing::info!(source = %source.name, files = expired.len(), oldest_needed = %oldest.file_name(size), "WAL expired");
+    Ok(expired.len() as u64)
 }
 
 /// A copy that a copy rule's `keep` no longer keeps.

@@ -525,6 +525,17 @@ pub fn prune(r: &PruneReport, as_json: bool) {
                 s.early_deletion_charge_usd
             );
         }
+        if s.wal_files_expired > 0 {
+            println!(
+                "  {} archived WAL files no kept base backup needs {}",
+                s.wal_files_expired,
+                if r.dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                }
+            );
+        }
     }
     for c in &r.copies_expired {
         let outcome = match (&c.error, c.deleted) {
