@@ -406,3 +406,436 @@ fn expiring_a_base_backup_expires_only_the_wal_it_alone_needed() {
         "1"
     );
 }
+
+#[test]
+fn an_incremental_chain_restores_the_same_database_as_a_full_backup() {
+    let work = pg_work();
+    let exe = work.path("bin/backupctl");
+    let mut cluster = PgCluster::init(PgClusterOptions {
+        archive_command: Some(format!(
+            "{} --config {} wal-push %p",
+            exe.display(),
+            work.config.display()
+        )),
+        ..PgClusterOptions::default()
+    });
+    work.write_config(&pg_config(
+        &work,
+        &cluster.url("postgres"),
+        cluster.data_dir(),
+    ));
+    cluster.start();
+    work.init();
+    cluster.pgbench_init(2);
+    cluster.psql("CREATE TABLE doomed AS SELECT generate_series(1, 50000) AS n");
+    let doomed_file = cluster.psql("SELECT pg_relation_filepath('doomed')");
+    assert!(cluster.data_dir().join(&doomed_file).exists());
+
+    let full = work.ok(&["backup", "pg"]).stdout.trim().to_owned();
+    cluster.pgbench_run(2, PgbenchLength::Transactions(100));
+    cluster.psql("CREATE TABLE added AS SELECT generate_series(1, 1000) AS n; DROP TABLE doomed");
+    cluster.psql("CHECKPOINT");
+    let incr1 = work
+        .ok(&["backup", "pg", "--type", "incr"])
+        .stdout
+        .trim()
+        .to_owned();
+    cluster.psql("INSERT INTO added SELECT generate_series(1, 500)");
+    let incr2 = work
+        .ok(&["backup", "pg", "--type", "incr"])
+        .stdout
+        .trim()
+        .to_owned();
+    let full2 = work
+        .ok(&["backup", "pg", "--type", "full"])
+        .stdout
+        .trim()
+        .to_owned();
+    let last = cluster.switch_wal();
+    cluster.wait_archived(&last, Duration::from_secs(60));
+
+    // Incrementals store only what changed.
+    let stored = |id: &str| work.listed(id).unwrap()["stored_bytes"].as_u64().unwrap();
+    assert_eq!(work.listed(&incr1).unwrap()["backup_type"], "incr");
+    assert!(
+        stored(&incr1) * 2 < stored(&full) && stored(&incr2) * 2 < stored(&full2),
+        "full {} incr1 {} incr2 {} full2 {}",
+        stored(&full),
+        stored(&incr1),
+        stored(&incr2),
+        stored(&full2)
+    );
+
+    let queries = [
+        "SELECT count(*) FROM added",
+        "SELECT sum(abalance) FROM pgbench_accounts",
+        "SELECT count(*) FROM pgbench_history",
+        "SELECT count(*) FROM pg_class WHERE relname = 'doomed'",
+    ];
+    let expected: Vec<String> = queries.iter().map(|q| cluster.psql(q)).collect();
+    let mut results = Vec::new();
+    for (id, dir) in [(&incr2, "from-incr"), (&full2, "from-full")] {
+        let restored = work.path(dir);
+        let port = backup_testing::postgres::free_port();
+        let stop = StopOnDrop(restored.clone());
+        let out = work.ok(&[
+            "restore",
+            id,
+            "--target",
+            restored.to_str().unwrap(),
+            "--start",
+            &port.to_string(),
+            "--json",
+        ]);
+        assert_eq!(out.json()["base_backup"], id.as_str(), "{}", out.dump());
+        // The dropped table's file is gone from the restored chain, not left behind.
+        assert!(
+            !restored.join(&doomed_file).exists(),
+            "{doomed_file} came back"
+        );
+        results.push(queries.iter().map(|q| psql_at(port, q)).collect::<Vec<_>>());
+        drop(stop);
+    }
+    assert_eq!(results[0], expected, "incremental chain");
+    assert_eq!(results[1], expected, "full backup");
+}
+
+// ---- wal-push / wal-fetch killed mid-write -------------------------------------------------
+
+/// The name of a 1 GiB segment: with 1 GiB segments there are 4 per xlogid, so 1 is valid.
+const BIG_SEGMENT: &str = "000000010000000000000001";
+
+/// A work dir (backupctl as the PostgreSQL user) whose source has 1 GiB WAL segments, the
+/// largest PostgreSQL allows, so pushing or fetching one takes long enough to be killed.
+/// Returns it with its spool directory (PostgreSQL's pg_wal, writable by that user).
+fn big_segment_work() -> (Work, std::path::PathBuf) {
+    let work = pg_work();
+    let config = pg_config(
+        &work,
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &work.data(),
+    );
+    // The [[source]] table comes last.
+    work.write_config(&format!("{config}wal-segment-size-mib = 1024\n"));
+    work.init();
+    let spool = work.path("pg_wal");
+    fs::create_dir_all(&spool).unwrap();
+    set_mode(&spool, 0o777);
+    (work, spool)
+}
+
+/// Writes `mib` MiB to `path` a MiB at a time (random, text and zeros, all written out, no
+/// holes; fresh random bytes in every MiB, so it neither compresses nor deduplicates away)
+/// and returns the SHA-256 of what it wrote.
+fn write_big_wal_segment(path: &Path, mib: u64, seed: u64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(fs::File::create(path).unwrap());
+    let mut hasher = Sha256::new();
+    for i in 0..mib {
+        let block = mixed_bytes(1 << 20, (seed << 32) | i);
+        hasher.update(&block);
+        out.write_all(&block).unwrap();
+    }
+    out.into_inner().unwrap().sync_all().unwrap();
+    set_mode(path, 0o644);
+    hex(&hasher.finalize())
+}
+
+/// SHA-256 of a (big) file, read in pieces.
+fn sha256_of_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hex(&hasher.finalize())
+}
+
+/// The in-progress upload (`.<file>.tmp-<uuid>`, already holding data) in `dir`, if any.
+fn in_progress_temp_file(dir: &Path) -> Option<String> {
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let started = entry.metadata().is_ok_and(|m| m.len() > 0);
+        (name.starts_with('.') && name.contains(".tmp-") && started).then_some(name)
+    })
+}
+
+/// (parent pid, command name) of a process, from /proc.
+fn proc_parent_and_name(pid: u32) -> Option<(u32, String)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ppid, name))
+}
+
+fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid}: {status}");
+}
+
+/// A `backupctl` started in the background through [`Work::command`]. When run as another
+/// user the child is `runuser` and backupctl is its child: killing the child alone would
+/// leave backupctl running, so this finds and kills backupctl itself. Dropping it kills
+/// both, so a failing test leaves no process behind.
+struct Running {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(work: &Work, args: &[&str], label: &str) -> Running {
+        let stderr = work.path(&format!("{label}.stderr"));
+        let mut cmd = work.command(args);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting backupctl {args:?}: {e}"));
+        Running { child, stderr }
+    }
+
+    /// The pid of backupctl itself: the child, or the child's child under `runuser`.
+    fn backupctl_pid(&self) -> Option<u32> {
+        let child = self.child.id();
+        if proc_parent_and_name(child)?.1 == "backupctl" {
+            return Some(child);
+        }
+        fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| {
+                proc_parent_and_name(pid)
+                    .is_some_and(|(ppid, name)| ppid == child && name == "backupctl")
+            })
+    }
+
+    /// Polls `ready` until it yields; panics if backupctl ends first or it takes a minute.
+    fn wait_for<T>(&mut self, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(found) = ready() {
+                return found;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "backupctl ended ({status}) before {what} appeared; make the file bigger\n{}",
+                    fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no {what} within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs backupctl and waits until it (and any runuser around it) is gone.
+    fn kill_backupctl(&mut self) {
+        let pid = self
+            .backupctl_pid()
+            .expect("backupctl should still be running");
+        sigkill(pid);
+        let status = self.child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "backupctl was killed, yet {status}\n{}",
+            fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "backupctl ({pid}) survived SIGKILL"
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.backupctl_pid() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn wal_push_killed_mid_write_leaves_nothing_visible_and_the_retry_succeeds() {
+    let (work, spool) = big_segment_work();
+    let name = BIG_SEGMENT;
+    let segment = spool.join(name);
+    let sha = write_big_wal_segment(&segment, 1024, 7);
+    let segment_arg = segment.to_str().unwrap();
+    let wal_dir = work.path("var/repo/wal/pg");
+    let object = wal_dir.join(format!("{name}.bkpd"));
+    let fetched = spool.join("RECOVERYXLOG");
+    let fetched_arg = fetched.to_str().unwrap();
+
+    let mut push = Running::start(&work, &["wal-push", segment_arg], "killed-push");
+    let temp = push.wait_for("an upload under var/repo/wal/pg", || {
+        in_progress_temp_file(&wal_dir)
+    });
+    push.kill_backupctl();
+    assert!(
+        wal_dir.join(&temp).exists(),
+        "{temp} should be left behind by the kill"
+    );
+
+    // Nothing is visible: no object under the name (only the dot-file listings skip), no
+    // catalog record, nothing for restore_command, nothing counted by check.
+    assert!(!object.exists(), "a killed push published {name}");
+    assert_eq!(files_below(&wal_dir), vec![temp.clone()]);
+    work.run(&["wal-fetch", name, fetched_arg])
+        .expect_code(EXIT_FAILED)
+        .expect_mentions(&["not archived"]);
+    assert!(!fetched.exists());
+    let check = work.run(&["check", "pg", "--json"]);
+    check.expect_code(EXIT_FAILED);
+    let report = check.json();
+    assert_eq!(report["files_archived"], 0, "{report:#}");
+    assert!(report["to"].is_null(), "{report:#}");
+
+    // PostgreSQL retries the archive_command: the retry stores and records the segment.
+    work.ok(&["wal-push", segment_arg]);
+    assert!(object.is_file());
+    let report = work.ok(&["check", "pg", "--json"]).json();
+    assert_eq!(report["files_archived"], 1, "{report:#}");
+    assert_eq!(report["to"], name, "{report:#}");
+
+    // gc sweeps the whole repository: the killed push's temp file goes, the object stays.
+    let gc = work.ok(&["gc", "--grace", "0s", "--json"]).json();
+    assert_eq!(gc["temp_files_removed"], 1, "{gc:#}");
+    assert_eq!(files_below(&wal_dir), vec![format!("{name}.bkpd")]);
+
+    work.ok(&["wal-fetch", name, fetched_arg]);
+    assert!(
+        sha256_of_file(&fetched) == sha,
+        "wal-fetch returned other bytes than were pushed"
+    );
+    fs::remove_file(&fetched).unwrap();
+    fs::remove_file(&segment).unwrap();
+}
+
+#[test]
+fn a_push_that_died_after_storing_is_adopted_by_the_retry() {
+    use std::os::unix::fs::MetadataExt;
+    let work = pg_work();
+    let config = pg_config(
+        &work,
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &work.data(),
+    );
+    work.write_config(&config);
+    work.init();
+    let spool = work.path("pg_wal");
+    fs::create_dir_all(&spool).unwrap();
+    set_mode(&spool, 0o777);
+    let (a, b) = ("000000010000000000000001", "000000010000000000000002");
+    let segment_a = wal_segment(&spool, a, 11);
+    let segment_b = wal_segment(&spool, b, 12);
+    let (arg_a, arg_b) = (segment_a.to_str().unwrap(), segment_b.to_str().unwrap());
+    let wal_dir = work.path("var/repo/wal/pg");
+    let (object_a, object_b) = (
+        wal_dir.join(format!("{a}.bkpd")),
+        wal_dir.join(format!("{b}.bkpd")),
+    );
+    let both = vec![format!("{a}.bkpd"), format!("{b}.bkpd")];
+    let fetched = spool.join("RECOVERYXLOG");
+    let fetched_arg = fetched.to_str().unwrap();
+    work.ok(&["wal-push", arg_a]);
+
+    // An object for B that decrypts to A's content (e.g. a second cluster archiving into
+    // this source): a retry must refuse it, not adopt it.
+    fs::copy(&object_a, &object_b).unwrap();
+    let owner = fs::metadata(&object_a).unwrap();
+    std::os::unix::fs::chown(&object_b, Some(owner.uid()), Some(owner.gid())).unwrap();
+    work.run(&["wal-push", arg_b])
+        .expect_code(EXIT_INTEGRITY)
+        .expect_mentions(&[&format!("wal/pg/{b}.bkpd"), "different content"]);
+    assert!(
+        fs::read(&object_b).unwrap() == fs::read(&object_a).unwrap(),
+        "the refused push changed the object"
+    );
+    assert_eq!(files_below(&wal_dir), both, "the refused push left a file");
+    work.run(&["wal-fetch", b, fetched_arg])
+        .expect_code(EXIT_FAILED)
+        .expect_mentions(&["not archived"]);
+
+    // An object for B holding exactly B, not in the catalog: what a push that died between
+    // storing and recording leaves. Made by pushing B through a second catalog that shares
+    // the repository and the key.
+    fs::remove_file(&object_b).unwrap();
+    work.write_config(&config.replace("/var/catalog.db", "/var/other-catalog.db"));
+    work.init();
+    work.ok(&["wal-push", arg_b]);
+    work.write_config(&config);
+    let stored = fs::read(&object_b).unwrap();
+    work.run(&["wal-fetch", b, fetched_arg])
+        .expect_code(EXIT_FAILED)
+        .expect_mentions(&["not archived"]);
+
+    work.ok(&["wal-push", arg_b]);
+    assert!(
+        fs::read(&object_b).unwrap() == stored,
+        "the retry must adopt the stored object, not replace it"
+    );
+    assert_eq!(files_below(&wal_dir), both);
+    work.ok(&["wal-fetch", b, fetched_arg]);
+    assert!(
+        sha256_of_file(&fetched) == sha256_of_file(&segment_b),
+        "wal-fetch of the adopted object returned other bytes than B"
+    );
+    // Recorded now: pushing B again is an ordinary already-archived success.
+    work.ok(&["wal-push", arg_b]);
+    let report = work.ok(&["check", "pg", "--json"]).json();
+    assert_eq!(report["files_archived"], 2, "{report:#}");
+    assert_eq!(report["to"], b, "{report:#}");
+}
+
+#[test]
+fn wal_fetch_killed_mid_write_leaves_no_partial_file_under_the_requested_name() {
+    let (work, spool) = big_segment_work();
+    let name = BIG_SEGMENT;
+    let segment = spool.join(name);
+    let sha = write_big_wal_segment(&segment, 1024, 8);
+    work.ok(&["wal-push", segment.to_str().unwrap()]);
+    fs::remove_file(&segment).unwrap();
+
+    let dest = spool.join("RECOVERYXLOG");
+    let dest_arg = dest.to_str().unwrap();
+    let partial = spool.join(".RECOVERYXLOG.backupd-partial");
+    let mut fetch = Running::start(&work, &["wal-fetch", name, dest_arg], "killed-fetch");
+    fetch.wait_for("a partial file being written", || {
+        fs::metadata(&partial).ok().filter(|m| m.len() > 0)
+    });
+    fetch.kill_backupctl();
+    assert!(
+        partial.exists(),
+        "killed mid-write, the partial file should still be there"
+    );
+    assert!(
+        !dest.exists(),
+        "PostgreSQL must never find a partial WAL file under the name it asked for"
+    );
+
+    work.ok(&["wal-fetch", name, dest_arg]);
+    assert!(
+        sha256_of_file(&dest) == sha,
+        "wal-fetch returned other bytes than were pushed"
+    );
+    assert!(
+        !partial.exists(),
+        "the retry writes the same partial file and renames it into place"
+    );
+    fs::remove_file(&dest).unwrap();
+}

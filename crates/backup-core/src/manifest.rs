@@ -111,6 +111,10 @@ pub struct FileEntry {
     /// Link target (symlinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<EntryPath>,
+    /// Incremental backups: the file is unchanged since this earlier backup of the chain,
+    /// which (or whose own base) holds its content; this backup stores no data for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged_from: Option<BackupId>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -369,6 +373,7 @@ mod tests {
             offset: Some(0),
             blake3: Some("ab".into()),
             target: None,
+            unchanged_from: None,
         };
         w.entry(&e).unwrap();
         w.skipped(SkippedEntry {

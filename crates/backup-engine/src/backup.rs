@@ -2,6 +2,7 @@
 //! repository, then record it in the catalog only once every object is
 //! durable and its checksum matches what the pipeline produced.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use backup_sources::files::{self, EntryRecorder, TreeStats};
 
 use crate::config::SourceKindConfig;
 use crate::error::{EngineError, Result};
+use crate::policy::BackupType;
 use crate::repo::Repository;
 use crate::{Engine, Progress};
 use backup_sinks::put_bytes;
@@ -59,10 +61,20 @@ pub async fn run_backup(
     engine: &Engine,
     source_name: &str,
     tag: Option<String>,
+    backup_type: BackupType,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupOutcome> {
-    run_backup_with_id(engine, source_name, tag, BackupId::new(), progress, cancel).await
+    run_backup_with_id(
+        engine,
+        source_name,
+        tag,
+        backup_type,
+        BackupId::new(),
+        progress,
+        cancel,
+    )
+    .await
 }
 
 /// Like [`run_backup`], with an id chosen by the caller (e.g. a job that records it first).
@@ -70,6 +82,7 @@ pub async fn run_backup_with_id(
     engine: &Engine,
     source_name: &str,
     tag: Option<String>,
+    backup_type: BackupType,
     backup_id: BackupId,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
@@ -80,6 +93,10 @@ pub async fn run_backup_with_id(
     let config = &engine.config;
     let (index, source) = config.source(source_name)?;
     config.check_source_paths(index)?;
+    let previous = match backup_type {
+        BackupType::Full => None,
+        BackupType::Incr => Some(previous_backup(engine, source, cancel).await?),
+    };
     let repo = Repository::open(config, config.repository(&source.repository)?).await?;
     let key = engine.key()?;
     if !repo.check_key(&key, cancel).await? {
@@ -100,7 +117,7 @@ pub async fn run_backup_with_id(
             id: backup_id,
             source: source_name.to_owned(),
             repository: repo.name.clone(),
-            backup_type: "full".into(),
+            backup_type: backup_type.as_str().into(),
             started_at: Utc::now(),
             host: crate::host_name(),
             pid: std::process::id(),
@@ -133,6 +150,7 @@ pub async fn run_backup_with_id(
         source_name,
         &source.kind,
         tag,
+        previous,
         &key,
         progress,
         cancel,
@@ -178,10 +196,13 @@ async fn write_and_record(
     source_name: &str,
     source: &SourceKindConfig,
     tag: Option<String>,
+    previous: Option<PreviousBackup>,
     key: &backup_core::keys::MasterKey,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Produced> {
+    let backup_type = if previous.is_some() { "incr" } else { "full" };
+    let parent = previous.as_ref().map(|p| p.id);
     let copy_targets =
         crate::replicate::copy_targets(engine.config.source(source_name)?.1, tag.as_deref());
     let mut envelope = KeyEnvelope::new(backup_id, key);
@@ -199,7 +220,7 @@ async fn write_and_record(
         backup_id,
         source_name: source_name.to_owned(),
         source_kind: source.kind_name().to_owned(),
-        backup_type: "full".into(),
+        backup_type: backup_type.into(),
         repository: repo.name.clone(),
         started_at: Utc::now(),
         host: crate::host_name(),
@@ -260,6 +281,7 @@ async fn write_and_record(
         header,
         progress,
         postgres: handshake,
+        previous: previous.map(|p| p.files),
     };
     let producer = tokio::task::spawn_blocking(move || job.run());
     let (data_put, manifest_put, produced, position) = tokio::join!(
@@ -335,7 +357,7 @@ async fn write_and_record(
                 stop_wal: p.stop_wal.clone(),
                 start_time: p.start_time,
                 stop_time: p.stop_time,
-                parent_backup_id: None,
+                parent_backup_id: parent,
             })
             .await?;
     }
@@ -411,6 +433,68 @@ struct ProduceJob {
     /// For PostgreSQL: says when the data directory has been read, then gets the files
     /// `pg_backup_stop` returned (or why it failed).
     postgres: Option<PostgresHandshake>,
+    /// Incremental: the files of the previous backup of the chain, by entry path.
+    previous: Option<HashMap<Vec<u8>, files::PreviousFile>>,
+}
+
+/// The backup an incremental one builds on, with what it recorded of each file.
+pub struct PreviousBackup {
+    pub id: BackupId,
+    pub files: HashMap<Vec<u8>, files::PreviousFile>,
+}
+
+/// The newest complete base backup of a postgres `source`, read from its manifest.
+async fn previous_backup(
+    engine: &Engine,
+    source: &crate::config::SourceConfig,
+    cancel: &CancellationToken,
+) -> Result<PreviousBackup> {
+    if !matches!(source.kind, SourceKindConfig::Postgres { .. }) {
+        return Err(EngineError::Usage(format!(
+            "{} sources take full backups only; drop `--type incr`",
+            source.kind.kind_name()
+        )));
+    }
+    let no_base = || {
+        EngineError::Usage(format!(
+            "source {} has no complete base backup to build an incremental one on; take a full \
+             one first (`backupctl backup {} --type full`)",
+            source.name, source.name
+        ))
+    };
+    let latest = engine
+        .catalog
+        .postgres_backups(&source.name)
+        .await?
+        .into_iter()
+        .max_by_key(|b| b.stop_time)
+        .ok_or_else(no_base)?;
+    let record = engine
+        .catalog
+        .get_backup(latest.backup_id)
+        .await?
+        .ok_or_else(no_base)?;
+    let entries = crate::restore::manifest_entries(engine, &record, cancel).await?;
+    let files = entries
+        .into_iter()
+        .filter(|e| e.kind == backup_core::manifest::EntryKind::File)
+        .filter_map(|e| {
+            Some((
+                e.path.to_bytes().ok()?,
+                files::PreviousFile {
+                    size: e.size,
+                    mtime: e.mtime,
+                    mtime_nsec: e.mtime_nsec,
+                    blake3: e.blake3?,
+                    stored_in: e.unchanged_from.unwrap_or(record.id),
+                },
+            ))
+        })
+        .collect();
+    Ok(PreviousBackup {
+        id: record.id,
+        files,
+    })
 }
 
 struct PostgresHandshake {
@@ -489,6 +573,9 @@ impl ProduceJob {
                 );
                 // The server deletes files (temporary relations, old WAL) while we read.
                 tree.tolerate_vanished_files();
+                if let Some(previous) = self.previous {
+                    tree.incremental_since(previous);
+                }
                 tree.add_root(
                     data_directory,
                     PGDATA_LABEL,

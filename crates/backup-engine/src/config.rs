@@ -416,7 +416,9 @@ impl Config {
                     e.to_string(),
                 )
             })?;
-            if entry.backup_type == BackupType::Incr {
+            if entry.backup_type == BackupType::Incr
+                && !matches!(s.kind, SourceKindConfig::Postgres { .. })
+            {
                 return Err(self.invalid(
                     format!("source[{i}].schedule[{j}].type"),
                     format!(

@@ -26,6 +26,18 @@ pub enum BackupType {
     Incr,
 }
 
+impl std::str::FromStr for BackupType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Self::Full),
+            "incr" => Ok(Self::Incr),
+            other => Err(format!("unknown backup type {other:?}: use full or incr")),
+        }
+    }
+}
+
 impl BackupType {
     pub fn as_str(self) -> &'static str {
         match self {

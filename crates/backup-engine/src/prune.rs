@@ -469,6 +469,15 @@ async fn plan_source(
         .iter()
         .map(|r| backup_info(&engine.config, r, copies.remove(&r.id).unwrap_or_default()))
         .collect();
+    // An incremental base backup needs the one it builds on.
+    for pg in engine.catalog.postgres_backups(&source.name).await? {
+        if let (Some(parent), Some(info)) = (
+            pg.parent_backup_id,
+            infos.iter_mut().find(|b| b.id == pg.backup_id),
+        ) {
+            info.depends_on = Some(parent);
+        }
+    }
     // The planner's "newest" goes by finish time; `restore --latest` picks the latest start.
     // Should two overlapping backups disagree, keep both.
     let newest_finished = infos

@@ -140,6 +140,88 @@ impl OpenedBackup {
     }
 }
 
+/// Every file entry of a backup's manifest (read from its own repository).
+pub(crate) async fn manifest_entries(
+    engine: &Engine,
+    record: &BackupRecord,
+    cancel: &CancellationToken,
+) -> Result<Vec<backup_core::manifest::FileEntry>> {
+    let key = engine.key()?;
+    let opened = OpenedBackup::open(engine, record, &record.repository, &key, cancel).await?;
+    let (artifact, dek) = opened.manifest;
+    let rx = opened
+        .repo
+        .sink
+        .get(&object_key(&opened.repo, &artifact)?, cancel)
+        .await?;
+    let (id, what) = (
+        artifact.artifact.id,
+        format!(
+            "backup {} manifest artifact {}",
+            record.id, artifact.artifact.id
+        ),
+    );
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let (reader, _) = ArtifactReader::open(
+            ChannelReader::new(rx),
+            Some(id),
+            &dek,
+            &ReadOptions::default(),
+        )
+        .map_err(|e| EngineError::from_format(&what, e))?;
+        let (mut manifest, _) = ManifestReader::open(BufReader::with_capacity(1 << 20, reader))
+            .map_err(|e| manifest_error(&what, e))?;
+        let mut entries = Vec::new();
+        while let Some(line) = manifest.next_item().map_err(|e| manifest_error(&what, e))? {
+            match line {
+                ManifestLine::Entry(e) => entries.push(e),
+                ManifestLine::Footer(_) => break,
+                _ => {}
+            }
+        }
+        io::copy(&mut manifest.into_inner(), &mut io::sink())
+            .map_err(|e| stream_error(&what, e))?;
+        Ok(entries)
+    })
+    .await
+    .map_err(|e| EngineError::Failed(format!("reading a manifest crashed: {e}")))?
+}
+
+/// The backups to restore, oldest first, to recreate `record`: itself, preceded by the
+/// backups an incremental one builds on.
+async fn backup_chain(engine: &Engine, record: &BackupRecord) -> Result<Vec<BackupRecord>> {
+    let mut chain = vec![record.clone()];
+    let mut current = record.id;
+    while let Some(parent) = engine
+        .catalog
+        .postgres_backup(current)
+        .await?
+        .and_then(|p| p.parent_backup_id)
+    {
+        let parent_record = engine
+            .catalog
+            .get_backup(parent)
+            .await?
+            .filter(|b| b.status == BackupStatus::Complete)
+            .ok_or_else(|| {
+                EngineError::Integrity(format!(
+                    "backup {current} is incremental on backup {parent}, which is not a complete \
+                     backup any more; restore a full backup instead"
+                ))
+            })?;
+        if chain.len() > 10_000 || chain.iter().any(|b| b.id == parent) {
+            return Err(EngineError::Integrity(format!(
+                "the incremental chain of backup {} loops",
+                record.id
+            )));
+        }
+        current = parent;
+        chain.push(parent_record);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
 /// The object key of `artifact` in repository `repo`.
 pub(crate) fn object_key(repo: &Repository, artifact: &ArtifactWithCopies) -> Result<String> {
     artifact
@@ -394,6 +476,44 @@ async fn restore_from(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
+    let chain = backup_chain(engine, record).await?;
+    let started = Instant::now();
+    let mut bytes = 0;
+    let mut last = None;
+    for (i, layer) in chain.iter().enumerate() {
+        let outcome = restore_layer(
+            engine,
+            layer,
+            repository,
+            key,
+            target,
+            i > 0,
+            progress.clone(),
+            cancel,
+        )
+        .await?;
+        bytes += outcome.bytes;
+        last = Some(outcome);
+    }
+    let mut outcome = last.expect("a chain holds at least the backup itself");
+    outcome.backup_id = record.id;
+    outcome.bytes = bytes;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+/// Restores one backup of a chain; `overlay` for the incremental ones after the first.
+#[allow(clippy::too_many_arguments)]
+async fn restore_layer(
+    engine: &Engine,
+    record: &BackupRecord,
+    repository: &str,
+    key: &MasterKey,
+    target: &Path,
+    overlay: bool,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreOutcome> {
     let OpenedBackup {
         repo,
         manifest,
@@ -425,6 +545,7 @@ async fn restore_from(
     let started = Instant::now();
     let job = RestoreJob {
         backup_id: record.id,
+        overlay,
         repository: repo.name.clone(),
         target: target.to_path_buf(),
         manifest: (
@@ -481,6 +602,8 @@ fn prepare_target(target: &Path, force: bool) -> Result<()> {
 
 struct RestoreJob {
     backup_id: BackupId,
+    /// A later backup of an incremental chain, restored over the earlier ones.
+    overlay: bool,
     repository: String,
     target: PathBuf,
     manifest: (ArtifactId, DataKey, ChannelReader),
@@ -518,6 +641,9 @@ impl RestoreJob {
         let progress = self.progress.clone();
         let mut on_bytes = |n| progress.add_bytes(n);
         let mut restorer = TreeRestorer::new(&self.target, &mut data, &mut on_bytes);
+        if self.overlay {
+            restorer = restorer.overlay();
+        }
         loop {
             match manifest
                 .next_item()

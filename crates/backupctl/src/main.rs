@@ -49,6 +49,9 @@ enum Command {
         /// instead of making them right after the backup.
         #[arg(long)]
         no_copy: bool,
+        /// full, or incr (PostgreSQL: only files changed since the previous base backup).
+        #[arg(long = "type", default_value = "full", value_name = "TYPE")]
+        backup_type: backup_engine::policy::BackupType,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -378,12 +381,20 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             source,
             tag,
             no_copy,
+            backup_type,
             json,
         } => {
             let progress = Arc::new(Progress::default());
             let bar = progress::start(progress.clone(), "backing up");
-            let outcome =
-                backup_engine::backup::run_backup(&engine, &source, tag, progress, cancel).await;
+            let outcome = backup_engine::backup::run_backup(
+                &engine,
+                &source,
+                tag,
+                backup_type,
+                progress,
+                cancel,
+            )
+            .await;
             progress::finish(bar);
             let outcome = outcome?;
             let copies = if no_copy {

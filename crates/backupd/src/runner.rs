@@ -253,10 +253,16 @@ impl Runner {
                 .attach_backup(job.id, &self.owner, backup_id)
                 .await;
             let progress = Arc::new(Progress::default());
+            let backup_type = if job.backup_type == "incr" {
+                backup_engine::policy::BackupType::Incr
+            } else {
+                backup_engine::policy::BackupType::Full
+            };
             let work = backup_engine::backup::run_backup_with_id(
                 &self.engine,
                 &job.source,
                 job.tag.clone(),
+                backup_type,
                 backup_id,
                 progress,
                 &run_cancel,

@@ -5,7 +5,7 @@
 //! to one data stream; each file's manifest entry records its offset, size and
 //! BLAKE3. Restore replays the manifest against the stream.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -81,6 +81,8 @@ pub trait EntryRecorder {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeStats {
     pub files: u64,
+    /// Files found unchanged since the previous backup (incremental backups); not stored.
+    pub unchanged: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub skipped: u64,
@@ -132,6 +134,17 @@ pub fn backup_tree(
     Ok(tree.finish())
 }
 
+/// A file as the previous backup of an incremental chain recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousFile {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub blake3: String,
+    /// The backup whose data holds the content.
+    pub stored_in: backup_core::BackupId,
+}
+
 /// Leaves a path out of a backup: gets its path below the root (`b"pg_wal/0000..."`).
 pub type Exclude<'a> = &'a dyn Fn(&[u8]) -> bool;
 
@@ -158,8 +171,16 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
                 stats: TreeStats::default(),
                 buf: vec![0; COPY_BUFFER],
                 vanished_ok: false,
+                previous: HashMap::new(),
             },
         }
+    }
+
+    /// Makes this an incremental backup: a file whose path, size and mtime match `previous`
+    /// (keyed by entry path) and whose content still has the recorded BLAKE3 is recorded as
+    /// unchanged instead of stored. The hash check catches changes that keep size and mtime.
+    pub fn incremental_since(&mut self, previous: HashMap<Vec<u8>, PreviousFile>) {
+        self.walker.previous = previous;
     }
 
     /// Files that disappear while being backed up are left out silently instead of being
@@ -208,6 +229,7 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
             offset: Some(start),
             blake3: Some(blake3::hash(content).to_hex().to_string()),
             target: None,
+            unchanged_from: None,
         };
         w.record(e)?;
         w.stats.files += 1;
@@ -230,6 +252,8 @@ struct Walker<'a, W: Write, R: EntryRecorder> {
     buf: Vec<u8>,
     /// A path that vanished mid-walk is left out rather than unreadable.
     vanished_ok: bool,
+    /// Incremental backups: what the previous backup recorded, by entry path.
+    previous: HashMap<Vec<u8>, PreviousFile>,
 }
 
 impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
@@ -302,6 +326,35 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
             Ok(f) => f,
             Err(source) => return self.unreadable(path, rel, source),
         };
+        if let Some(previous) = self.previous.get(rel) {
+            if previous.size == meta.len()
+                && previous.mtime == meta.mtime()
+                && previous.mtime_nsec == meta.mtime_nsec() as u32
+            {
+                let mut hasher = blake3::Hasher::new();
+                let hashed = io::copy(&mut file, &mut hasher);
+                match hashed {
+                    Ok(n)
+                        if n == previous.size
+                            && hasher.finalize().to_hex().as_str() == previous.blake3 =>
+                    {
+                        let mut e = entry_for(rel, EntryKind::File, meta);
+                        e.size = n;
+                        e.blake3 = Some(previous.blake3.clone());
+                        e.unchanged_from = Some(previous.stored_in);
+                        self.record(e)?;
+                        self.stats.unchanged += 1;
+                        self.stats.files += 1;
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(source) => return self.unreadable(path, rel, source),
+                }
+                if let Err(source) = io::Seek::rewind(&mut file) {
+                    return self.unreadable(path, rel, source);
+                }
+            }
+        }
         let start = self.offset;
         let mut hasher = blake3::Hasher::new();
         // Read to EOF rather than to the stat size: a file that changes while
@@ -381,6 +434,7 @@ fn entry_for(rel: &[u8], kind: EntryKind, meta: &fs::Metadata) -> FileEntry {
         offset: None,
         blake3: None,
         target: None,
+        unchanged_from: None,
     }
 }
 
@@ -408,9 +462,20 @@ pub struct TreeRestorer<'a, R: Read> {
     created_dirs: HashSet<PathBuf>,
     stats: RestoreStats,
     progress: &'a mut dyn FnMut(u64),
+    /// Overlay mode (a later backup of an incremental chain): every path restored or kept,
+    /// so `finish` can remove what this backup no longer has.
+    listed: Option<HashSet<PathBuf>>,
 }
 
 impl<'a, R: Read> TreeRestorer<'a, R> {
+    /// Restores over the previous layers of an incremental chain: files marked unchanged
+    /// must already be there (with their recorded size), and paths this backup does not list
+    /// are removed by `finish`.
+    pub fn overlay(mut self) -> Self {
+        self.listed = Some(HashSet::new());
+        self
+    }
+
     pub fn new(target: &Path, data: R, progress: &'a mut dyn FnMut(u64)) -> Self {
         Self {
             target: target.to_path_buf(),
@@ -424,12 +489,19 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
             created_dirs: HashSet::new(),
             stats: RestoreStats::default(),
             progress,
+            listed: None,
         }
     }
 
     pub fn entry(&mut self, e: FileEntry) -> Result<(), FilesError> {
         let rel = safe_relative(&e.path)?;
         let dest = self.target.join(&rel);
+        if let Some(listed) = &mut self.listed {
+            listed.insert(dest.clone());
+        }
+        if e.kind == EntryKind::File && e.unchanged_from.is_some() {
+            return self.unchanged_file(&dest, &e);
+        }
         match e.kind {
             EntryKind::Dir => {
                 self.ensure_dir(&dest)?;
@@ -525,10 +597,71 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
         Ok(())
     }
 
+    /// A file an earlier layer of the chain restored: check it is there, apply metadata.
+    fn unchanged_file(&mut self, dest: &Path, e: &FileEntry) -> Result<(), FilesError> {
+        let found = fs::symlink_metadata(dest)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        if found != Some(e.size) {
+            return Err(FilesError::ChecksumMismatch {
+                path: e.path.display(),
+                expected: format!(
+                    "{} bytes restored from backup {}",
+                    e.size,
+                    e.unchanged_from.map(|b| b.to_string()).unwrap_or_default()
+                ),
+                found: found.map_or("no such file".into(), |n| format!("{n} bytes")),
+            });
+        }
+        apply_metadata(dest, e, self.restore_owner).map_err(|source| FilesError::Restore {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    /// Overlay mode: removes what earlier layers restored and this backup does not list.
+    fn remove_unlisted(&self, listed: &HashSet<PathBuf>) -> Result<(), FilesError> {
+        let mut stack = vec![self.target.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(|source| FilesError::Restore {
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| FilesError::Restore {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let path = entry.path();
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let gone = |source| FilesError::Restore {
+                    path: path.clone(),
+                    source,
+                };
+                if !listed.contains(&path) {
+                    if is_dir {
+                        fs::remove_dir_all(&path).map_err(gone)?;
+                    } else {
+                        fs::remove_file(&path).map_err(gone)?;
+                    }
+                } else if is_dir {
+                    stack.push(path);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates symlinks and applies directory metadata; call after the last entry.
     pub fn finish(mut self) -> Result<RestoreStats, FilesError> {
         // Every file must be complete before symlinks and directory times are applied.
         std::mem::take(&mut self.writers).join()?;
+        if let Some(listed) = self.listed.take() {
+            self.remove_unlisted(&listed)?;
+        }
         for (dest, e) in std::mem::take(&mut self.symlinks) {
             let target = e
                 .target
