@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod keys;
 mod postgres;
+mod postgres_async;
 mod privileged;
 mod replication;
 mod retention;

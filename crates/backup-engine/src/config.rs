@@ -315,6 +315,10 @@ pub enum SourceKindConfig {
         /// The cluster's `wal_segment_size` (set by initdb; 16 MiB unless changed there).
         #[serde(default = "default_wal_segment_mib")]
         wal_segment_size_mib: u64,
+        /// Local directory for `wal-push --async`: segments are spooled (fsynced) here and
+        /// pushed in the background, so archive_command returns at once.
+        #[serde(default)]
+        spool_directory: Option<PathBuf>,
     },
 }
 
@@ -323,6 +327,16 @@ fn default_wal_segment_mib() -> u64 {
 }
 
 impl SourceKindConfig {
+    /// A postgres source's `spool-directory`.
+    pub fn spool_directory(&self) -> Option<&Path> {
+        match self {
+            Self::Postgres {
+                spool_directory, ..
+            } => spool_directory.as_deref(),
+            Self::Files { .. } => None,
+        }
+    }
+
     /// A postgres source's WAL segment size (validated at load).
     pub fn wal_segment_size(&self) -> Option<backup_sources::postgres::wal::WalSegmentSize> {
         match self {

@@ -528,3 +528,216 @@ async fn read_wal_file(
         .map_err(|e| crate::restore::stream_error(&what, e))?;
     Ok(out)
 }
+
+/// Spooled files the background pusher works on, oldest name first.
+fn spooled_files(spool: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(spool)
+        .map_err(|e| EngineError::Failed(format!("reading spool {}: {e}", spool.display())))?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn spool_of(source: &SourceConfig) -> Result<&Path> {
+    source.kind.spool_directory().ok_or_else(|| {
+        EngineError::Usage(format!(
+            "wal-push --async needs `spool-directory` on source {}",
+            source.name
+        ))
+    })
+}
+
+/// `wal-push --async PATH`: copies the file into the source's spool (fsynced, renamed into
+/// place, directory fsynced) and returns; a background `wal-push --drain-spool` pushes it.
+/// Identical files are accepted again; different content under a spooled or archived name is
+/// refused, as in the synchronous mode.
+pub async fn wal_push_async(
+    engine: &Engine,
+    source: &SourceConfig,
+    path: &Path,
+) -> Result<WalPushOutcome> {
+    let started = Instant::now();
+    let spool = spool_of(source)?.to_path_buf();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| EngineError::Usage(format!("{}: not a WAL file path", path.display())))?
+        .to_owned();
+    parse_name(source, &file_name)?;
+    let (size, sha) = hash_file(path)
+        .map_err(|e| EngineError::Failed(format!("reading {}: {e}", path.display())))?;
+    let mut outcome = WalPushOutcome {
+        source: source.name.clone(),
+        file_name: file_name.clone(),
+        repository: source.repository.clone(),
+        plaintext_size: size,
+        stored_size: 0,
+        already_archived: false,
+        seconds: 0.0,
+    };
+    if let Some(existing) = engine.catalog.wal_file(&source.name, &file_name).await? {
+        if existing.plaintext_sha256 == hex::encode(sha) {
+            outcome.already_archived = true;
+            return Ok(outcome);
+        }
+        return Err(conflict(CatalogError::WalConflict {
+            source_name: source.name.clone(),
+            file_name,
+            archived_sha256: existing.plaintext_sha256,
+            new_sha256: hex::encode(sha),
+        }));
+    }
+    std::fs::create_dir_all(&spool)
+        .map_err(|e| EngineError::Failed(format!("creating spool {}: {e}", spool.display())))?;
+    let spooled = spool.join(&file_name);
+    if spooled.exists() {
+        let (_, spooled_sha) = hash_file(&spooled)
+            .map_err(|e| EngineError::Failed(format!("reading {}: {e}", spooled.display())))?;
+        if spooled_sha != sha {
+            return Err(EngineError::Integrity(format!(
+                "{} is already spooled with different content; PostgreSQL never rewrites a WAL file",
+                spooled.display()
+            )));
+        }
+    } else {
+        let temp = spool.join(format!(".{file_name}.spooling"));
+        let io = |what: &str, e: io::Error| EngineError::Failed(format!("{what}: {e}"));
+        std::fs::copy(path, &temp).map_err(|e| io(&format!("spooling {file_name}"), e))?;
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the spooled file", e))?;
+        std::fs::rename(&temp, &spooled).map_err(|e| io("spooling", e))?;
+        std::fs::File::open(&spool)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the spool directory", e))?;
+    }
+    start_drainer(engine, source, &spool);
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+/// Starts a detached `wal-push --drain-spool` unless one is running (it takes the lock).
+fn start_drainer(engine: &Engine, source: &SourceConfig, spool: &Path) {
+    if drain_lock(spool).is_none() {
+        return; // held: a drainer runs, and it rechecks the spool before it exits
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.join(".drain.log"));
+    let mut command = std::process::Command::new(exe);
+    if let Ok(config) = std::fs::canonicalize(&engine.config.origin) {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(["wal-push", "--drain-spool", "--source", &source.name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Ok(log) = log {
+        command.stderr(log);
+    }
+    use std::os::unix::process::CommandExt;
+    // Its own process group: the archiver's exit must not take it down.
+    command.process_group(0);
+    if let Err(e) = command.spawn() {
+        tracing::warn!(error = %e, "starting the spool drainer failed; the next push retries");
+    }
+}
+
+/// The spool's drainer lock, if free.
+fn drain_lock(spool: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.join(".drain.lock"))
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// What a drainer pushed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DrainReport {
+    pub pushed: u64,
+    pub failed: u64,
+}
+
+/// Pushes to push in parallel from a spool.
+const DRAIN_PARALLEL: usize = 4;
+/// Failed rounds before a drainer gives up (the next `wal-push --async` starts another).
+const DRAIN_ROUNDS: u32 = 5;
+
+/// `wal-push --drain-spool`: pushes every spooled file (several at once), deleting each once
+/// it is archived, until the spool is empty. One drainer per spool (a lock file).
+pub async fn drain_spool(
+    engine: std::sync::Arc<Engine>,
+    source: SourceConfig,
+    cancel: &CancellationToken,
+) -> Result<DrainReport> {
+    let spool = spool_of(&source)?.to_path_buf();
+    let mut report = DrainReport::default();
+    let mut failed_rounds = 0;
+    loop {
+        let Some(lock) = drain_lock(&spool) else {
+            return Ok(report);
+        };
+        loop {
+            let files = spooled_files(&spool)?;
+            if files.is_empty() || cancel.is_cancelled() {
+                break;
+            }
+            let mut round_failed = false;
+            for chunk in files.chunks(DRAIN_PARALLEL) {
+                let mut tasks = tokio::task::JoinSet::new();
+                for file in chunk {
+                    let (engine, source, file, cancel) =
+                        (engine.clone(), source.clone(), file.clone(), cancel.clone());
+                    tasks.spawn(async move {
+                        let result = wal_push(&engine, &source, &file, &cancel).await;
+                        (file, result)
+                    });
+                }
+                while let Some(joined) = tasks.join_next().await {
+                    let Ok((file, result)) = joined else {
+                        round_failed = true;
+                        continue;
+                    };
+                    match result {
+                        Ok(_) => {
+                            let _ = std::fs::remove_file(&file);
+                            report.pushed += 1;
+                        }
+                        Err(e) => {
+                            eprintln!("wal-push --drain-spool: {}: {e}", file.display());
+                            report.failed += 1;
+                            round_failed = true;
+                        }
+                    }
+                }
+            }
+            if round_failed {
+                failed_rounds += 1;
+                if failed_rounds >= DRAIN_ROUNDS {
+                    return Ok(report);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1 << failed_rounds)).await;
+            }
+        }
+        drop(lock);
+        // A file spooled while we were releasing the lock would wait for the next push.
+        if spooled_files(&spool)?.is_empty() || cancel.is_cancelled() {
+            return Ok(report);
+        }
+    }
+}

@@ -67,10 +67,18 @@ enum Command {
     /// the file is durable in the repository.
     WalPush {
         /// Path of the WAL file (%p).
-        path: PathBuf,
+        #[arg(required_unless_present = "drain_spool")]
+        path: Option<PathBuf>,
         /// The postgres source (default: the only one configured).
         #[arg(long)]
         source: Option<String>,
+        /// Return once the file is safely in the source's `spool-directory`; a background
+        /// process pushes spooled files, several at once.
+        #[arg(long)]
+        r#async: bool,
+        /// Push everything in the spool, then exit (started by --async).
+        #[arg(long, conflicts_with = "path")]
+        drain_spool: bool,
     },
     /// PostgreSQL restore_command: restore one archived WAL file (`wal-fetch %f %p`).
     /// Exits 1 when the file is not archived, as restore_command must.
@@ -430,9 +438,28 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 return Ok(exit::FAILED);
             }
         }
-        Command::WalPush { path, source } => {
-            let source = backup_engine::wal::postgres_source(&engine, source.as_deref())?;
-            let outcome = backup_engine::wal::wal_push(&engine, source, &path, cancel).await?;
+        Command::WalPush {
+            path,
+            source,
+            r#async,
+            drain_spool,
+        } => {
+            let source = backup_engine::wal::postgres_source(&engine, source.as_deref())?.clone();
+            if drain_spool {
+                let report =
+                    backup_engine::wal::drain_spool(Arc::new(engine), source, cancel).await?;
+                return Ok(if report.failed > 0 {
+                    exit::FAILED
+                } else {
+                    exit::OK
+                });
+            }
+            let path = path.expect("clap requires a path without --drain-spool");
+            let outcome = if r#async {
+                backup_engine::wal::wal_push_async(&engine, &source, &path).await?
+            } else {
+                backup_engine::wal::wal_push(&engine, &source, &path, cancel).await?
+            };
             tracing::info!(file = %outcome.file_name, already = outcome.already_archived,
                 seconds = outcome.seconds, "wal-push done");
         }
