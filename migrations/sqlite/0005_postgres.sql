@@ -34,3 +34,16 @@ CREATE TABLE postgres_backups (
     -- The backup an incremental builds on (NULL for a full backup).
     parent_backup_id  TEXT
 );
+
+-- Copies of archived WAL files in other repositories (a source's `copy-to`), recorded once
+-- the copy's SHA-256 matched the original object's.
+CREATE TABLE wal_file_copies (
+    source            TEXT NOT NULL,
+    file_name         TEXT NOT NULL,
+    repository        TEXT NOT NULL,
+    object_key        TEXT NOT NULL,
+    stored_size       BIGINT NOT NULL CHECK (stored_size >= 0),
+    stored_sha256     TEXT NOT NULL CHECK (length(stored_sha256) = 64),
+    copied_at         TEXT NOT NULL,
+    PRIMARY KEY (source, file_name, repository)
+);

@@ -1,5 +1,7 @@
-//! `wal-push --async`: archive_command returns once the segment is safely spooled; a
-//! background drainer pushes spooled segments, several at once, and empties the spool.
+//! PostgreSQL WAL beyond one synchronous push: `wal-push --async` (archive_command returns
+//! once the segment is safely spooled; a background drainer pushes spooled segments, several
+//! at once), and archived WAL copied to the source's `copy-to` repositories, where
+//! `wal-fetch` finds it when the primary copy is gone.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -83,4 +85,54 @@ spool-directory = "{root}/spool"
     .expect_code(EXIT_INTEGRITY)
     .expect_mentions(&[&names[2]]);
     work.ok(&["check", "pg"]).expect_mentions(&["continuous"]);
+}
+
+#[test]
+fn archived_wal_is_copied_to_the_other_region_and_fetched_from_there() {
+    let work = Work::new();
+    let root = work.root().display().to_string();
+    work.write_config(&format!(
+        r#"[catalog]
+url = "sqlite://{root}/var/catalog.db"
+[encryption]
+key-file = "{root}/var/keys/repo.key"
+[[repository]]
+name = "region-a"
+kind = "local"
+path = "{root}/var/repo-a"
+[[repository]]
+name = "region-b"
+kind = "local"
+path = "{root}/var/repo-b"
+[[source]]
+name = "pg"
+kind = "postgres"
+connection = "postgres://postgres@127.0.0.1:1/postgres"
+data-directory = "{root}/data"
+repository = "region-a"
+copy-to = ["region-b"]
+"#
+    ));
+    work.init();
+    let pg_wal = work.path("pg_wal");
+    fs::create_dir_all(&pg_wal).unwrap();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let path = pg_wal.join(name);
+        write_file(&path, &mixed_bytes(16 << 20, i as u64), 0o644);
+        work.ok(&["wal-push", path.to_str().unwrap()]);
+    }
+    work.ok(&["replicate"])
+        .expect_mentions(&["3 WAL files copied"]);
+    work.ok(&["replicate"])
+        .expect_mentions(&["0 copies made, 0 failed"]);
+    assert_eq!(files_below(&work.path("var/repo-b/wal/pg")).len(), 3);
+    // Region A loses a segment: wal-fetch says so and uses region B's copy.
+    fs::remove_file(work.path(&format!("var/repo-a/wal/pg/{}.bkpd", names[1]))).unwrap();
+    let fetched = work.path("pg_wal/RECOVERYXLOG");
+    work.ok(&["wal-fetch", &names[1], fetched.to_str().unwrap()])
+        .expect_mentions(&["region-a"]);
+    assert!(fs::read(&fetched).unwrap() == mixed_bytes(16 << 20, 1));
 }

@@ -25,6 +25,18 @@ pub struct WalFileRecord {
     pub archived_at: DateTime<Utc>,
 }
 
+/// A verified copy of an archived WAL file in another repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalFileCopy {
+    pub source: String,
+    pub file_name: String,
+    pub repository: String,
+    pub object_key: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+    pub copied_at: DateTime<Utc>,
+}
+
 /// What recording a pushed WAL file found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalRecorded {
@@ -203,10 +215,97 @@ impl Catalog {
         rows.into_iter().map(WalFileRecord::try_from).collect()
     }
 
-    /// Forgets archived WAL files (retention; delete their objects afterwards).
+    /// Records the verified copy of an archived WAL file in another repository.
+    pub async fn record_wal_copy(&self, copy: &WalFileCopy) -> Result<()> {
+        validate_sha256("stored_sha256", &copy.stored_sha256)?;
+        with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO wal_file_copies (source, file_name, repository, object_key, \
+             stored_size, stored_sha256, copied_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (source, file_name, repository) DO UPDATE SET \
+             object_key = excluded.object_key, stored_size = excluded.stored_size, \
+             stored_sha256 = excluded.stored_sha256, copied_at = excluded.copied_at"
+        )
+        .bind(&copy.source)
+        .bind(&copy.file_name)
+        .bind(&copy.repository)
+        .bind(&copy.object_key)
+        .bind(to_i64("stored_size", copy.stored_size)?)
+        .bind(&copy.stored_sha256)
+        .bind(micros(copy.copied_at))
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .map_err(db(format!(
+            "recording the copy of WAL file {} in {}",
+            copy.file_name, copy.repository
+        )))
+    }
+
+    /// `source`'s archived WAL files with no copy in `repository` yet, by name.
+    pub async fn wal_files_without_copy(
+        &self,
+        source: &str,
+        repository: &str,
+    ) -> Result<Vec<WalFileRecord>> {
+        let rows: Vec<WalFileRow> = with_pool!(self, |pool| sqlx::query_as(&format!(
+            "SELECT {WAL_COLUMNS} FROM wal_files w WHERE source = $1 AND repository <> $2 \
+             AND NOT EXISTS (SELECT 1 FROM wal_file_copies c WHERE c.source = w.source \
+             AND c.file_name = w.file_name AND c.repository = $2) ORDER BY file_name"
+        ))
+        .bind(source)
+        .bind(repository)
+        .fetch_all(pool)
+        .await)
+        .map_err(db(format!(
+            "listing the WAL files of {source} not copied to {repository}"
+        )))?;
+        rows.into_iter().map(WalFileRecord::try_from).collect()
+    }
+
+    /// The copies of one archived WAL file in other repositories.
+    pub async fn wal_copies(&self, source: &str, file_name: &str) -> Result<Vec<WalFileCopy>> {
+        let rows: Vec<(String, String, String, String, i64, String, DateTime<Utc>)> =
+            with_pool!(self, |pool| sqlx::query_as(
+                "SELECT source, file_name, repository, object_key, stored_size, stored_sha256, \
+                 copied_at FROM wal_file_copies WHERE source = $1 AND file_name = $2 \
+                 ORDER BY repository"
+            )
+            .bind(source)
+            .bind(file_name)
+            .fetch_all(pool)
+            .await)
+            .map_err(db(format!("listing the copies of WAL file {file_name}")))?;
+        rows.into_iter()
+            .map(
+                |(source, file_name, repository, object_key, size, sha, at)| {
+                    Ok(WalFileCopy {
+                        source,
+                        file_name,
+                        repository,
+                        object_key,
+                        stored_size: u64::try_from(size)
+                            .map_err(|_| corrupt("wal_file_copies.stored_size", size))?,
+                        stored_sha256: sha,
+                        copied_at: at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Forgets archived WAL files and their copies (retention; delete the objects afterwards).
     pub async fn forget_wal_files(&self, source: &str, file_names: &[String]) -> Result<u64> {
         let mut forgotten = 0;
         for name in file_names {
+            with_pool!(self, |pool| sqlx::query(
+                "DELETE FROM wal_file_copies WHERE source = $1 AND file_name = $2"
+            )
+            .bind(source)
+            .bind(name)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+            .map_err(db(format!("forgetting the copies of WAL file {name}")))?;
             forgotten += with_pool!(self, |pool| sqlx::query(
                 "DELETE FROM wal_files WHERE source = $1 AND file_name = $2"
             )

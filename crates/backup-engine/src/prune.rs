@@ -287,20 +287,30 @@ async fn expire_wal(
     // The catalog first: a crash in between leaves unreferenced objects, never a recorded
     // file without its object.
     let names: Vec<String> = expired.iter().map(|f| f.file_name.clone()).collect();
+    let mut objects: Vec<(String, String)> = expired
+        .iter()
+        .map(|f| (f.repository.clone(), f.object_key.clone()))
+        .collect();
+    for file in &expired {
+        for copy in engine
+            .catalog
+            .wal_copies(&source.name, &file.file_name)
+            .await?
+        {
+            objects.push((copy.repository, copy.object_key));
+        }
+    }
     engine
         .catalog
         .forget_wal_files(&source.name, &names)
         .await?;
     let mut repos: HashMap<String, Repository> = HashMap::new();
-    for file in &expired {
-        if !repos.contains_key(&file.repository) {
-            let repo = Repository::open_named(&engine.config, &file.repository).await?;
-            repos.insert(file.repository.clone(), repo);
+    for (repository, object_key) in &objects {
+        if !repos.contains_key(repository) {
+            let repo = Repository::open_named(&engine.config, repository).await?;
+            repos.insert(repository.clone(), repo);
         }
-        repos[&file.repository]
-            .sink
-            .delete(&file.object_key, cancel)
-            .await?;
+        repos[repository].sink.delete(object_key, cancel).await?;
     }
     tracing::info!(source = %source.name, files = expired.len(), oldest_needed = %oldest.file_name(size), "WAL expired");
     Ok(expired.len() as u64)

@@ -56,12 +56,115 @@ pub struct CopyOutcome {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReplicationReport {
     pub copies: Vec<CopyOutcome>,
+    /// Archived WAL files copied to other repositories (PostgreSQL sources).
+    pub wal_files_copied: u64,
+    pub wal_bytes_copied: u64,
+    /// WAL files whose copy failed, with why (retried on the next run).
+    pub wal_failures: Vec<String>,
 }
 
 impl ReplicationReport {
     pub fn failed(&self) -> impl Iterator<Item = &CopyOutcome> {
         self.copies.iter().filter(|c| c.error.is_some())
     }
+
+    pub fn any_failed(&self) -> bool {
+        self.failed().next().is_some() || !self.wal_failures.is_empty()
+    }
+}
+
+/// The repositories a postgres source's archived WAL is copied to: its `copy-to` rules that
+/// copy every backup into a readable class (a weekly deep-archive rule gets no WAL).
+pub fn wal_destinations(source: &SourceConfig) -> Vec<&str> {
+    source
+        .copy_to
+        .iter()
+        .filter(|r| r.only.is_none() && !is_archive_class(r.storage_class.as_deref()))
+        .map(|r| r.to.as_str())
+        .collect()
+}
+
+/// Copies every archived WAL file not yet copied to the source's WAL destinations. WAL
+/// objects are sealed (they carry their own wrapped key), so they are copied byte for byte
+/// and recorded once the copy's SHA-256 equals the original's.
+async fn copy_wal(
+    engine: &Engine,
+    report: &mut ReplicationReport,
+    progress: &Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    for source in &engine.config.sources {
+        if !matches!(
+            source.kind,
+            crate::config::SourceKindConfig::Postgres { .. }
+        ) {
+            continue;
+        }
+        for destination in wal_destinations(source) {
+            let pending = engine
+                .catalog
+                .wal_files_without_copy(&source.name, destination)
+                .await?;
+            if pending.is_empty() {
+                continue;
+            }
+            let dest = Repository::open_named(&engine.config, destination).await?;
+            let mut sources: std::collections::HashMap<String, Repository> = Default::default();
+            for file in pending {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                if !sources.contains_key(&file.repository) {
+                    let repo = Repository::open_named(&engine.config, &file.repository).await?;
+                    sources.insert(file.repository.clone(), repo);
+                }
+                let src = &sources[&file.repository];
+                let copied = async {
+                    let body = src.sink.get(&file.object_key, cancel).await?;
+                    let receipt = dest.sink.put(&file.object_key, body, cancel).await?;
+                    if receipt.size != file.stored_size
+                        || receipt.sha256_hex() != file.stored_sha256
+                    {
+                        let _ = dest.sink.delete(&file.object_key, cancel).await;
+                        return Err(EngineError::Integrity(format!(
+                            "WAL file {} of {}: the object read from {} does not match the \
+                             checksum recorded at push time",
+                            file.file_name, source.name, file.repository
+                        )));
+                    }
+                    engine
+                        .catalog
+                        .record_wal_copy(&backup_catalog::WalFileCopy {
+                            source: source.name.clone(),
+                            file_name: file.file_name.clone(),
+                            repository: destination.to_owned(),
+                            object_key: file.object_key.clone(),
+                            stored_size: receipt.size,
+                            stored_sha256: receipt.sha256_hex(),
+                            copied_at: Utc::now(),
+                        })
+                        .await?;
+                    Ok::<_, EngineError>(receipt.size)
+                }
+                .await;
+                match copied {
+                    Ok(bytes) => {
+                        report.wal_files_copied += 1;
+                        report.wal_bytes_copied += bytes;
+                        progress.add_bytes(bytes);
+                    }
+                    Err(e) => {
+                        tracing::error!(source = %source.name, file = %file.file_name, destination, error = %e, "WAL copy failed");
+                        report.wal_failures.push(format!(
+                            "{} {} to {destination}: {e}",
+                            source.name, file.file_name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The copies a new backup of `source` tagged `tag` must get.
@@ -135,6 +238,9 @@ pub async fn run_replication(
         };
         let outcome = copy_with_lease(engine, &owner, &task, &progress, cancel).await?;
         report.copies.push(outcome);
+    }
+    if only.is_none() {
+        copy_wal(engine, &mut report, &progress, cancel).await?;
     }
     Ok(report)
 }

@@ -317,13 +317,53 @@ pub async fn wal_fetch(
                 source.name
             ))
         })?;
-    let repo = Repository::open_named(&engine.config, &record.repository).await?;
+    // The original first, then its copies in other repositories.
+    let mut places = vec![(record.repository.clone(), record.object_key.clone())];
+    places.extend(
+        engine
+            .catalog
+            .wal_copies(&source.name, file_name)
+            .await?
+            .into_iter()
+            .map(|c| (c.repository, c.object_key)),
+    );
+    let mut last_error = None;
+    for (repository, object_key) in &places {
+        match fetch_from(
+            engine, source, &record, repository, object_key, dest, cancel,
+        )
+        .await
+        {
+            Ok(outcome) => return Ok(outcome),
+            Err(e @ EngineError::Key(_)) => return Err(e),
+            Err(e) => {
+                if places.len() > 1 {
+                    eprintln!("wal-fetch {file_name} from repository {repository} failed: {e}");
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.expect("at least the original was tried"))
+}
+
+async fn fetch_from(
+    engine: &Engine,
+    source: &SourceConfig,
+    record: &WalFileRecord,
+    repository: &str,
+    object_key: &str,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<WalFetchOutcome> {
+    let file_name = record.file_name.as_str();
+    let repo = Repository::open_named(&engine.config, repository).await?;
     let key = engine.key()?;
-    let rx = repo.sink.get(&record.object_key, cancel).await.map_err(|e| {
+    let rx = repo.sink.get(object_key, cancel).await.map_err(|e| {
         if e.is_not_found() {
             EngineError::Integrity(format!(
-                "WAL file {file_name} of source {} is recorded but its object {} is missing from repository {}",
-                source.name, record.object_key, repo.name
+                "WAL file {file_name} of source {} is recorded but its object {object_key} is missing from repository {}",
+                source.name, repo.name
             ))
         } else {
             e.into()
@@ -334,8 +374,8 @@ pub async fn wal_fetch(
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
     ));
     let what = format!(
-        "WAL file {file_name} ({} in repository {})",
-        record.object_key, repo.name
+        "WAL file {file_name} ({object_key} in repository {})",
+        repo.name
     );
     let (dest_owned, expected) = (dest.to_path_buf(), record.clone());
     let size = tokio::task::spawn_blocking(move || -> Result<u64> {

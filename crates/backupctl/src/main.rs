@@ -434,7 +434,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             progress::finish(bar);
             let report = report?;
             output::replicate(&report, json.json);
-            if report.failed().next().is_some() {
+            if report.any_failed() {
                 return Ok(exit::FAILED);
             }
         }

@@ -123,7 +123,23 @@ pub fn replicate(r: &ReplicationReport, as_json: bool) {
         copy_line(c);
     }
     let failed = r.failed().count();
-    println!("{} copies made, {failed} failed", r.copies.len() - failed);
+    for f in &r.wal_failures {
+        eprintln!("warning: WAL copy failed: {f}");
+    }
+    println!(
+        "{} copies made, {failed} failed{}",
+        r.copies.len() - failed,
+        if r.wal_files_copied > 0 || !r.wal_failures.is_empty() {
+            format!(
+                "; {} WAL files copied ({}), {} failed",
+                r.wal_files_copied,
+                human_bytes(r.wal_bytes_copied),
+                r.wal_failures.len()
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 pub fn replication_status(s: &ReplicationStatus, as_json: bool) {

@@ -1,13 +1,16 @@
 //! Conformance checks of the PostgreSQL tables (archived WAL files, base backup positions),
 //! part of [`catalog_conformance`](super::catalog_conformance).
 
-use backup_catalog::{Catalog, CatalogError, PostgresBackupRecord, WalFileRecord, WalRecorded};
+use backup_catalog::{
+    Catalog, CatalogError, PostgresBackupRecord, WalFileCopy, WalFileRecord, WalRecorded,
+};
 use chrono::TimeDelta;
 
 use super::{at, complete_backup_of, stored_backup, unique};
 
 pub async fn postgres_conformance(catalog: &Catalog) {
     wal_files_are_recorded_once_and_conflicts_refused(catalog).await;
+    wal_copies_are_tracked_per_repository(catalog).await;
     base_backup_positions_round_trip(catalog).await;
 }
 
@@ -112,4 +115,64 @@ pub async fn base_backup_positions_round_trip(catalog: &Catalog) {
     catalog.mark_deleting(full.id).await.unwrap();
     catalog.delete_backup(full.id).await.unwrap();
     assert_eq!(catalog.postgres_backup(full.id).await.unwrap(), None);
+}
+
+pub async fn wal_copies_are_tracked_per_repository(catalog: &Catalog) {
+    let source = unique("pg-wal-copies");
+    let a = wal(&source, "000000010000000000000001", 'a');
+    let b = wal(&source, "000000010000000000000002", 'b');
+    for w in [&a, &b] {
+        catalog.record_wal_file(w).await.unwrap();
+    }
+    let names = |files: Vec<WalFileRecord>| -> Vec<String> {
+        files.into_iter().map(|f| f.file_name).collect()
+    };
+    assert_eq!(
+        names(
+            catalog
+                .wal_files_without_copy(&source, "region-b")
+                .await
+                .unwrap()
+        ),
+        vec![a.file_name.clone(), b.file_name.clone()]
+    );
+    // The repository holding the original needs no copy.
+    assert!(catalog
+        .wal_files_without_copy(&source, "primary")
+        .await
+        .unwrap()
+        .is_empty());
+    let copy = WalFileCopy {
+        source: source.clone(),
+        file_name: a.file_name.clone(),
+        repository: "region-b".into(),
+        object_key: a.object_key.clone(),
+        stored_size: a.stored_size,
+        stored_sha256: a.stored_sha256.clone(),
+        copied_at: at("2025-07-02T00:00:00Z"),
+    };
+    catalog.record_wal_copy(&copy).await.unwrap();
+    catalog.record_wal_copy(&copy).await.unwrap();
+    assert_eq!(
+        names(
+            catalog
+                .wal_files_without_copy(&source, "region-b")
+                .await
+                .unwrap()
+        ),
+        vec![b.file_name.clone()]
+    );
+    assert_eq!(
+        catalog.wal_copies(&source, &a.file_name).await.unwrap(),
+        vec![copy]
+    );
+    catalog
+        .forget_wal_files(&source, std::slice::from_ref(&a.file_name))
+        .await
+        .unwrap();
+    assert!(catalog
+        .wal_copies(&source, &a.file_name)
+        .await
+        .unwrap()
+        .is_empty());
 }
