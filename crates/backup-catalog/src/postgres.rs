@@ -264,32 +264,39 @@ impl Catalog {
 
     /// The copies of one archived WAL file in other repositories.
     pub async fn wal_copies(&self, source: &str, file_name: &str) -> Result<Vec<WalFileCopy>> {
-        let rows: Vec<(String, String, String, String, i64, String, DateTime<Utc>)> =
-            with_pool!(self, |pool| sqlx::query_as(
-                "SELECT source, file_name, repository, object_key, stored_size, stored_sha256, \
-                 copied_at FROM wal_file_copies WHERE source = $1 AND file_name = $2 \
-                 ORDER BY repository"
-            )
-            .bind(source)
-            .bind(file_name)
-            .fetch_all(pool)
-            .await)
-            .map_err(db(format!("listing the copies of WAL file {file_name}")))?;
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            source: String,
+            file_name: String,
+            repository: String,
+            object_key: String,
+            stored_size: i64,
+            stored_sha256: String,
+            copied_at: DateTime<Utc>,
+        }
+        let rows: Vec<Row> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT source, file_name, repository, object_key, stored_size, stored_sha256, \
+             copied_at FROM wal_file_copies WHERE source = $1 AND file_name = $2 \
+             ORDER BY repository"
+        )
+        .bind(source)
+        .bind(file_name)
+        .fetch_all(pool)
+        .await)
+        .map_err(db(format!("listing the copies of WAL file {file_name}")))?;
         rows.into_iter()
-            .map(
-                |(source, file_name, repository, object_key, size, sha, at)| {
-                    Ok(WalFileCopy {
-                        source,
-                        file_name,
-                        repository,
-                        object_key,
-                        stored_size: u64::try_from(size)
-                            .map_err(|_| corrupt("wal_file_copies.stored_size", size))?,
-                        stored_sha256: sha,
-                        copied_at: at,
-                    })
-                },
-            )
+            .map(|r| {
+                Ok(WalFileCopy {
+                    stored_size: u64::try_from(r.stored_size)
+                        .map_err(|_| corrupt("wal_file_copies.stored_size", r.stored_size))?,
+                    source: r.source,
+                    file_name: r.file_name,
+                    repository: r.repository,
+                    object_key: r.object_key,
+                    stored_sha256: r.stored_sha256,
+                    copied_at: r.copied_at,
+                })
+            })
             .collect()
     }
 
