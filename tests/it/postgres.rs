@@ -498,6 +498,32 @@ fn an_incremental_chain_restores_the_same_database_as_a_full_backup() {
     }
     assert_eq!(results[0], expected, "incremental chain");
     assert_eq!(results[1], expected, "full backup");
+
+    // The repository alone is enough: a rebuilt catalog knows the chain, its WAL positions
+    // and the archived WAL, and restores the same database again.
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = fs::remove_file(work.path(&format!("var/{f}")));
+    }
+    let rebuilt = work.ok(&["catalog", "rebuild", "--json"]).json();
+    assert!(
+        rebuilt["wal_files_imported"].as_u64().unwrap() > 0,
+        "{rebuilt:#}"
+    );
+    assert_eq!(work.listed(&incr2).unwrap()["backup_type"], "incr");
+    work.ok(&["check", "pg"]).expect_mentions(&["continuous"]);
+    let restored = work.path("after-rebuild");
+    let port = backup_testing::postgres::free_port();
+    let _stop = StopOnDrop(restored.clone());
+    work.ok(&[
+        "restore",
+        &incr2,
+        "--target",
+        restored.to_str().unwrap(),
+        "--start",
+        &port.to_string(),
+    ]);
+    let again: Vec<String> = queries.iter().map(|q| psql_at(port, q)).collect();
+    assert_eq!(again, expected, "after catalog rebuild");
 }
 
 // ---- wal-push / wal-fetch killed mid-write -------------------------------------------------

@@ -135,6 +135,25 @@ pub struct ManifestFooter {
     pub plaintext_bytes: u64,
     /// Every data artifact of the backup (the manifest cannot describe itself).
     pub artifacts: Vec<ArtifactSummary>,
+    /// PostgreSQL base backups: where the backup starts and stops in the WAL, so a catalog
+    /// rebuilt from the repository can still restore to a point in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresPosition>,
+}
+
+/// The WAL position of a PostgreSQL base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresPosition {
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// The backup an incremental one builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_backup_id: Option<BackupId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +406,7 @@ mod tests {
             skipped_count: 1,
             plaintext_bytes: 12,
             artifacts: vec![],
+            postgres: None,
         };
         let bytes = w.finish(footer.clone()).unwrap();
         let (mut r, got) = ManifestReader::open(&bytes[..]).unwrap();

@@ -259,14 +259,17 @@ async fn write_and_record(
         };
         // Also when the producer failed before reading everything: end the backup mode.
         let _ = tree_done_rx.await;
-        let stopped = session.stop().await;
+        let stopped = session.stop().await.map(|mut files| {
+            files.position.parent_backup_id = parent;
+            files
+        });
         let _ = stop_tx.send(
             stopped
                 .as_ref()
-                .map(|(files, _)| files.clone())
+                .map(Clone::clone)
                 .map_err(|e| e.to_string()),
         );
-        stopped.map(|(_, position)| Some(position))
+        stopped.map(|files| Some(files.position))
     };
     let job = ProduceJob {
         source: source.clone(),
@@ -348,17 +351,7 @@ async fn write_and_record(
     if let Some(p) = &position {
         engine
             .catalog
-            .record_postgres_backup(&backup_catalog::PostgresBackupRecord {
-                backup_id,
-                start_lsn: p.start_lsn.to_string(),
-                stop_lsn: p.stop_lsn.to_string(),
-                timeline: p.timeline,
-                start_wal: p.start_wal.clone(),
-                stop_wal: p.stop_wal.clone(),
-                start_time: p.start_time,
-                stop_time: p.stop_time,
-                parent_backup_id: parent,
-            })
+            .record_postgres_backup(&postgres_record(backup_id, p))
             .await?;
     }
     // Queued before completion: a complete backup always has its copies queued.
@@ -381,6 +374,24 @@ async fn write_and_record(
         )
         .await?;
     Ok(produced)
+}
+
+/// The catalog row of a base backup's WAL position.
+pub fn postgres_record(
+    backup_id: BackupId,
+    p: &backup_core::manifest::PostgresPosition,
+) -> backup_catalog::PostgresBackupRecord {
+    backup_catalog::PostgresBackupRecord {
+        backup_id,
+        start_lsn: p.start_lsn.clone(),
+        stop_lsn: p.stop_lsn.clone(),
+        timeline: p.timeline,
+        start_wal: p.start_wal.clone(),
+        stop_wal: p.stop_wal.clone(),
+        start_time: p.start_time,
+        stop_time: p.stop_time,
+        parent_backup_id: p.parent_backup_id,
+    }
 }
 
 /// Tags are labels for people and scripts: 1-64 letters, digits, '-', '_', '.' or ':'.
@@ -550,6 +561,7 @@ impl ProduceJob {
             progress: &progress,
         };
         let mut on_bytes = |n| progress.add_bytes(n);
+        let mut postgres_position = None;
         let stats = match &self.source {
             SourceKindConfig::Files {
                 paths,
@@ -599,6 +611,7 @@ impl ProduceJob {
                         0o600,
                     )?;
                 }
+                postgres_position = Some(stop.position);
                 tree.finish()
             }
         };
@@ -610,6 +623,7 @@ impl ProduceJob {
             skipped_count: stats.skipped,
             plaintext_bytes: data_summary.plaintext_size,
             artifacts: vec![data_summary.clone()],
+            postgres: postgres_position,
         };
         let manifest_writer = manifest.finish(footer).map_err(output_error)?;
         let (manifest_out, manifest_summary) = manifest_writer

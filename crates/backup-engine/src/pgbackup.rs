@@ -6,27 +6,18 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
 use backup_catalog::redact_url;
+use backup_core::manifest::PostgresPosition;
 use backup_sources::postgres::wal::{Lsn, SegmentName, WalSegmentSize};
 
 use crate::error::{EngineError, Result};
 
-/// What `pg_backup_stop` hands back for the backup's files.
+/// What `pg_backup_stop` hands back for the backup's files, and where the backup is in the
+/// WAL (kept in its manifest footer).
 #[derive(Debug, Clone)]
 pub struct StopFiles {
     pub backup_label: String,
     pub tablespace_map: String,
-}
-
-/// Where a base backup starts and stops in the WAL.
-#[derive(Debug, Clone)]
-pub struct BackupPosition {
-    pub start_lsn: Lsn,
-    pub stop_lsn: Lsn,
-    pub timeline: u32,
-    pub start_wal: String,
-    pub stop_wal: String,
-    pub start_time: DateTime<Utc>,
-    pub stop_time: DateTime<Utc>,
+    pub position: PostgresPosition,
 }
 
 /// A base backup in progress on the server.
@@ -101,7 +92,7 @@ impl BaseBackupSession {
     }
 
     /// Stops the backup, waiting until the WAL it needs is archived.
-    pub async fn stop(mut self) -> Result<(StopFiles, BackupPosition)> {
+    pub async fn stop(mut self) -> Result<StopFiles> {
         let row =
             sqlx::query("SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_backup_stop(true)")
                 .fetch_one(&mut self.connection)
@@ -111,15 +102,13 @@ impl BaseBackupSession {
         let stop_lsn: Lsn = lsn
             .parse()
             .map_err(|e| EngineError::Failed(format!("pg_backup_stop returned {lsn:?}: {e}")))?;
-        let files = StopFiles {
-            backup_label: row.get("labelfile"),
-            tablespace_map: row.try_get("spcmapfile").unwrap_or_default(),
-        };
+        let backup_label: String = row.get("labelfile");
+        let tablespace_map: String = row.try_get("spcmapfile").unwrap_or_default();
         let _ = self.connection.close().await;
         let size = self.segment_size;
-        let position = BackupPosition {
-            start_lsn: self.start_lsn,
-            stop_lsn,
+        let position = PostgresPosition {
+            start_lsn: self.start_lsn.to_string(),
+            stop_lsn: stop_lsn.to_string(),
             timeline: self.timeline,
             start_wal: SegmentName::from_lsn(self.timeline, self.start_lsn, size).file_name(size),
             // The last segment the backup needs (an LSN on a boundary ends the one before).
@@ -128,8 +117,13 @@ impl BaseBackupSession {
                 .file_name(size),
             start_time: self.start_time,
             stop_time: Utc::now(),
+            parent_backup_id: None,
         };
-        Ok((files, position))
+        Ok(StopFiles {
+            backup_label,
+            tablespace_map,
+            position,
+        })
     }
 }
 

@@ -28,6 +28,8 @@ use backup_sinks::read_object;
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RebuildReport {
     pub imported: Vec<String>,
+    /// Archived WAL files (and copies of them) recorded again.
+    pub wal_files_imported: u64,
     /// (backup id, reason) of backup folders that are not complete backups.
     pub incomplete: Vec<(String, String)>,
 }
@@ -38,9 +40,12 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
     // A backup replicated to several repositories is found in each: merge their copies.
     let mut found: BTreeMap<BackupId, ImportedBackup> = BTreeMap::new();
     let mut primaries: BTreeMap<BackupId, String> = BTreeMap::new();
+    let mut positions: BTreeMap<BackupId, backup_core::manifest::PostgresPosition> =
+        BTreeMap::new();
     for repo_config in &engine.config.repositories {
         let repo = Repository::open(&engine.config, repo_config).await?;
         repo.check_key(&key, cancel).await?;
+        report.wal_files_imported += rebuild_wal(engine, &repo, cancel).await?;
         let mut by_backup: BTreeMap<BackupId, Vec<ObjectInfo>> = BTreeMap::new();
         for object in repo.sink.list(layout::BACKUPS_PREFIX, cancel).await? {
             if let Some(id) = layout::backup_of_key(&object.key) {
@@ -49,8 +54,11 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
         }
         for (backup_id, objects) in by_backup {
             match import_one(&repo, &key, backup_id, &objects, cancel).await {
-                Ok((imported, primary)) => {
+                Ok((imported, primary, position)) => {
                     primaries.insert(backup_id, primary);
+                    if let Some(position) = position {
+                        positions.insert(backup_id, position);
+                    }
                     merge(&mut found, imported);
                 }
                 Err(e @ EngineError::Key(_)) => return Err(e),
@@ -76,6 +84,12 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
             }
         }
         engine.catalog.import_backup(&imported).await?;
+        if let Some(position) = positions.get(&backup_id) {
+            engine
+                .catalog
+                .record_postgres_backup(&crate::backup::postgres_record(backup_id, position))
+                .await?;
+        }
         // Copies the config asks for and no repository holds yet are queued again.
         if let Ok((_, source)) = engine.config.source(&imported.backup.source) {
             let targets: Vec<_> =
@@ -96,6 +110,114 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
         report.imported.push(backup_id.to_string());
     }
     Ok(report)
+}
+
+/// Records the archived WAL files (`wal/<source>/<name>.bkpd`) of `repo` the catalog does not
+/// know: each is decrypted to learn its content's checksum. A file known from another
+/// repository is recorded as a copy there.
+async fn rebuild_wal(
+    engine: &Engine,
+    repo: &Repository,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    use backup_sources::postgres::wal::{WalFileName, WalSegmentSize};
+    let mut imported = 0;
+    for object in repo.sink.list(layout::WAL_PREFIX, cancel).await? {
+        let Some((source, file)) = object
+            .key
+            .strip_prefix(layout::WAL_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        let Some(file_name) = file.strip_suffix(".bkpd") else {
+            continue;
+        };
+        let size = engine
+            .config
+            .source(source)
+            .ok()
+            .and_then(|(_, s)| s.kind.wal_segment_size())
+            .unwrap_or(WalSegmentSize::DEFAULT);
+        let timeline = match WalFileName::parse(file_name, size) {
+            Ok(WalFileName::Segment(s) | WalFileName::Partial(s)) => s.timeline,
+            Ok(WalFileName::BackupHistory { segment, .. }) => segment.timeline,
+            Ok(WalFileName::History { timeline }) => timeline,
+            Err(e) => {
+                tracing::warn!(key = %object.key, "not a WAL file: {e}");
+                continue;
+            }
+        };
+        let known = engine.catalog.wal_file(source, file_name).await?;
+        if known.as_ref().is_some_and(|k| k.repository == repo.name) {
+            continue;
+        }
+        let copies = engine.catalog.wal_copies(source, file_name).await?;
+        if copies.iter().any(|c| c.repository == repo.name) {
+            continue;
+        }
+        let rx = repo.sink.get(&object.key, cancel).await?;
+        let (key, what) = (
+            engine.key()?,
+            format!("{} in repository {}", object.key, repo.name),
+        );
+        let ((plain_size, plain_sha), (stored_size, stored_sha)) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut input = HashingReader::new(ChannelReader::new(rx));
+                let plain = {
+                    let (reader, _) =
+                        backup_core::sealed::open_sealed(&mut input, &key, &ReadOptions::default())
+                            .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
+                    let mut hashing = HashingReader::new(reader);
+                    io::copy(&mut hashing, &mut io::sink())
+                        .map_err(|e| crate::restore::stream_error(&what, e))?;
+                    hashing.finish()
+                };
+                Ok((plain, input.finish()))
+            })
+            .await
+            .map_err(|e| EngineError::Failed(format!("reading {} crashed: {e}", object.key)))??;
+        match known {
+            None => {
+                engine
+                    .catalog
+                    .record_wal_file(&backup_catalog::WalFileRecord {
+                        source: source.to_owned(),
+                        file_name: file_name.to_owned(),
+                        timeline,
+                        repository: repo.name.clone(),
+                        object_key: object.key.clone(),
+                        plaintext_size: plain_size,
+                        plaintext_sha256: hex::encode(plain_sha),
+                        stored_size,
+                        stored_sha256: hex::encode(stored_sha),
+                        archived_at: object.modified.into(),
+                    })
+                    .await?;
+            }
+            Some(original) if original.plaintext_sha256 == hex::encode(plain_sha) => {
+                engine
+                    .catalog
+                    .record_wal_copy(&backup_catalog::WalFileCopy {
+                        source: source.to_owned(),
+                        file_name: file_name.to_owned(),
+                        repository: repo.name.clone(),
+                        object_key: object.key.clone(),
+                        stored_size,
+                        stored_sha256: hex::encode(stored_sha),
+                        copied_at: Utc::now(),
+                    })
+                    .await?;
+            }
+            Some(_) => {
+                tracing::warn!(key = %object.key, repository = %repo.name,
+                    "differs from the same WAL file in another repository; not recorded");
+                continue;
+            }
+        }
+        imported += 1;
+    }
+    Ok(imported)
 }
 
 /// Adds `imported`'s copies to the same backup found in another repository.
@@ -124,7 +246,11 @@ async fn import_one(
     backup_id: BackupId,
     objects: &[ObjectInfo],
     cancel: &CancellationToken,
-) -> Result<(ImportedBackup, String)> {
+) -> Result<(
+    ImportedBackup,
+    String,
+    Option<backup_core::manifest::PostgresPosition>,
+)> {
     let envelope_key = layout::envelope_key(backup_id);
     if !objects.iter().any(|o| o.key == envelope_key) {
         return Err(EngineError::Failed(
@@ -202,7 +328,7 @@ async fn import_one(
     for copy in imported.artifacts.iter_mut().flat_map(|a| &mut a.copies) {
         copy.storage_class = class_of(&copy.object_key);
     }
-    Ok((imported, header.repository.clone()))
+    Ok((imported, header.repository.clone(), footer.postgres.clone()))
 }
 
 fn imported(

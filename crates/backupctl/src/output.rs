@@ -477,9 +477,14 @@ pub fn rebuild(r: &RebuildReport, as_json: bool) {
         println!("not a complete backup: {id}: {why}");
     }
     println!(
-        "{} backups imported, {} incomplete",
+        "{} backups imported, {} incomplete{}",
         r.imported.len(),
-        r.incomplete.len()
+        r.incomplete.len(),
+        if r.wal_files_imported > 0 {
+            format!("; {} archived WAL files recorded", r.wal_files_imported)
+        } else {
+            String::new()
+        }
     );
 }
 
