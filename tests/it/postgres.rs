@@ -44,6 +44,29 @@ fn pg_work() -> Work {
     work
 }
 
+/// A started cluster whose archive_command is `backupctl wal-push` into an initialised work
+/// dir (config with absolute paths, backupctl running as the server's user).
+fn archiving_cluster() -> (Work, PgCluster) {
+    let work = pg_work();
+    let exe = work.path("bin/backupctl");
+    let mut cluster = PgCluster::init(PgClusterOptions {
+        archive_command: Some(format!(
+            "{} --config {} wal-push %p",
+            exe.display(),
+            work.config.display()
+        )),
+        ..PgClusterOptions::default()
+    });
+    work.write_config(&pg_config(
+        &work,
+        &cluster.url("postgres"),
+        cluster.data_dir(),
+    ));
+    cluster.start();
+    work.init();
+    (work, cluster)
+}
+
 fn wal_segment(dir: &Path, name: &str, seed: u64) -> std::path::PathBuf {
     let path = dir.join(name);
     write_file(&path, &mixed_bytes(16 << 20, seed), 0o644);
@@ -194,23 +217,7 @@ fn psql_at(port: u16, sql: &str) -> String {
 
 #[test]
 fn point_in_time_restore_recovers_exactly_to_the_target() {
-    let work = pg_work();
-    let exe = work.path("bin/backupctl");
-    let mut cluster = PgCluster::init(PgClusterOptions {
-        archive_command: Some(format!(
-            "{} --config {} wal-push %p",
-            exe.display(),
-            work.config.display()
-        )),
-        ..PgClusterOptions::default()
-    });
-    work.write_config(&pg_config(
-        &work,
-        &cluster.url("postgres"),
-        cluster.data_dir(),
-    ));
-    cluster.start();
-    work.init();
+    let (work, cluster) = archiving_cluster();
     cluster.pgbench_init(1);
 
     let out = work.ok(&["backup", "pg"]);
@@ -342,20 +349,8 @@ fn point_in_time_restore_recovers_exactly_to_the_target() {
 
 #[test]
 fn expiring_a_base_backup_expires_only_the_wal_it_alone_needed() {
-    let work = pg_work();
-    let exe = work.path("bin/backupctl");
-    let mut cluster = PgCluster::init(PgClusterOptions {
-        archive_command: Some(format!(
-            "{} --config {} wal-push %p",
-            exe.display(),
-            work.config.display()
-        )),
-        ..PgClusterOptions::default()
-    });
+    let (work, cluster) = archiving_cluster();
     let config = pg_config(&work, &cluster.url("postgres"), cluster.data_dir());
-    work.write_config(&config);
-    cluster.start();
-    work.init();
     cluster.pgbench_init(1);
     let first = work.ok(&["backup", "pg"]).stdout.trim().to_owned();
     cluster.pgbench_run(2, PgbenchLength::Transactions(50));
@@ -409,23 +404,7 @@ fn expiring_a_base_backup_expires_only_the_wal_it_alone_needed() {
 
 #[test]
 fn an_incremental_chain_restores_the_same_database_as_a_full_backup() {
-    let work = pg_work();
-    let exe = work.path("bin/backupctl");
-    let mut cluster = PgCluster::init(PgClusterOptions {
-        archive_command: Some(format!(
-            "{} --config {} wal-push %p",
-            exe.display(),
-            work.config.display()
-        )),
-        ..PgClusterOptions::default()
-    });
-    work.write_config(&pg_config(
-        &work,
-        &cluster.url("postgres"),
-        cluster.data_dir(),
-    ));
-    cluster.start();
-    work.init();
+    let (work, cluster) = archiving_cluster();
     cluster.pgbench_init(2);
     cluster.psql("CREATE TABLE doomed AS SELECT generate_series(1, 50000) AS n");
     let doomed_file = cluster.psql("SELECT pg_relation_filepath('doomed')");

@@ -268,20 +268,12 @@ async fn adopt_existing(
     let (plain, stored) = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut input = HashingReader::new(ChannelReader::new(rx));
         let plain = {
-            let (mut reader, _) = open_sealed(&mut input, &key, &ReadOptions::default())
+            let (reader, _) = open_sealed(&mut input, &key, &ReadOptions::default())
                 .map_err(|e| sealed_error(&what, e))?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .map_err(|e| crate::restore::stream_error(&what, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-            <[u8; 32]>::from(hasher.finalize())
+            let mut hashing = HashingReader::new(reader);
+            io::copy(&mut hashing, &mut io::sink())
+                .map_err(|e| crate::restore::stream_error(&what, e))?;
+            hashing.finish().1
         };
         Ok((plain, input.finish()))
     })
