@@ -585,6 +585,7 @@ impl ProduceJob {
                 );
                 // The server deletes files (temporary relations, old WAL) while we read.
                 tree.tolerate_vanished_files();
+                tree.read_ahead();
                 if let Some(previous) = self.previous {
                     tree.incremental_since(previous);
                 }

@@ -148,6 +148,81 @@ pub struct PreviousFile {
 /// Leaves a path out of a backup: gets its path below the root (`b"pg_wal/0000..."`).
 pub type Exclude<'a> = &'a dyn Fn(&[u8]) -> bool;
 
+/// Reads ahead of a walk: a background thread asks the kernel (`posix_fadvise(WILLNEED)`) to
+/// load the next files of the walk while the walker reads and compresses the current one, so
+/// the storage reads several files at once without this process holding their data. It stays
+/// at most [`PREFETCH_WINDOW`] bytes ahead of what the walker consumed, so it never evicts
+/// what the walker is about to read.
+struct Prefetcher {
+    hints: Option<std::sync::mpsc::SyncSender<PathBuf>>,
+    consumed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const PREFETCH_WINDOW: u64 = 256 << 20;
+/// Paths queued for read-ahead; more are dropped (read-ahead is only a hint).
+const PREFETCH_QUEUE: usize = 4096;
+
+impl Prefetcher {
+    fn start() -> Prefetcher {
+        use std::sync::atomic::Ordering;
+        let (hints, queue) = std::sync::mpsc::sync_channel::<PathBuf>(PREFETCH_QUEUE);
+        let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, halt) = (consumed.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("backupd-prefetch".into())
+            .spawn(move || {
+                let mut advised = 0u64;
+                for path in queue {
+                    while advised.saturating_sub(seen.load(Ordering::Relaxed)) > PREFETCH_WINDOW {
+                        if halt.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    let Ok(file) = File::open(&path) else {
+                        continue;
+                    };
+                    let Ok(meta) = file.metadata() else { continue };
+                    if meta.is_file() && meta.len() > 0 {
+                        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+                        advised += meta.len();
+                    }
+                }
+            })
+            .ok();
+        Prefetcher {
+            hints: Some(hints),
+            consumed,
+            stop,
+            thread,
+        }
+    }
+
+    fn hint(&self, path: PathBuf) {
+        if let Some(hints) = &self.hints {
+            let _ = hints.try_send(path);
+        }
+    }
+
+    fn consumed(&self, bytes: u64) {
+        self.consumed
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.hints = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A backup of trees built step by step: roots (optionally with exclusions) and files whose
 /// content is given rather than read (such as PostgreSQL's `backup_label`).
 pub struct TreeBackup<'a, W: Write, R: EntryRecorder> {
@@ -172,6 +247,7 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
                 buf: vec![0; COPY_BUFFER],
                 vanished_ok: false,
                 previous: HashMap::new(),
+                prefetch: None,
             },
         }
     }
@@ -181,6 +257,12 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
     /// unchanged instead of stored. The hash check catches changes that keep size and mtime.
     pub fn incremental_since(&mut self, previous: HashMap<Vec<u8>, PreviousFile>) {
         self.walker.previous = previous;
+    }
+
+    /// Reads ahead: the kernel loads the next files of the walk while the current one is
+    /// read and compressed (see `Prefetcher`).
+    pub fn read_ahead(&mut self) {
+        self.walker.prefetch = Some(Prefetcher::start());
     }
 
     /// Files that disappear while being backed up are left out silently instead of being
@@ -254,6 +336,7 @@ struct Walker<'a, W: Write, R: EntryRecorder> {
     vanished_ok: bool,
     /// Incremental backups: what the previous backup recorded, by entry path.
     previous: HashMap<Vec<u8>, PreviousFile>,
+    prefetch: Option<Prefetcher>,
 }
 
 impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
@@ -279,6 +362,11 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
                 };
                 self.record(entry_for(&rel, EntryKind::Dir, &meta))?;
                 self.stats.dirs += 1;
+                if let Some(prefetch) = &self.prefetch {
+                    for name in &children {
+                        prefetch.hint(path.join(name));
+                    }
+                }
                 // Reverse so the stack pops children in name order.
                 for name in children.into_iter().rev() {
                     let child = path.join(&name);
@@ -333,6 +421,9 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
             {
                 let mut hasher = blake3::Hasher::new();
                 let hashed = io::copy(&mut file, &mut hasher);
+                if let (Some(prefetch), Ok(n)) = (&self.prefetch, &hashed) {
+                    prefetch.consumed(*n);
+                }
                 match hashed {
                     Ok(n)
                         if n == previous.size
@@ -373,6 +464,9 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
                 .map_err(FilesError::Output)?;
             self.offset += n as u64;
             (self.progress)(n as u64);
+            if let Some(prefetch) = &self.prefetch {
+                prefetch.consumed(n as u64);
+            }
         }
         let mut e = entry_for(rel, EntryKind::File, meta);
         e.size = self.offset - start;
