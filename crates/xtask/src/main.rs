@@ -1,5 +1,5 @@
 //! Developer automation: `cargo xtask quickstart`, `cargo xtask bench`, `bench-s3`,
-//! `bench-scheduler`.
+//! `bench-pg`, `bench-scheduler`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod pg_bench;
 mod s3_bench;
 mod scheduler_bench;
 
@@ -18,9 +19,10 @@ fn main() -> Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("bench-scheduler") => scheduler_bench::run(&args[1..]),
         Some("bench-s3") => s3_bench::run(&args[1..]),
+        Some("bench-pg") => pg_bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-scheduler [--postgres URL]"
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-pg [--scale S | --corpus DIR | --pgbench-scale N] [--rounds N] [--segments N] [--load-seconds S] [--clients N] [--no-docs] | bench-scheduler [--postgres URL]"
             );
             std::process::exit(2);
         }
