@@ -65,6 +65,15 @@ pub struct DestinationLag {
     pub last_copied_at: Option<DateTime<Utc>>,
 }
 
+impl DestinationLag {
+    /// How long the oldest backup not yet copied has waited at `now` (0 = caught up).
+    pub fn lag_seconds(&self, now: DateTime<Utc>) -> u64 {
+        self.oldest_pending_since
+            .map(|t| (now - t).num_seconds().max(0) as u64)
+            .unwrap_or(0)
+    }
+}
+
 /// A restore (thaw) requested for the archived copy of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThawRequest {

@@ -115,13 +115,8 @@ fn pick_base(
                 .iter()
                 .rev()
                 .find(|b| stop(b).is_some_and(|s| s <= *lsn))
-                .or_else(|| {
-                    None::<&PostgresBackupRecord>.or(if stop(oldest).is_some() {
-                        None
-                    } else {
-                        Some(oldest)
-                    })
-                })
+                // A stop LSN the catalog cannot parse: fall back on the oldest base.
+                .or_else(|| stop(oldest).is_none().then_some(oldest))
         }
     };
     chosen.cloned().ok_or_else(|| {
@@ -336,7 +331,7 @@ async fn start_and_wait(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut command = if nix_is_root() && owner != 0 {
+    let mut command = if backup_sources::files::is_root() && owner != 0 {
         let user = user_name(owner).ok_or_else(|| {
             EngineError::Failed(format!(
                 "no user with uid {owner} owns {}",
@@ -454,15 +449,6 @@ fn connection_user(source: &SourceConfig) -> String {
             .unwrap_or_else(|| "postgres".into()),
         SourceKindConfig::Files { .. } => "postgres".into(),
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        })
-        .unwrap_or(false)
 }
 
 /// The login name of `uid`, from /etc/passwd.

@@ -120,18 +120,21 @@ async fn copy_wal(
                 }
                 let src = &sources[&file.repository];
                 let copied = async {
-                    let body = src.sink.get(&file.object_key, cancel).await?;
-                    let receipt = dest.sink.put(&file.object_key, body, cancel).await?;
-                    if receipt.size != file.stored_size
-                        || receipt.sha256_hex() != file.stored_sha256
-                    {
-                        let _ = dest.sink.delete(&file.object_key, cancel).await;
-                        return Err(EngineError::Integrity(format!(
-                            "WAL file {} of {}: the object read from {} does not match the \
-                             checksum recorded at push time",
-                            file.file_name, source.name, file.repository
-                        )));
-                    }
+                    let receipt = copy_verified(
+                        src,
+                        &dest,
+                        &file.object_key,
+                        (file.stored_size, &file.stored_sha256),
+                        |_| {
+                            format!(
+                                "WAL file {} of {}: the object read from {} does not match the \
+                                 checksum recorded at push time",
+                                file.file_name, source.name, file.repository
+                            )
+                        },
+                        cancel,
+                    )
+                    .await?;
                     engine
                         .catalog
                         .record_wal_copy(&backup_catalog::WalFileCopy {
@@ -187,16 +190,8 @@ fn owner_name() -> String {
         "{}:{}:{:08x}",
         crate::host_name(),
         std::process::id(),
-        rand_u32()
+        rand::random::<u32>()
     )
-}
-
-fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
 }
 
 /// Whether `owner` names a process on this host that no longer runs.
@@ -406,24 +401,27 @@ async fn copy_backup(
             .expect("source_repository picked a repository holding every artifact");
         let is_data = artifact.artifact.role != "manifest";
         let target = if is_data { &dest_data } else { &dest };
-        let body = src.sink.get(&src_copy.object_key, cancel).await?;
-        let receipt = target.sink.put(&src_copy.object_key, body, cancel).await?;
-        let expected = (src_copy.stored_size, src_copy.stored_sha256.as_str());
-        if (receipt.size, receipt.sha256_hex().as_str()) != expected {
-            // What was read from the source is not what the catalog recorded: do not keep it.
-            let _ = target.sink.delete(&src_copy.object_key, cancel).await;
-            return Err(EngineError::Integrity(format!(
-                "copying backup {id} artifact {} from repository {from} to {}: read {} bytes \
-                 with SHA-256 {}, the catalog recorded {} bytes with SHA-256 {}; the copy in \
-                 {from} is damaged (run `backupctl verify {id}`)",
-                artifact.artifact.id,
-                task.destination,
-                receipt.size,
-                receipt.sha256_hex(),
-                src_copy.stored_size,
-                src_copy.stored_sha256
-            )));
-        }
+        let receipt = copy_verified(
+            &src,
+            target,
+            &src_copy.object_key,
+            (src_copy.stored_size, &src_copy.stored_sha256),
+            |receipt| {
+                format!(
+                    "copying backup {id} artifact {} from repository {from} to {}: read {} \
+                     bytes with SHA-256 {}, the catalog recorded {} bytes with SHA-256 {}; the \
+                     copy in {from} is damaged (run `backupctl verify {id}`)",
+                    artifact.artifact.id,
+                    task.destination,
+                    receipt.size,
+                    receipt.sha256_hex(),
+                    src_copy.stored_size,
+                    src_copy.stored_sha256
+                )
+            },
+            cancel,
+        )
+        .await?;
         let storage_class = if is_data {
             task.storage_class
                 .clone()
@@ -451,6 +449,26 @@ async fn copy_backup(
     let envelope = read_object(&src.sink, &envelope_key, cancel).await?;
     put_bytes(&dest.sink, &envelope_key, envelope, cancel).await?;
     Ok(())
+}
+
+/// Streams object `key` from `src` into `dest` (bounded buffers, no temp file) and checks
+/// that what `dest` stored has the `(size, SHA-256)` recorded for it. A mismatching copy is
+/// deleted again, so damage in the source is never propagated; the error says `mismatch`.
+async fn copy_verified(
+    src: &Repository,
+    dest: &Repository,
+    key: &str,
+    (expected_size, expected_sha256): (u64, &str),
+    mismatch: impl FnOnce(&backup_sinks::PutReceipt) -> String,
+    cancel: &CancellationToken,
+) -> Result<backup_sinks::PutReceipt> {
+    let body = src.sink.get(key, cancel).await?;
+    let receipt = dest.sink.put(key, body, cancel).await?;
+    if receipt.size != expected_size || receipt.sha256_hex() != expected_sha256 {
+        let _ = dest.sink.delete(key, cancel).await;
+        return Err(EngineError::Integrity(mismatch(&receipt)));
+    }
+    Ok(receipt)
 }
 
 /// The configured storage class of a repository (S3), as recorded with its copies.
@@ -591,10 +609,7 @@ pub async fn replication_status(engine: &Engine) -> Result<ReplicationStatus> {
     let destinations = lags
         .into_iter()
         .map(|lag| DestinationStatus {
-            lag_seconds: lag
-                .oldest_pending_since
-                .map(|t| (now - t).num_seconds().max(0) as u64)
-                .unwrap_or(0),
+            lag_seconds: lag.lag_seconds(now),
             lag,
         })
         .collect();

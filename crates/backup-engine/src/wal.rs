@@ -144,21 +144,13 @@ pub async fn wal_push(
         already_archived: false,
         seconds: 0.0,
     };
-    if let Some(existing) = engine.catalog.wal_file(&source.name, &file_name).await? {
-        if existing.plaintext_sha256 == hex::encode(plaintext_sha)
-            && existing.plaintext_size == plaintext_size
-        {
-            outcome.already_archived = true;
-            outcome.stored_size = existing.stored_size;
-            outcome.seconds = started.elapsed().as_secs_f64();
-            return Ok(outcome);
-        }
-        return Err(conflict(CatalogError::WalConflict {
-            source_name: source.name.clone(),
-            file_name,
-            archived_sha256: existing.plaintext_sha256,
-            new_sha256: hex::encode(plaintext_sha),
-        }));
+    if let Some(existing) =
+        archived_already(engine, source, &file_name, (plaintext_size, plaintext_sha)).await?
+    {
+        outcome.already_archived = true;
+        outcome.stored_size = existing.stored_size;
+        outcome.seconds = started.elapsed().as_secs_f64();
+        return Ok(outcome);
     }
 
     let repo = Repository::open(
@@ -245,6 +237,29 @@ pub async fn wal_push(
     outcome.seconds = started.elapsed().as_secs_f64();
     tracing::info!(source = %source.name, file = %outcome.file_name, bytes = plaintext_size, "WAL archived");
     Ok(outcome)
+}
+
+/// The catalog's record of `file_name` when it was archived with exactly this content
+/// (`(size, SHA-256)`); `None` when it is not archived; a loud error when it was archived with
+/// other content, since PostgreSQL never rewrites a WAL file.
+async fn archived_already(
+    engine: &Engine,
+    source: &SourceConfig,
+    file_name: &str,
+    (size, sha): (u64, [u8; 32]),
+) -> Result<Option<WalFileRecord>> {
+    let Some(existing) = engine.catalog.wal_file(&source.name, file_name).await? else {
+        return Ok(None);
+    };
+    if existing.plaintext_sha256 == hex::encode(sha) && existing.plaintext_size == size {
+        return Ok(Some(existing));
+    }
+    Err(conflict(CatalogError::WalConflict {
+        source_name: source.name.clone(),
+        file_name: file_name.to_owned(),
+        archived_sha256: existing.plaintext_sha256,
+        new_sha256: hex::encode(sha),
+    }))
 }
 
 fn conflict(e: CatalogError) -> EngineError {
@@ -614,17 +629,12 @@ pub async fn wal_push_async(
         already_archived: false,
         seconds: 0.0,
     };
-    if let Some(existing) = engine.catalog.wal_file(&source.name, &file_name).await? {
-        if existing.plaintext_sha256 == hex::encode(sha) {
-            outcome.already_archived = true;
-            return Ok(outcome);
-        }
-        return Err(conflict(CatalogError::WalConflict {
-            source_name: source.name.clone(),
-            file_name,
-            archived_sha256: existing.plaintext_sha256,
-            new_sha256: hex::encode(sha),
-        }));
+    if archived_already(engine, source, &file_name, (size, sha))
+        .await?
+        .is_some()
+    {
+        outcome.already_archived = true;
+        return Ok(outcome);
     }
     std::fs::create_dir_all(&spool)
         .map_err(|e| EngineError::Failed(format!("creating spool {}: {e}", spool.display())))?;

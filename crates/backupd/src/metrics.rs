@@ -192,11 +192,7 @@ impl Metrics {
             (
                 "backupd_replication_lag_seconds",
                 "Age of the oldest backup not yet copied to the destination (0 = caught up).",
-                |l| {
-                    l.oldest_pending_since
-                        .map(|t| (Utc::now() - t).num_seconds().max(0))
-                        .unwrap_or(0)
-                },
+                |l| l.lag_seconds(Utc::now()) as i64,
             ),
         ] {
             family(&mut out, name, "gauge", help);

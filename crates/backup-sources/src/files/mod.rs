@@ -837,7 +837,8 @@ fn apply_metadata(dest: &Path, e: &FileEntry, restore_owner: bool) -> io::Result
     filetime::set_file_times(dest, mtime, mtime)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (then restores also restore ownership).
+pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective uid; avoids unsafe FFI for geteuid().
     fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
