@@ -269,7 +269,17 @@ async fn write_and_record(
                 .map(Clone::clone)
                 .map_err(|e| e.to_string()),
         );
-        stopped.map(|files| Some(files.position))
+        let files = stopped?;
+        // The producer writes the label meanwhile; the backup counts only once the WAL it
+        // needs is in our archive.
+        crate::pgbackup::wait_for_wal(
+            &engine.catalog,
+            source_name,
+            &files.position.stop_wal,
+            source.archive_timeout().unwrap_or_default(),
+        )
+        .await?;
+        Ok(Some(files.position))
     };
     let job = ProduceJob {
         source: source.clone(),

@@ -319,7 +319,14 @@ pub enum SourceKindConfig {
         /// pushed in the background, so archive_command returns at once.
         #[serde(default)]
         spool_directory: Option<PathBuf>,
+        /// How long a base backup waits for the WAL it needs to be archived.
+        #[serde(default = "default_archive_timeout", with = "humantime_serde")]
+        archive_timeout: std::time::Duration,
     },
+}
+
+fn default_archive_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 fn default_wal_segment_mib() -> u64 {
@@ -346,6 +353,16 @@ impl SourceKindConfig {
             } => {
                 backup_sources::postgres::wal::WalSegmentSize::new(wal_segment_size_mib << 20).ok()
             }
+            Self::Files { .. } => None,
+        }
+    }
+
+    /// A postgres source's `archive-timeout`.
+    pub fn archive_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Postgres {
+                archive_timeout, ..
+            } => Some(*archive_timeout),
             Self::Files { .. } => None,
         }
     }

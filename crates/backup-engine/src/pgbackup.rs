@@ -91,13 +91,17 @@ impl BaseBackupSession {
         })
     }
 
-    /// Stops the backup, waiting until the WAL it needs is archived.
+    /// Stops the backup. The server switches to a new WAL segment but does not wait for
+    /// the archiver: its own wait polls once a second, which would double a short backup.
+    /// The caller waits for the stop segment in the catalog instead ([`wait_for_wal`]),
+    /// which is also the stronger check: archived by us, not just by some archive_command.
     pub async fn stop(mut self) -> Result<StopFiles> {
-        let row =
-            sqlx::query("SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_backup_stop(true)")
-                .fetch_one(&mut self.connection)
-                .await
-                .map_err(|e| pg_error(&self.url, "pg_backup_stop failed", e))?;
+        let row = sqlx::query(
+            "SELECT lsn::text AS lsn, labelfile, spcmapfile FROM pg_backup_stop(false)",
+        )
+        .fetch_one(&mut self.connection)
+        .await
+        .map_err(|e| pg_error(&self.url, "pg_backup_stop failed", e))?;
         let lsn: String = row.get("lsn");
         let stop_lsn: Lsn = lsn
             .parse()
@@ -124,6 +128,32 @@ impl BaseBackupSession {
             tablespace_map,
             position,
         })
+    }
+}
+
+/// Waits until `file_name` of `source` is archived in the catalog (by `wal-push`, sync or
+/// async), polling every 20 ms for at most `timeout`.
+pub async fn wait_for_wal(
+    catalog: &backup_catalog::Catalog,
+    source: &str,
+    file_name: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if catalog.wal_file(source, file_name).await?.is_some() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(EngineError::Failed(format!(
+                "source {source}: WAL file {file_name}, which the base backup needs, was not \
+                 archived within {}s; check that archive_command is `backupctl wal-push %p` \
+                 for this source and that it succeeds (pg_stat_archiver, the server log), or \
+                 raise `archive-timeout`",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
