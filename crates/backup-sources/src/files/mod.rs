@@ -15,6 +15,10 @@ use std::path::{Component, Path, PathBuf};
 
 use backup_core::manifest::{EntryKind, EntryPath, FileEntry, SkippedEntry};
 
+mod readers;
+
+use readers::{ParallelReads, ReadMsg};
+
 const COPY_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum FilesError {
     },
     #[error("restoring {path}: {source}")]
     Restore { path: PathBuf, source: io::Error },
+    #[error("cannot start the threads that read files: {0}")]
+    Threads(io::Error),
 }
 
 impl FilesError {
@@ -244,7 +250,7 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
                 progress,
                 offset: 0,
                 stats: TreeStats::default(),
-                buf: vec![0; COPY_BUFFER],
+                reads: None,
                 vanished_ok: false,
                 previous: HashMap::new(),
                 prefetch: None,
@@ -331,7 +337,8 @@ struct Walker<'a, W: Write, R: EntryRecorder> {
     progress: &'a mut dyn FnMut(u64),
     offset: u64,
     stats: TreeStats,
-    buf: Vec<u8>,
+    /// Started by the first walk; reads the next files ahead of it.
+    reads: Option<ParallelReads>,
     /// A path that vanished mid-walk is left out rather than unreadable.
     vanished_ok: bool,
     /// Incremental backups: what the previous backup recorded, by entry path.
@@ -349,8 +356,15 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
         meta: &fs::Metadata,
         skip: &dyn Fn(&[u8]) -> bool,
     ) -> Result<(), FilesError> {
+        if self.reads.is_none() {
+            self.reads = Some(ParallelReads::start().map_err(FilesError::Threads)?);
+        }
         let mut stack = vec![(abs.to_path_buf(), rel, meta.clone())];
-        while let Some((path, rel, meta)) = stack.pop() {
+        loop {
+            self.read_ahead_of(&stack);
+            let Some((path, rel, meta)) = stack.pop() else {
+                break;
+            };
             let ft = meta.file_type();
             if ft.is_dir() {
                 let children = match read_dir_sorted(&path) {
@@ -409,73 +423,90 @@ impl<W: Write, R: EntryRecorder> Walker<'_, W, R> {
         Ok(())
     }
 
-    fn file(&mut self, path: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<(), FilesError> {
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(source) => return self.unreadable(path, rel, source),
+    /// Submits reads for the regular files the walk reaches next: those on top of the stack
+    /// up to the first directory (a directory pushes its children above what follows it, so
+    /// only files before it are next in order), at most `readers::WINDOW` ahead.
+    fn read_ahead_of(&mut self, stack: &[(PathBuf, Vec<u8>, fs::Metadata)]) {
+        let Some(reads) = self.reads.as_mut() else {
+            return;
         };
-        if let Some(previous) = self.previous.get(rel) {
-            if previous.size == meta.len()
-                && previous.mtime == meta.mtime()
-                && previous.mtime_nsec == meta.mtime_nsec() as u32
-            {
-                let mut hasher = blake3::Hasher::new();
-                let hashed = io::copy(&mut file, &mut hasher);
-                if let (Some(prefetch), Ok(n)) = (&self.prefetch, &hashed) {
-                    prefetch.consumed(*n);
-                }
-                match hashed {
-                    Ok(n)
-                        if n == previous.size
-                            && hasher.finalize().to_hex().as_str() == previous.blake3 =>
-                    {
-                        let mut e = entry_for(rel, EntryKind::File, meta);
-                        e.size = n;
-                        e.blake3 = Some(previous.blake3.clone());
-                        e.unchanged_from = Some(previous.stored_in);
-                        self.record(e)?;
-                        self.stats.unchanged += 1;
-                        self.stats.files += 1;
-                        return Ok(());
-                    }
-                    Ok(_) => {}
-                    Err(source) => return self.unreadable(path, rel, source),
-                }
-                if let Err(source) = io::Seek::rewind(&mut file) {
-                    return self.unreadable(path, rel, source);
-                }
+        let mut already = reads.pending();
+        for (path, rel, meta) in stack.iter().rev() {
+            if reads.pending() >= readers::WINDOW || meta.is_dir() {
+                break;
             }
+            if !meta.is_file() {
+                continue;
+            }
+            if already > 0 {
+                already -= 1;
+                continue;
+            }
+            let expected = self.previous.get(rel.as_slice()).and_then(|p| {
+                (p.size == meta.len()
+                    && p.mtime == meta.mtime()
+                    && p.mtime_nsec == meta.mtime_nsec() as u32)
+                    .then(|| (p.size, p.blake3.clone()))
+            });
+            reads.submit(path, expected);
         }
+    }
+
+    fn file(&mut self, path: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<(), FilesError> {
+        let read = self.reads.as_mut().and_then(ParallelReads::next);
+        let Some(read) = read.filter(|r| r.path == path) else {
+            unreachable!(
+                "the walk reads {} out of the submitted order",
+                path.display()
+            );
+        };
         let start = self.offset;
-        let mut hasher = blake3::Hasher::new();
-        // Read to EOF rather than to the stat size: a file that changes while
-        // being read is stored as read, with matching size and checksum.
         loop {
-            let n = match file.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let message = read.messages.recv().unwrap_or_else(|_| {
+                ReadMsg::Failed(io::Error::other("the file reader thread stopped"))
+            });
+            match message {
+                ReadMsg::Chunk(buf) => {
+                    let n = buf.len() as u64;
+                    self.data.write_all(&buf).map_err(FilesError::Output)?;
+                    self.offset += n;
+                    (self.progress)(n);
+                    if let Some(prefetch) = &self.prefetch {
+                        prefetch.consumed(n);
+                    }
+                    if let Some(reads) = &self.reads {
+                        reads.recycle(buf);
+                    }
+                }
+                ReadMsg::Unchanged { size } => {
+                    if let Some(prefetch) = &self.prefetch {
+                        prefetch.consumed(size);
+                    }
+                    let previous = &self.previous[rel];
+                    let mut e = entry_for(rel, EntryKind::File, meta);
+                    e.size = size;
+                    e.blake3 = Some(previous.blake3.clone());
+                    e.unchanged_from = Some(previous.stored_in);
+                    self.record(e)?;
+                    self.stats.unchanged += 1;
+                    self.stats.files += 1;
+                    return Ok(());
+                }
+                ReadMsg::End { size, blake3 } => {
+                    debug_assert_eq!(size, self.offset - start);
+                    let mut e = entry_for(rel, EntryKind::File, meta);
+                    e.size = size;
+                    e.offset = Some(start);
+                    e.blake3 = Some(blake3.to_hex().to_string());
+                    self.record(e)?;
+                    self.stats.files += 1;
+                    self.stats.bytes += size;
+                    return Ok(());
+                }
                 // Bytes already written stay in the stream unreferenced; offsets keep restore correct.
-                Err(source) => return self.unreadable(path, rel, source),
-            };
-            hasher.update(&self.buf[..n]);
-            self.data
-                .write_all(&self.buf[..n])
-                .map_err(FilesError::Output)?;
-            self.offset += n as u64;
-            (self.progress)(n as u64);
-            if let Some(prefetch) = &self.prefetch {
-                prefetch.consumed(n as u64);
+                ReadMsg::Failed(source) => return self.unreadable(path, rel, source),
             }
         }
-        let mut e = entry_for(rel, EntryKind::File, meta);
-        e.size = self.offset - start;
-        e.offset = Some(start);
-        e.blake3 = Some(hasher.finalize().to_hex().to_string());
-        self.record(e)?;
-        self.stats.files += 1;
-        self.stats.bytes += self.offset - start;
-        Ok(())
     }
 
     fn record(&mut self, e: FileEntry) -> Result<(), FilesError> {
@@ -652,11 +683,10 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
             self.ensure_dir(parent)?;
         }
         let slot = self.writers.open(dest.to_path_buf())?;
-        let mut hasher = blake3::Hasher::new();
         let mut left = e.size;
         while left > 0 {
             let want = left.min(COPY_BUFFER as u64) as usize;
-            let mut chunk = vec![0u8; want];
+            let mut chunk = self.writers.buffer(want);
             let n = match self.data.read(&mut chunk) {
                 Ok(0) => {
                     return Err(FilesError::Input {
@@ -669,22 +699,12 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
                 Err(source) => return Err(FilesError::Input { path, source }),
             };
             chunk.truncate(n);
-            hasher.update(&chunk);
             self.writers.data(slot, chunk)?;
             left -= n as u64;
             self.position += n as u64;
             (self.progress)(n as u64);
         }
-        let found = hasher.finalize().to_hex().to_string();
-        if let Some(expected) = &e.blake3 {
-            if *expected != found {
-                return Err(FilesError::ChecksumMismatch {
-                    path,
-                    expected: expected.clone(),
-                    found,
-                });
-            }
-        }
+        // The writer thread checks the BLAKE3 before it applies the metadata.
         self.writers.close(slot, e.clone(), self.restore_owner)?;
         self.stats.files += 1;
         self.stats.bytes += e.size;

@@ -1,6 +1,8 @@
 //! Restore writes files on background threads, so the thread decoding the
 //! backup stream keeps going while the kernel copies data into files.
 //! Each file is handled by one thread (in order); files alternate threads.
+//! The writers also check each file's BLAKE3 (so hashing runs beside decoding) and hand
+//! written buffers back for reuse (fresh 1 MiB buffers would cost page faults each).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use backup_core::manifest::FileEntry;
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{apply_metadata, FilesError};
 
@@ -35,33 +38,55 @@ enum Job {
     },
 }
 
-#[derive(Default)]
 pub(super) struct FileWriters {
     senders: Vec<SyncSender<Job>>,
     handles: Vec<JoinHandle<Result<(), FilesError>>>,
     failed: Arc<AtomicBool>,
     next_slot: u64,
+    spare: Receiver<Vec<u8>>,
+}
+
+impl Default for FileWriters {
+    /// No threads: what is left once the writers were joined.
+    fn default() -> Self {
+        Self {
+            senders: Vec::new(),
+            handles: Vec::new(),
+            failed: Arc::default(),
+            next_slot: 0,
+            spare: bounded(0).1,
+        }
+    }
+}
+
+/// An open file on a writer thread, with the hash of what was written so far.
+struct OpenFile {
+    path: PathBuf,
+    file: File,
+    hasher: blake3::Hasher,
 }
 
 impl FileWriters {
     pub fn new() -> Self {
         let failed = Arc::new(AtomicBool::new(false));
+        let (recycle, spare) = bounded::<Vec<u8>>(THREADS * (QUEUE + 2));
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..THREADS {
             let (tx, rx) = sync_channel::<Job>(QUEUE);
             let failed = failed.clone();
+            let recycle = recycle.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("restore-writer-{i}"))
                 .spawn(move || {
-                    let mut open: HashMap<u64, (PathBuf, File)> = HashMap::new();
+                    let mut open: HashMap<u64, OpenFile> = HashMap::new();
                     let mut first_error = None;
                     for job in rx {
                         // After an error keep draining, so the sender never blocks forever.
                         if first_error.is_some() {
                             continue;
                         }
-                        if let Err(e) = run_job(job, &mut open) {
+                        if let Err(e) = run_job(job, &mut open, &recycle) {
                             failed.store(true, Ordering::Relaxed);
                             first_error = Some(e);
                         }
@@ -77,7 +102,15 @@ impl FileWriters {
             handles,
             failed,
             next_slot: 0,
+            spare,
         }
+    }
+
+    /// A buffer of `len` bytes to read file content into (reused when one is free).
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
     }
 
     fn send(&mut self, slot: u64, job: Job) -> Result<(), FilesError> {
@@ -92,7 +125,9 @@ impl FileWriters {
     }
 
     fn join_error(&mut self) -> Result<(), FilesError> {
-        let result = std::mem::take(self).join();
+        let senders = std::mem::take(&mut self.senders);
+        let handles = std::mem::take(&mut self.handles);
+        let result = join_all(senders, handles);
         result.and(Err(FilesError::Restore {
             path: PathBuf::new(),
             source: std::io::Error::other("a restore writer stopped unexpectedly"),
@@ -128,24 +163,35 @@ impl FileWriters {
 
     /// Waits for every queued write; returns the first error.
     pub fn join(self) -> Result<(), FilesError> {
-        drop(self.senders);
-        let mut result = Ok(());
-        for h in self.handles {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(FilesError::Restore {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other("a restore writer panicked"),
-                })
-            });
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        join_all(self.senders, self.handles)
     }
 }
 
-fn run_job(job: Job, open: &mut HashMap<u64, (PathBuf, File)>) -> Result<(), FilesError> {
+fn join_all(
+    senders: Vec<SyncSender<Job>>,
+    handles: Vec<JoinHandle<Result<(), FilesError>>>,
+) -> Result<(), FilesError> {
+    drop(senders);
+    let mut result = Ok(());
+    for h in handles {
+        let r = h.join().unwrap_or_else(|_| {
+            Err(FilesError::Restore {
+                path: PathBuf::new(),
+                source: std::io::Error::other("a restore writer panicked"),
+            })
+        });
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+fn run_job(
+    job: Job,
+    open: &mut HashMap<u64, OpenFile>,
+    recycle: &Sender<Vec<u8>>,
+) -> Result<(), FilesError> {
     match job {
         Job::Open { slot, path } => {
             let err = |source| FilesError::Restore {
@@ -158,23 +204,37 @@ fn run_job(job: Job, open: &mut HashMap<u64, (PathBuf, File)>) -> Result<(), Fil
                 _ => {}
             }
             let file = File::create(&path).map_err(err)?;
-            open.insert(slot, (path, file));
+            let hasher = blake3::Hasher::new();
+            open.insert(slot, OpenFile { path, file, hasher });
         }
         Job::Data { slot, bytes } => {
-            let (path, file) = open.get_mut(&slot).expect("opened before data");
-            file.write_all(&bytes)
+            let f = open.get_mut(&slot).expect("opened before data");
+            f.hasher.update(&bytes);
+            f.file
+                .write_all(&bytes)
                 .map_err(|source| FilesError::Restore {
-                    path: path.clone(),
+                    path: f.path.clone(),
                     source,
                 })?;
+            let _ = recycle.try_send(bytes);
         }
         Job::Close {
             slot,
             entry,
             restore_owner,
         } => {
-            let (path, file) = open.remove(&slot).expect("opened before close");
+            let OpenFile { path, file, hasher } = open.remove(&slot).expect("opened before close");
             drop(file);
+            if let Some(expected) = &entry.blake3 {
+                let found = hasher.finalize().to_hex().to_string();
+                if *expected != found {
+                    return Err(FilesError::ChecksumMismatch {
+                        path: entry.path.display(),
+                        expected: expected.clone(),
+                        found,
+                    });
+                }
+            }
             apply_metadata(&path, &entry, restore_owner)
                 .map_err(|source| FilesError::Restore { path, source })?;
         }
