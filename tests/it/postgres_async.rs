@@ -124,8 +124,31 @@ copy-to = ["region-b"]
         write_file(&path, &mixed_bytes(16 << 20, i as u64), 0o644);
         work.ok(&["wal-push", path.to_str().unwrap()]);
     }
+    // Until copied, region B lags behind by the three segments.
+    let status = work.ok(&["replication", "status", "--json"]).json();
+    let wal = &status["wal"][0];
+    assert_eq!(
+        (
+            wal["source"].as_str(),
+            wal["destination"].as_str(),
+            wal["pending"].as_u64()
+        ),
+        (Some("pg"), Some("region-b"), Some(3)),
+        "{status}"
+    );
     work.ok(&["replicate"])
         .expect_mentions(&["3 WAL files copied"]);
+    let status = work.ok(&["replication", "status", "--json"]).json();
+    let wal = &status["wal"][0];
+    assert_eq!(
+        (
+            wal["pending"].as_u64(),
+            wal["done"].as_u64(),
+            wal["lag_seconds"].as_u64()
+        ),
+        (Some(0), Some(3), Some(0)),
+        "{status}"
+    );
     work.ok(&["replicate"])
         .expect_mentions(&["0 copies made, 0 failed"]);
     assert_eq!(files_below(&work.path("var/repo-b/wal/pg")).len(), 3);

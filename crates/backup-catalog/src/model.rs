@@ -217,7 +217,7 @@ pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64> {
     })
 }
 
-fn to_u64(field: &'static str, value: i64) -> Result<u64> {
+pub(crate) fn to_u64(field: &'static str, value: i64) -> Result<u64> {
     u64::try_from(value).map_err(|_| corrupt(field, value))
 }
 

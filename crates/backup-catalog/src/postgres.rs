@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::catalog::{with_pool, Catalog, Pool};
 use crate::error::{db, CatalogError, Result};
-use crate::model::{micros, parse_backup_id, to_i64, validate_not_empty, validate_sha256};
+use crate::model::{micros, parse_backup_id, to_i64, to_u64, validate_not_empty, validate_sha256};
 
 /// One archived WAL file (segment, `.history`, `.backup` or `.partial`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +23,29 @@ pub struct WalFileRecord {
     pub stored_size: u64,
     pub stored_sha256: String,
     pub archived_at: DateTime<Utc>,
+}
+
+/// How far one repository is behind in copying one source's archived WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalCopyLag {
+    pub source: String,
+    pub destination: String,
+    /// Archived WAL files not copied there yet, and their stored size.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub done: u64,
+    /// When the oldest WAL file not copied there was archived: the lag counts from here.
+    pub oldest_pending_since: Option<DateTime<Utc>>,
+    pub last_copied_at: Option<DateTime<Utc>>,
+}
+
+impl WalCopyLag {
+    /// How long the oldest uncopied WAL file has waited at `now` (0 = caught up).
+    pub fn lag_seconds(&self, now: DateTime<Utc>) -> u64 {
+        self.oldest_pending_since
+            .map(|t| (now - t).num_seconds().max(0) as u64)
+            .unwrap_or(0)
+    }
 }
 
 /// A verified copy of an archived WAL file in another repository.
@@ -260,6 +283,53 @@ impl Catalog {
             "listing the WAL files of {source} not copied to {repository}"
         )))?;
         rows.into_iter().map(WalFileRecord::try_from).collect()
+    }
+
+    /// How far `repository` is behind in copying `source`'s archived WAL.
+    pub async fn wal_copy_lag(&self, source: &str, repository: &str) -> Result<WalCopyLag> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            pending: i64,
+            pending_bytes: i64,
+            oldest_pending_since: Option<DateTime<Utc>>,
+        }
+        let row: Row = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS pending, \
+             CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) AS pending_bytes, \
+             MIN(archived_at) AS oldest_pending_since \
+             FROM wal_files w WHERE source = $1 AND repository <> $2 \
+             AND NOT EXISTS (SELECT 1 FROM wal_file_copies c WHERE c.source = w.source \
+             AND c.file_name = w.file_name AND c.repository = $2)"
+        )
+        .bind(source)
+        .bind(repository)
+        .fetch_one(pool)
+        .await)
+        .map_err(db(format!(
+            "measuring the WAL copy lag of {source} to {repository}"
+        )))?;
+        let (done, last_copied_at): (i64, Option<DateTime<Utc>>) = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT CAST(COUNT(*) AS BIGINT), MAX(copied_at) FROM wal_file_copies \
+                 WHERE source = $1 AND repository = $2",
+            )
+            .bind(source)
+            .bind(repository)
+            .fetch_one(pool)
+            .await
+        })
+        .map_err(db(format!(
+            "counting the WAL copies of {source} in {repository}"
+        )))?;
+        Ok(WalCopyLag {
+            source: source.to_owned(),
+            destination: repository.to_owned(),
+            pending: to_u64("pending", row.pending)?,
+            pending_bytes: to_u64("pending_bytes", row.pending_bytes)?,
+            done: to_u64("done", done)?,
+            oldest_pending_since: row.oldest_pending_since,
+            last_copied_at,
+        })
     }
 
     /// The copies of one archived WAL file in other repositories.

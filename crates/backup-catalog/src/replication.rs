@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::catalog::{in_transaction, with_pool, Backend, Catalog, Pool};
 use crate::error::{db, CatalogError, Result};
 use crate::jobs::{lease_expiry, validate_owner};
-use crate::model::{micros, parse_backup_id, to_i64, validate_not_empty};
+use crate::model::{micros, parse_backup_id, to_i64, to_u64, validate_not_empty};
 
 /// Where a backup must be copied, and in which storage class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,13 +105,6 @@ struct CopyTaskRow {
     bytes_copied: i64,
     enqueued_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
-}
-
-fn to_u64(field: &'static str, value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(|_| CatalogError::Corrupt {
-        field,
-        value: value.to_string(),
-    })
 }
 
 impl TryFrom<CopyTaskRow> for CopyTask {

@@ -580,9 +580,20 @@ pub struct DestinationStatus {
     pub lag_seconds: u64,
 }
 
+/// One postgres source's archived WAL in one destination, in `backupctl replication status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalDestinationStatus {
+    #[serde(flatten)]
+    pub lag: backup_catalog::WalCopyLag,
+    /// How long the oldest WAL file not yet copied there has been waiting (0 = caught up).
+    pub lag_seconds: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplicationStatus {
     pub destinations: Vec<DestinationStatus>,
+    /// Archived WAL copies, per postgres source and WAL destination.
+    pub wal: Vec<WalDestinationStatus>,
     /// Pending copies that failed at least once, with their last error.
     pub failing: Vec<CopyTask>,
 }
@@ -622,8 +633,36 @@ pub async fn replication_status(engine: &Engine) -> Result<ReplicationStatus> {
         .collect();
     Ok(ReplicationStatus {
         destinations,
+        wal: wal_copy_status(engine, now).await?,
         failing,
     })
+}
+
+/// WAL copy lag of every postgres source to each of its WAL destinations.
+pub async fn wal_copy_status(
+    engine: &Engine,
+    now: chrono::DateTime<Utc>,
+) -> std::result::Result<Vec<WalDestinationStatus>, backup_catalog::CatalogError> {
+    let mut out = Vec::new();
+    for source in &engine.config.sources {
+        if !matches!(
+            source.kind,
+            crate::config::SourceKindConfig::Postgres { .. }
+        ) {
+            continue;
+        }
+        for destination in wal_destinations(source) {
+            let lag = engine
+                .catalog
+                .wal_copy_lag(&source.name, destination)
+                .await?;
+            out.push(WalDestinationStatus {
+                lag_seconds: lag.lag_seconds(now),
+                lag,
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -165,6 +165,27 @@ pub fn replication_status(s: &ReplicationStatus, as_json: bool) {
                 .unwrap_or_else(|| "-".into())
         );
     }
+    if !s.wal.is_empty() {
+        println!(
+            "\n{:<16}  {:<16}  {:>7}  {:>10}  {:>6}  {:>10}  LAST COPY (UTC)",
+            "WAL OF SOURCE", "DESTINATION", "PENDING", "BYTES", "DONE", "LAG"
+        );
+    }
+    for w in &s.wal {
+        println!(
+            "{:<16}  {:<16}  {:>7}  {:>10}  {:>6}  {:>10}  {}",
+            w.lag.source,
+            w.lag.destination,
+            w.lag.pending,
+            human_bytes(w.lag.pending_bytes),
+            w.lag.done,
+            humantime::format_duration(std::time::Duration::from_secs(w.lag_seconds)).to_string(),
+            w.lag
+                .last_copied_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
     for t in &s.failing {
         println!(
             "failing: backup {} to {}: {} attempts, next at {}: {}",

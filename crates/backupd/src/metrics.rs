@@ -206,6 +206,32 @@ impl Metrics {
             }
         }
 
+        let wal = backup_engine::replicate::wal_copy_status(engine, now).await?;
+        for (name, help, value) in [
+            (
+                "backupd_wal_replication_pending",
+                "Archived WAL files of the source not yet copied to the destination.",
+                (|w: &backup_engine::replicate::WalDestinationStatus| w.lag.pending as i64)
+                    as fn(&backup_engine::replicate::WalDestinationStatus) -> i64,
+            ),
+            (
+                "backupd_wal_replication_lag_seconds",
+                "Age of the oldest archived WAL file not yet copied to the destination (0 = caught up).",
+                |w| w.lag_seconds as i64,
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            for w in &wal {
+                let _ = writeln!(
+                    out,
+                    "{name}{{source=\"{}\",destination=\"{}\"}} {}",
+                    esc(&w.lag.source),
+                    esc(&w.lag.destination),
+                    value(w)
+                );
+            }
+        }
+
         let c = self.inner.lock().expect("metrics");
         family(
             &mut out,

@@ -205,6 +205,36 @@ impl Runner {
             };
             self.alerts.fire(&alert, now).await;
         }
+        for w in &status.wal {
+            let key = format!("replication-lag:wal:{}:{}", w.lag.source, w.lag.destination);
+            if w.lag_seconds <= limit.as_secs() {
+                self.alerts.resolve(&key);
+                continue;
+            }
+            let alert = Alert {
+                event: AlertEvent::ReplicationLag,
+                key,
+                source: Some(w.lag.source.clone()),
+                summary: format!(
+                    "WAL of {} copied to {} is {} behind ({} files, {} bytes pending; limit {}); \
+                     `backupctl replicate` shows why",
+                    w.lag.source,
+                    w.lag.destination,
+                    humanize(Duration::from_secs(w.lag_seconds)),
+                    w.lag.pending,
+                    w.lag.pending_bytes,
+                    humanize(limit),
+                ),
+                details: serde_json::json!({
+                    "source": w.lag.source,
+                    "destination": w.lag.destination,
+                    "lag_seconds": w.lag_seconds,
+                    "pending": w.lag.pending,
+                    "pending_bytes": w.lag.pending_bytes,
+                }),
+            };
+            self.alerts.fire(&alert, now).await;
+        }
     }
 
     async fn run_job(self: Arc<Self>, job: JobRecord, cancel: CancellationToken) {

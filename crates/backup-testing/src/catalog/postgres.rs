@@ -120,10 +120,19 @@ pub async fn base_backup_positions_round_trip(catalog: &Catalog) {
 pub async fn wal_copies_are_tracked_per_repository(catalog: &Catalog) {
     let source = unique("pg-wal-copies");
     let a = wal(&source, "000000010000000000000001", 'a');
-    let b = wal(&source, "000000010000000000000002", 'b');
+    let mut b = wal(&source, "000000010000000000000002", 'b');
+    b.archived_at = at("2025-07-01T00:05:00Z");
+    b.stored_size = 2000;
     for w in [&a, &b] {
         catalog.record_wal_file(w).await.unwrap();
     }
+    let lag = catalog.wal_copy_lag(&source, "region-b").await.unwrap();
+    assert_eq!(
+        (lag.pending, lag.pending_bytes, lag.done, lag.last_copied_at),
+        (2, 3000, 0, None)
+    );
+    assert_eq!(lag.oldest_pending_since, Some(a.archived_at));
+    assert_eq!(lag.lag_seconds(at("2025-07-01T01:00:00Z")), 3600);
     let names = |files: Vec<WalFileRecord>| -> Vec<String> {
         files.into_iter().map(|f| f.file_name).collect()
     };
@@ -153,6 +162,23 @@ pub async fn wal_copies_are_tracked_per_repository(catalog: &Catalog) {
     };
     catalog.record_wal_copy(&copy).await.unwrap();
     catalog.record_wal_copy(&copy).await.unwrap();
+    let lag = catalog.wal_copy_lag(&source, "region-b").await.unwrap();
+    assert_eq!(
+        (lag.pending, lag.pending_bytes, lag.done),
+        (1, 2000, 1),
+        "{lag:?}"
+    );
+    assert_eq!(lag.oldest_pending_since, Some(b.archived_at));
+    assert_eq!(lag.last_copied_at, Some(copy.copied_at));
+    // The repository holding the originals is never behind.
+    let primary = catalog.wal_copy_lag(&source, "primary").await.unwrap();
+    assert_eq!(
+        (
+            primary.pending,
+            primary.lag_seconds(at("2030-01-01T00:00:00Z"))
+        ),
+        (0, 0)
+    );
     assert_eq!(
         names(
             catalog
