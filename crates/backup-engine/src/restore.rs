@@ -636,7 +636,13 @@ impl RestoreJob {
                 header.backup_id
             )));
         }
-        let (mut data, _) = ArtifactReader::open(data_in, Some(data_id), &data_dek, &options)
+        // Each restored file's BLAKE3 is checked against the manifest (and every segment is
+        // authenticated), so the data's whole-stream SHA-256 is left to `verify`.
+        let data_options = ReadOptions {
+            check_plaintext_sha256: false,
+            ..options.clone()
+        };
+        let (mut data, _) = ArtifactReader::open(data_in, Some(data_id), &data_dek, &data_options)
             .map_err(|e| EngineError::from_format(&what_d, e))?;
         let progress = self.progress.clone();
         let mut on_bytes = |n| progress.add_bytes(n);

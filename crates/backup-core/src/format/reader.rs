@@ -14,12 +14,19 @@ use crate::pool::{BackgroundHasher, Task, WorkerPool};
 pub struct ReadOptions {
     /// Segments decoded ahead of the consumer; bounds memory.
     pub max_in_flight: usize,
+    /// Recompute the plaintext SHA-256 and compare it with the trailer's (on by default).
+    /// Every segment and the trailer are authenticated by AES-GCM either way, so a changed,
+    /// missing, reordered or truncated byte is still an error; a reader that checks the
+    /// content itself (restore checks each file's BLAKE3) may skip this second full hash,
+    /// which is a single-threaded third of its CPU. `verify` always checks it.
+    pub check_plaintext_sha256: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
         Self {
             max_in_flight: WorkerPool::global().threads() * 2 + 1,
+            check_plaintext_sha256: true,
         }
     }
 }
@@ -119,7 +126,7 @@ impl<R: Read> ArtifactReader<R> {
             trailer: None,
             current: Arc::new(Vec::new()),
             pos: 0,
-            hasher: Some(BackgroundHasher::new()),
+            hasher: options.check_plaintext_sha256.then(BackgroundHasher::new),
             plain_len: 0,
             finished: false,
             verified_sha256: None,
@@ -241,17 +248,20 @@ impl<R: Read> ArtifactReader<R> {
                 found: self.plain_len.to_string(),
             });
         }
-        let sha = self.hasher.take().expect("verified once").finish();
-        if sha != trailer.sha256 {
-            return Err(FormatError::TrailerMismatch {
-                artifact,
-                what: "plaintext SHA-256",
-                expected: hex::encode(trailer.sha256),
-                found: hex::encode(sha),
-            });
+        if let Some(hasher) = self.hasher.take() {
+            let sha = hasher.finish();
+            if sha != trailer.sha256 {
+                return Err(FormatError::TrailerMismatch {
+                    artifact,
+                    what: "plaintext SHA-256",
+                    expected: hex::encode(trailer.sha256),
+                    found: hex::encode(sha),
+                });
+            }
         }
         self.finished = true;
-        self.verified_sha256 = Some(sha);
+        // Unchecked (see `ReadOptions`), this is the authenticated trailer's value.
+        self.verified_sha256 = Some(trailer.sha256);
         Ok(())
     }
 
@@ -283,10 +293,9 @@ impl<R: Read> ArtifactReader<R> {
                     let n = seg.len();
                     self.plain_len += n as u64;
                     let seg = Arc::new(seg);
-                    self.hasher
-                        .as_ref()
-                        .expect("until verified")
-                        .update(seg.clone());
+                    if let Some(hasher) = &self.hasher {
+                        hasher.update(seg.clone());
+                    }
                     self.current = seg;
                     self.pos = 0;
                     return Ok(n);

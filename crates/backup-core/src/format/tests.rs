@@ -39,12 +39,20 @@ fn encode(
 }
 
 fn decode(stored: &[u8], expected: ArtifactId, dek: &DataKey) -> Result<Vec<u8>, FormatError> {
-    let (mut r, _) = ArtifactReader::open(
-        stored,
-        Some(expected),
-        dek,
-        &ReadOptions { max_in_flight: 2 },
-    )?;
+    decode_with(stored, expected, dek, true)
+}
+
+fn decode_with(
+    stored: &[u8],
+    expected: ArtifactId,
+    dek: &DataKey,
+    check_plaintext_sha256: bool,
+) -> Result<Vec<u8>, FormatError> {
+    let options = ReadOptions {
+        max_in_flight: 2,
+        check_plaintext_sha256,
+    };
+    let (mut r, _) = ArtifactReader::open(stored, Some(expected), dek, &options)?;
     let mut out = Vec::new();
     r.read_to_end(&mut out).map_err(FormatError::from_io)?;
     Ok(out)
@@ -129,14 +137,18 @@ fn every_single_bit_flip_is_detected() {
     let id = ArtifactId::new();
     let plain = sample(2 * SEG + 100, 9);
     let (stored, _) = encode(&plain, id, &dek, SEG);
-    // Every byte position, one bit each (rotating which bit).
+    // Every byte position, one bit each (rotating which bit), with and without the
+    // plaintext SHA-256 recomputed: authentication alone catches every flip.
+    assert_eq!(decode_with(&stored, id, &dek, false).unwrap(), plain);
     for pos in 0..stored.len() {
         let mut bad = stored.clone();
         bad[pos] ^= 1 << (pos % 8);
-        assert!(
-            decode(&bad, id, &dek).is_err(),
-            "flip at byte {pos} went unnoticed"
-        );
+        for check in [true, false] {
+            assert!(
+                decode_with(&bad, id, &dek, check).is_err(),
+                "flip at byte {pos} went unnoticed (SHA-256 checked: {check})"
+            );
+        }
     }
 }
 
@@ -151,6 +163,11 @@ fn truncation_at_any_point_is_detected() {
     {
         let err = tamper_case(&stored[..cut], id, &dek);
         assert!(err.is_integrity_failure(), "cut at {cut}: {err}");
+        let err = decode_with(&stored[..cut], id, &dek, false).unwrap_err();
+        assert!(
+            err.is_integrity_failure(),
+            "cut at {cut}, SHA-256 unchecked: {err}"
+        );
     }
     // Dropping whole records (e.g. the trailer, or the last data segment) names the segment.
     let recs = record_offsets(&stored);
