@@ -304,7 +304,9 @@ pub struct CostRow {
     pub transfer_cost: f64,
     pub early_deletion_cost: f64,
     pub total_cost: f64,
-    /// False when the price table has no price for this region and class (costs are 0).
+    /// False when the price table has no price for this region and class: its storage,
+    /// request, retrieval and early-deletion costs are 0 (transfer into it is priced by the
+    /// origin region).
     pub priced: bool,
 }
 
@@ -484,8 +486,8 @@ pub fn cost_report(inputs: &CostInputs, prices: &Prices, month: Month) -> CostRe
             None => {
                 r.priced = false;
                 notes.insert(format!(
-                    "no price for {} in region {} (repository {}): its costs count as 0; add \
-                     it to the price table",
+                    "no price for {} in region {} (repository {}): its storage, request and \
+                     retrieval costs count as 0; add it to the price table",
                     r.storage_class, r.region, r.repository
                 ));
                 forecast_prices.push(0.0);

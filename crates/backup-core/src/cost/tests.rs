@@ -231,9 +231,13 @@ fn unpriced_rows_are_reported_not_guessed() {
     let report = cost_report(&inputs, &prices(), "2026-11".parse().unwrap());
     let mars = report.rows.iter().find(|r| r.region == "mars-1").unwrap();
     assert!(!mars.priced);
-    assert_eq!(mars.total_cost, 0.0);
-    // The transfer out of us-east-1 is still priced: it is billed there.
-    close(mars.transfer_cost, 0.0, "unpriced row");
+    assert_eq!(
+        (mars.storage_cost, mars.request_cost, mars.retrieval_cost),
+        (0.0, 0.0, 0.0)
+    );
+    // The transfer out of us-east-1 is still priced: it is billed there, at 0.02.
+    close(mars.transfer_cost, 0.08, "transfer into the unpriced region");
+    close(mars.total_cost, 0.08, "unpriced row total");
     assert!(
         report.notes.iter().any(|n| n.contains("mars-1")),
         "{:?}",
