@@ -319,10 +319,7 @@ impl Catalog {
                     } else {
                         query
                     };
-                    query
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db(action.clone()))?;
+                    query.execute(&mut *tx).await.map_err(db(action.clone()))?;
                 }
                 sqlx::query("DELETE FROM wal_files WHERE source = $1 AND file_name = $2")
                     .bind(source)

@@ -98,8 +98,8 @@ impl Prices {
 
     /// Parses and validates a price table; `origin` names the file in errors.
     pub fn parse_toml(text: &str, origin: &str) -> Result<Prices, CostError> {
-        let prices: Prices = toml::from_str(text)
-            .map_err(|e| CostError::InvalidPrices(format!("{origin}: {e}")))?;
+        let prices: Prices =
+            toml::from_str(text).map_err(|e| CostError::InvalidPrices(format!("{origin}: {e}")))?;
         prices.validate().map_err(|e| match e {
             CostError::InvalidPrices(m) => CostError::InvalidPrices(format!("{origin}: {m}")),
             other => other,
@@ -125,9 +125,15 @@ impl Prices {
                     )))
                 }
             };
-            check("inter-region-transfer-per-gb", r.inter_region_transfer_per_gb)?;
+            check(
+                "inter-region-transfer-per-gb",
+                r.inter_region_transfer_per_gb,
+            )?;
             for (class, c) in &r.classes {
-                check(&format!("{class}.storage-per-gb-month"), c.storage_per_gb_month)?;
+                check(
+                    &format!("{class}.storage-per-gb-month"),
+                    c.storage_per_gb_month,
+                )?;
                 check(&format!("{class}.put-per-1000"), c.put_per_1000)?;
                 check(&format!("{class}.get-per-1000"), c.get_per_1000)?;
                 check(&format!("{class}.retrieval-per-gb"), c.retrieval_per_gb)?;
@@ -343,11 +349,7 @@ struct RowExtra {
     backups_at_end: std::collections::BTreeSet<String>,
 }
 
-fn overlap_seconds(
-    from: DateTime<Utc>,
-    to: Option<DateTime<Utc>>,
-    month: Month,
-) -> f64 {
+fn overlap_seconds(from: DateTime<Utc>, to: Option<DateTime<Utc>>, month: Month) -> f64 {
     let start = from.max(month.start());
     let end = to.unwrap_or(month.end()).min(month.end());
     if end <= start {
@@ -381,15 +383,14 @@ pub fn cost_report(inputs: &CostInputs, prices: &Prices, month: Month) -> CostRe
             region.clone(),
             class.to_owned(),
         );
-        rows.entry(key.clone())
-            .or_insert_with(|| CostRow {
-                source: source.to_owned(),
-                repository: repo.to_owned(),
-                region,
-                storage_class: class.to_owned(),
-                priced: true,
-                ..CostRow::default()
-            });
+        rows.entry(key.clone()).or_insert_with(|| CostRow {
+            source: source.to_owned(),
+            repository: repo.to_owned(),
+            region,
+            storage_class: class.to_owned(),
+            priced: true,
+            ..CostRow::default()
+        });
         key
     };
     let month_secs = month.seconds();
@@ -503,7 +504,9 @@ pub fn cost_report(inputs: &CostInputs, prices: &Prices, month: Month) -> CostRe
         let now = gb(x.bytes_at_end);
         let growth = gb(x.bytes_added) - gb(x.bytes_deleted);
         let cap = match (
-            inputs.max_backups.get(&(r.source.clone(), r.repository.clone())),
+            inputs
+                .max_backups
+                .get(&(r.source.clone(), r.repository.clone())),
             x.backups_at_end.len() as u64,
         ) {
             (Some(&max), kept) if kept > 0 => now * max as f64 / kept as f64,

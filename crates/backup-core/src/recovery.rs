@@ -28,7 +28,10 @@ pub struct DrillResult {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }
@@ -273,7 +276,10 @@ mod tests {
         let row = recovery_row(&inputs(Some("2026-12-01T11:50:00Z"), None), now);
         assert_eq!(row.achieved_rpo_seconds, Some(600));
         assert_eq!(row.rto_status, NO_DRILL_YET);
-        assert!(row.reasons.iter().any(|r| r.contains(NO_DRILL_YET)), "{row:?}");
+        assert!(
+            row.reasons.iter().any(|r| r.contains(NO_DRILL_YET)),
+            "{row:?}"
+        );
         assert!(!row.verdict.is_breach());
 
         let mut none = inputs(Some("2026-12-01T11:50:00Z"), None);

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use backup_catalog::{ArtifactWithCopies, ObjectRequests, RequestOperation};
-use backup_core::cost::{self, CostInputs, CostReport, Month, Prices, RequestKind, RequestRecord, StoredObject};
+use backup_core::cost::{
+    self, CostInputs, CostReport, Month, Prices, RequestKind, RequestRecord, StoredObject,
+};
 use backup_core::recovery::{self, RecoveryInputs, RecoveryRow, RestorePoint};
 use backup_sources::postgres::wal::{SegmentName, WalFileName};
 
@@ -61,9 +63,7 @@ pub async fn recovery_report(engine: &Engine, now: DateTime<Utc>) -> Result<Reco
             &RecoveryInputs {
                 source: s.name.clone(),
                 kind: s.kind.kind_name().to_owned(),
-                tier: s
-                    .tier
-                    .map(|t| format!("{t:?}").to_lowercase()),
+                tier: s.tier.map(|t| format!("{t:?}").to_lowercase()),
                 target_rpo: targets.map(|t| t.rpo),
                 target_rto: targets.map(|t| t.rto),
                 newest_point,
@@ -109,7 +109,8 @@ pub async fn newest_restorable_point(
         ) else {
             continue;
         };
-        let own_wal = (start.segno..=stop.segno).all(|n| archived.contains_key(&(stop.timeline, n)));
+        let own_wal =
+            (start.segno..=stop.segno).all(|n| archived.contains_key(&(stop.timeline, n)));
         if !own_wal {
             continue;
         }
@@ -288,7 +289,9 @@ pub async fn cost_report(engine: &Engine, month: Month) -> Result<CostReport> {
         }
         for rule in &s.copy_to {
             if let Some(n) = max_backups(rule.keep.as_ref().or(s.keep.as_ref())) {
-                inputs.max_backups.insert((s.name.clone(), rule.to.clone()), n);
+                inputs
+                    .max_backups
+                    .insert((s.name.clone(), rule.to.clone()), n);
             }
         }
     }
@@ -404,9 +407,7 @@ fn dur(secs: Option<u64>) -> String {
 
 pub fn render_recovery(r: &RecoveryReport, format: ReportFormat) -> String {
     match format {
-        ReportFormat::Json => {
-            serde_json::to_string_pretty(r).expect("serializable") + "\n"
-        }
+        ReportFormat::Json => serde_json::to_string_pretty(r).expect("serializable") + "\n",
         ReportFormat::Csv => {
             let mut out = csv_line(
                 &[

@@ -512,7 +512,10 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
         } => {
             let report =
                 backup_engine::report::recovery_report(&engine, chrono::Utc::now()).await?;
-            print!("{}", backup_engine::report::render_recovery(&report, format));
+            print!(
+                "{}",
+                backup_engine::report::render_recovery(&report, format)
+            );
             if report.any_breach() {
                 return Ok(exit::FAILED);
             }
@@ -521,9 +524,9 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             command: ReportCommand::Cost { month, format },
         } => {
             let month = match month {
-                Some(m) => m
-                    .parse()
-                    .map_err(|e: backup_core::cost::CostError| EngineError::Usage(format!("--month: {e}")))?,
+                Some(m) => m.parse().map_err(|e: backup_core::cost::CostError| {
+                    EngineError::Usage(format!("--month: {e}"))
+                })?,
                 None => backup_core::cost::Month::of(chrono::Utc::now()),
             };
             let report = backup_engine::report::cost_report(&engine, month).await?;

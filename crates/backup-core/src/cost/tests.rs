@@ -71,12 +71,36 @@ fn inputs() -> CostInputs {
     CostInputs {
         objects: vec![
             // 1. Stored the whole month: 10 GB-month, its PUTs were in October.
-            object("region-a", "region-a", "STANDARD", 10, "b1", "2026-10-01T00:00:00Z", None),
+            object(
+                "region-a",
+                "region-a",
+                "STANDARD",
+                10,
+                "b1",
+                "2026-10-01T00:00:00Z",
+                None,
+            ),
             // 2. Recorded on the 16th: 15 of 30 days -> 2 GB-month; 4 GiB / 16 MiB = 256
             //    parts + create + complete = 258 PUTs.
-            object("region-a", "region-a", "STANDARD", 4, "b2", "2026-11-16T00:00:00Z", None),
+            object(
+                "region-a",
+                "region-a",
+                "STANDARD",
+                4,
+                "b2",
+                "2026-11-16T00:00:00Z",
+                None,
+            ),
             // 3. Its copy in us-west-2: 2 GB-month, 258 PUTs, 4 GB out of us-east-1.
-            object("region-b", "region-a", "STANDARD", 4, "b2", "2026-11-16T00:00:00Z", None),
+            object(
+                "region-b",
+                "region-a",
+                "STANDARD",
+                4,
+                "b2",
+                "2026-11-16T00:00:00Z",
+                None,
+            ),
             // 4. Deep Archive in the same region (no transfer), stored Oct 2 - Nov 11 (40
             //    days): 10 days of November -> 1 GB-month; 140 of 180 days early ->
             //    3 x 140 / 30 = 14 GB-month early deletion.
@@ -90,7 +114,15 @@ fn inputs() -> CostInputs {
                 Some("2026-11-11T00:00:00Z"),
             ),
             // Outside the month: ignored.
-            object("region-a", "region-a", "STANDARD", 100, "b3", "2026-12-01T00:00:00Z", None),
+            object(
+                "region-a",
+                "region-a",
+                "STANDARD",
+                100,
+                "b3",
+                "2026-12-01T00:00:00Z",
+                None,
+            ),
             object(
                 "region-a",
                 "region-a",
@@ -155,7 +187,13 @@ fn hand_computed_month() {
     let keys: Vec<_> = report
         .rows
         .iter()
-        .map(|r| (r.repository.as_str(), r.region.as_str(), r.storage_class.as_str()))
+        .map(|r| {
+            (
+                r.repository.as_str(),
+                r.region.as_str(),
+                r.storage_class.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         keys,
@@ -170,10 +208,17 @@ fn hand_computed_month() {
     // 3 GB thawed x 0.02 = 0.06; early deletion 14 GB-month x 0.00099 = 0.01386.
     let a = &report.rows[0];
     close(a.stored_gb_month, 1.0, "archive GB-month");
-    assert_eq!((a.put_requests, a.get_requests, a.restore_requests), (0, 0, 2));
+    assert_eq!(
+        (a.put_requests, a.get_requests, a.restore_requests),
+        (0, 0, 2)
+    );
     close(a.retrieval_gb, 3.0, "archive retrieval GB");
     close(a.inter_region_transfer_gb, 0.0, "archive transfer");
-    close(a.early_deletion_gb_month, 14.0, "archive early deletion GB-month");
+    close(
+        a.early_deletion_gb_month,
+        14.0,
+        "archive early deletion GB-month",
+    );
     close(a.storage_cost, 0.00099, "archive storage");
     close(a.request_cost, 0.0002, "archive requests");
     close(a.retrieval_cost, 0.06, "archive retrieval");
@@ -184,7 +229,10 @@ fn hand_computed_month() {
     // 3 GETs x 0.0004 / 1000 = 0.0000012; 2 GB read, no retrieval fee for STANDARD.
     let b = &report.rows[1];
     close(b.stored_gb_month, 12.0, "region-a GB-month");
-    assert_eq!((b.put_requests, b.get_requests, b.restore_requests), (258, 3, 0));
+    assert_eq!(
+        (b.put_requests, b.get_requests, b.restore_requests),
+        (258, 3, 0)
+    );
     close(b.retrieval_gb, 2.0, "region-a retrieval GB");
     close(b.storage_cost, 0.276, "region-a storage");
     close(b.request_cost, 0.0012912, "region-a requests");
@@ -219,9 +267,17 @@ fn hand_computed_month() {
             ("2027-02".to_owned(), 35.0),
         ]
     );
-    close(report.forecast[0].storage_cost, 22.0 * 0.023, "December storage");
+    close(
+        report.forecast[0].storage_cost,
+        22.0 * 0.023,
+        "December storage",
+    );
     close(report.forecast[0].other_cost, 0.1427812, "December other");
-    close(report.forecast[2].total_cost, 35.0 * 0.023 + 0.1427812, "February total");
+    close(
+        report.forecast[2].total_cost,
+        35.0 * 0.023 + 0.1427812,
+        "February total",
+    );
 }
 
 #[test]
@@ -236,7 +292,11 @@ fn unpriced_rows_are_reported_not_guessed() {
         (0.0, 0.0, 0.0)
     );
     // The transfer out of us-east-1 is still priced: it is billed there, at 0.02.
-    close(mars.transfer_cost, 0.08, "transfer into the unpriced region");
+    close(
+        mars.transfer_cost,
+        0.08,
+        "transfer into the unpriced region",
+    );
     close(mars.total_cost, 0.08, "unpriced row total");
     assert!(
         report.notes.iter().any(|n| n.contains("mars-1")),
@@ -288,7 +348,10 @@ fn bad_price_tables_are_refused_with_the_key() {
         "test.toml",
     )
     .unwrap_err();
-    assert!(e.to_string().contains("inter-region-transfer-per-gb"), "{e}");
+    assert!(
+        e.to_string().contains("inter-region-transfer-per-gb"),
+        "{e}"
+    );
     let e = Prices::parse_toml("effective = 1", "test.toml").unwrap_err();
     assert!(e.to_string().contains("test.toml"), "{e}");
 }

@@ -73,11 +73,15 @@ repository = "region-a"
 
 /// Fixed ids, so the snapshots are stable.
 fn backup_id(n: u128) -> BackupId {
-    BackupId::from_uuid(uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000 + n))
+    BackupId::from_uuid(uuid::Uuid::from_u128(
+        0x0193_0000_0000_7000_8000_0000_0000_0000 + n,
+    ))
 }
 
 fn artifact_id(n: u128) -> ArtifactId {
-    ArtifactId::from_uuid(uuid::Uuid::from_u128(0x0193_0000_0000_7000_9000_0000_0000_0000 + n))
+    ArtifactId::from_uuid(uuid::Uuid::from_u128(
+        0x0193_0000_0000_7000_9000_0000_0000_0000 + n,
+    ))
 }
 
 /// A complete backup with a data and a manifest artifact, each with a copy in `copies`
@@ -125,9 +129,17 @@ async fn backup(
                     artifact_id: aid,
                     repository: (*repo).into(),
                     object_key: format!("{repo}/{aid}"),
-                    stored_size: if role == "data" { *data_size } else { *manifest_size },
+                    stored_size: if role == "data" {
+                        *data_size
+                    } else {
+                        *manifest_size
+                    },
                     stored_sha256: "b".repeat(64),
-                    storage_class: if role == "data" { class.map(str::to_owned) } else { None },
+                    storage_class: if role == "data" {
+                        class.map(str::to_owned)
+                    } else {
+                        None
+                    },
                     verified_at: *at,
                 })
                 .await
@@ -194,8 +206,20 @@ async fn populate(engine: &Engine) {
         nov16,
         &[
             ("region-a", None, 4 * GIB, 1 << 20, nov16),
-            ("region-b", None, 4 * GIB, 1 << 20, nov16 + TimeDelta::hours(1)),
-            ("archive", Some("DEEP_ARCHIVE"), 4 * GIB, 1 << 20, nov16 + TimeDelta::hours(2)),
+            (
+                "region-b",
+                None,
+                4 * GIB,
+                1 << 20,
+                nov16 + TimeDelta::hours(1),
+            ),
+            (
+                "archive",
+                Some("DEEP_ARCHIVE"),
+                4 * GIB,
+                1 << 20,
+                nov16 + TimeDelta::hours(2),
+            ),
         ],
     )
     .await;
@@ -217,13 +241,13 @@ async fn populate(engine: &Engine) {
 
     // pg: a base backup ending at 11:00 (its WAL: segments 2-3), then segments 4 and 5
     // archived without a gap, then 7 after a gap (6 missing).
-    let base = backup(c, 3, "pg", t("2026-12-01T11:00:00Z"), &[(
-        "region-a",
-        None,
-        GIB,
-        1 << 10,
+    let base = backup(
+        c,
+        3,
+        "pg",
         t("2026-12-01T11:00:00Z"),
-    )])
+        &[("region-a", None, GIB, 1 << 10, t("2026-12-01T11:00:00Z"))],
+    )
     .await;
     c.record_postgres_backup(&PostgresBackupRecord {
         backup_id: base,
@@ -249,13 +273,13 @@ async fn populate(engine: &Engine) {
     }
 
     // stale: its newest backup is 6 hours old.
-    backup(c, 4, "stale", t("2026-12-01T06:00:00Z"), &[(
-        "region-a",
-        None,
-        GIB,
-        1 << 10,
+    backup(
+        c,
+        4,
+        "stale",
         t("2026-12-01T06:00:00Z"),
-    )])
+        &[("region-a", None, GIB, 1 << 10, t("2026-12-01T06:00:00Z"))],
+    )
     .await;
 }
 

@@ -40,11 +40,16 @@ pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
         assert_eq!(o.backup_id.as_deref(), Some(b.id.to_string().as_str()));
         assert_eq!(o.deleted_at, None);
     }
-    let archived: Vec<_> = objects.iter().filter(|o| o.repository == "archive").collect();
+    let archived: Vec<_> = objects
+        .iter()
+        .filter(|o| o.repository == "archive")
+        .collect();
     assert_eq!(archived.len(), 2);
-    assert!(archived.iter().all(|o| o.storage_class.as_deref() == Some("DEEP_ARCHIVE")
-        && o.stored_size == 500
-        && o.created_at == t0 + TimeDelta::days(1)));
+    assert!(archived
+        .iter()
+        .all(|o| o.storage_class.as_deref() == Some("DEEP_ARCHIVE")
+            && o.stored_size == 500
+            && o.created_at == t0 + TimeDelta::days(1)));
     // Nothing recorded before the range starts is missing, nothing after it is listed.
     let before = catalog
         .usage_objects(at("2026-10-01T00:00:00Z"), at("2026-11-01T00:00:00Z"))
@@ -56,7 +61,10 @@ pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
     let started = Utc::now() - TimeDelta::seconds(5);
     assert_eq!(catalog.forget_copies(b.id, "archive").await.unwrap(), 2);
     let now_range = (from, Utc::now() + TimeDelta::days(1));
-    let all = catalog.usage_objects(now_range.0, now_range.1).await.unwrap();
+    let all = catalog
+        .usage_objects(now_range.0, now_range.1)
+        .await
+        .unwrap();
     let objects = of_source(&all, &source);
     assert_eq!(objects.len(), 4, "{objects:#?}");
     let gone: Vec<_> = objects.iter().filter(|o| o.deleted_at.is_some()).collect();
@@ -69,7 +77,10 @@ pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
     // A range that ends before the deletion time still lists them (they existed then); one
     // that starts after it does not.
     let later = catalog
-        .usage_objects(Utc::now() + TimeDelta::days(1), Utc::now() + TimeDelta::days(2))
+        .usage_objects(
+            Utc::now() + TimeDelta::days(1),
+            Utc::now() + TimeDelta::days(2),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -83,7 +94,10 @@ pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
     // Deleting the backup records its remaining copies.
     catalog.mark_deleting(b.id).await.unwrap();
     catalog.delete_backup(b.id).await.unwrap();
-    let all = catalog.usage_objects(now_range.0, now_range.1).await.unwrap();
+    let all = catalog
+        .usage_objects(now_range.0, now_range.1)
+        .await
+        .unwrap();
     let objects = of_source(&all, &source);
     assert_eq!(objects.len(), 4, "{objects:#?}");
     assert!(objects.iter().all(|o| o.deleted_at.is_some()));
@@ -143,7 +157,9 @@ pub async fn forgotten_wal_files_are_recorded(catalog: &Catalog) {
     let all = catalog.usage_objects(range.0, range.1).await.unwrap();
     let gone = of_source(&all, &source);
     assert_eq!(gone.len(), 2, "{gone:#?}");
-    assert!(gone.iter().all(|o| o.deleted_at.is_some() && o.kind == "wal"));
+    assert!(gone
+        .iter()
+        .all(|o| o.deleted_at.is_some() && o.kind == "wal"));
     assert!(gone
         .iter()
         .any(|o| o.repository == "primary" && o.created_at == archived_at));
