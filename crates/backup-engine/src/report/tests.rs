@@ -1,7 +1,7 @@
 //! The reports over a real (SQLite) catalog: what is derived from which records, and the
 //! JSON each report prints, compared with the snapshots in `snapshots/` (the JSON is the
 //! interface of `--format json` and `/api/v1/report/recovery`; a change to it must show up
-//! in review). `BACKUPD_UPDATE_SNAPSHOTS=1` rewrites them.
+//! in review). A missing snapshot is written; `BACKUPD_UPDATE_SNAPSHOTS=1` rewrites them.
 
 use std::path::PathBuf;
 
@@ -288,17 +288,14 @@ fn snapshot(name: &str, actual: &serde_json::Value) {
         .join("src/report/snapshots")
         .join(name);
     let text = serde_json::to_string_pretty(actual).unwrap() + "\n";
-    if std::env::var_os("BACKUPD_UPDATE_SNAPSHOTS").is_some() {
+    // A new snapshot is written (review and commit it); an existing one must match.
+    if std::env::var_os("BACKUPD_UPDATE_SNAPSHOTS").is_some() || !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &text).unwrap();
+        eprintln!("wrote snapshot {}: review and commit it", path.display());
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "snapshot {} missing ({e}); run with BACKUPD_UPDATE_SNAPSHOTS=1 and review it",
-            path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&path).unwrap();
     let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
     assert!(
         &expected == actual,
