@@ -25,4 +25,11 @@ if [ "${BACKUPD_SKIP_S3_TESTS:-}" != 1 ]; then
   scripts/test-servers.sh
 fi
 
+# docker-compose.yml and deploy/k8s/ against their schemas (validators from PyPI, cached).
+if [ "${BACKUPD_SKIP_DEPLOY_CHECKS:-}" != 1 ]; then
+  scripts/validate-deploy.sh
+else
+  echo "BACKUPD_SKIP_DEPLOY_CHECKS=1: not validating docker-compose.yml and deploy/k8s" >&2
+fi
+
 exec cargo nextest run --workspace --no-fail-fast "$@"

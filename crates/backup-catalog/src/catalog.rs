@@ -847,6 +847,13 @@ impl Catalog {
                 Some((_, true)) => return Err(CatalogError::LegalHold { id }),
                 Some(_) => {}
             }
+            // The cost report bills its copies until now (migration 0008).
+            sqlx::query(crate::usage::LEDGER_BACKUP_COPIES)
+                .bind(&key)
+                .bind(micros(Utc::now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(db(action.clone()))?;
             for sql in DELETE_BACKUP_QUEUE_ROWS.iter().chain(&DELETE_BACKUP_ROWS) {
                 sqlx::query(sql)
                     .bind(&key)

@@ -16,6 +16,7 @@ mod model;
 mod postgres;
 mod replication;
 mod retention;
+mod usage;
 
 pub use catalog::{Backend, Catalog};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
@@ -27,3 +28,4 @@ pub use model::{
 pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;
+pub use usage::{ObjectRequests, RequestOperation, UsageObject};

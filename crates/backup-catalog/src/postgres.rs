@@ -5,7 +5,7 @@ use backup_core::BackupId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::catalog::{with_pool, Catalog, Pool};
+use crate::catalog::{in_transaction, with_pool, Catalog, Pool};
 use crate::error::{db, CatalogError, Result};
 use crate::model::{micros, parse_backup_id, to_i64, to_u64, validate_not_empty, validate_sha256};
 
@@ -371,27 +371,34 @@ impl Catalog {
     }
 
     /// Forgets archived WAL files and their copies (retention; delete the objects afterwards).
+    /// Each file is forgotten in one transaction with its `storage_deletions` records.
     pub async fn forget_wal_files(&self, source: &str, file_names: &[String]) -> Result<u64> {
         let mut forgotten = 0;
+        let now = micros(chrono::Utc::now());
         for name in file_names {
-            with_pool!(self, |pool| sqlx::query(
-                "DELETE FROM wal_file_copies WHERE source = $1 AND file_name = $2"
-            )
-            .bind(source)
-            .bind(name)
-            .execute(pool)
-            .await
-            .map(|_| ()))
-            .map_err(db(format!("forgetting the copies of WAL file {name}")))?;
-            forgotten += with_pool!(self, |pool| sqlx::query(
-                "DELETE FROM wal_files WHERE source = $1 AND file_name = $2"
-            )
-            .bind(source)
-            .bind(name)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(db(format!("forgetting WAL file {name} of {source}")))?;
+            let action = format!("forgetting WAL file {name} of {source}");
+            forgotten += in_transaction!(self, action, |tx| {
+                for sql in [
+                    crate::usage::LEDGER_WAL_COPIES,
+                    crate::usage::LEDGER_WAL_FILE,
+                    "DELETE FROM wal_file_copies WHERE source = $1 AND file_name = $2",
+                ] {
+                    let query = sqlx::query(sql).bind(source).bind(name);
+                    let query = if sql.starts_with("INSERT") {
+                        query.bind(now)
+                    } else {
+                        query
+                    };
+                    query.execute(&mut *tx).await.map_err(db(action.clone()))?;
+                }
+                sqlx::query("DELETE FROM wal_files WHERE source = $1 AND file_name = $2")
+                    .bind(source)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(action.clone()))?
+                    .rows_affected()
+            });
         }
         Ok(forgotten)
     }

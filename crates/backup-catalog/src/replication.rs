@@ -438,6 +438,13 @@ impl Catalog {
                     ),
                 });
             }
+            sqlx::query(crate::usage::LEDGER_BACKUP_COPIES_IN)
+                .bind(&key)
+                .bind(crate::model::micros(chrono::Utc::now()))
+                .bind(repository)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(action.clone()))?;
             sqlx::query(
                 "DELETE FROM copies WHERE repository = $2 \
                  AND artifact_id IN (SELECT id FROM artifacts WHERE backup_id = $1)",

@@ -4,12 +4,14 @@
 //! Nothing here talks to the network or a database; all I/O goes through
 //! `std::io::Read`/`Write` supplied by the caller.
 
+pub mod cost;
 pub mod envelope;
 pub mod format;
 pub mod ids;
 pub mod keys;
 pub mod manifest;
 pub mod pool;
+pub mod recovery;
 pub mod retention;
 pub mod sealed;
 

@@ -50,6 +50,9 @@ pub struct Config {
     pub api: crate::service::ApiConfig,
     #[serde(default)]
     pub alerts: crate::service::AlertsConfig,
+    /// `[cost]`: price table and repository regions of `backupctl report cost`.
+    #[serde(default)]
+    pub cost: crate::report::CostConfig,
     #[serde(default, rename = "repository")]
     pub repositories: Vec<RepositoryConfig>,
     #[serde(default, rename = "source")]

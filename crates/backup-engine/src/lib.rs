@@ -17,6 +17,7 @@ pub mod prune;
 pub mod rebuild;
 pub mod replicate;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod schedule;
 pub mod service;

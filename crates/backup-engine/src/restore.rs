@@ -542,6 +542,7 @@ async fn restore_layer(
         .get(&object_key(&repo, &data_artifact)?, cancel)
         .await?;
 
+    let reads = crate::report::reads_of(&repo.name, &[&manifest_artifact, &data_artifact]);
     let started = Instant::now();
     let job = RestoreJob {
         backup_id: record.id,
@@ -563,6 +564,7 @@ async fn restore_layer(
     let stats = tokio::task::spawn_blocking(move || job.run())
         .await
         .map_err(|e| EngineError::Failed(format!("restore crashed: {e}")))??;
+    crate::report::record_gets(engine, &record.source, &repo.name, reads).await;
     Ok(RestoreOutcome {
         backup_id: record.id,
         source: record.source.clone(),

@@ -180,7 +180,8 @@ pub async fn thaw_copy(
     }
     let repo = Repository::open_named(&engine.config, repository).await?;
     let s3 = s3_of(&repo)?;
-    for (key, _, _) in &objects {
+    let (mut started, mut started_bytes) = (0u64, 0u64);
+    for (key, size, _) in &objects {
         let state = s3.thaw_state(key, cancel).await?;
         let state = match state {
             ThawState::Frozen if request => {
@@ -191,9 +192,12 @@ pub async fn thaw_copy(
                     RestoreRequested::AlreadyAvailable | RestoreRequested::NotArchived => {
                         ThawState::NotArchived
                     }
-                    RestoreRequested::Started | RestoreRequested::AlreadyInProgress => {
+                    RestoreRequested::Started => {
+                        started += 1;
+                        started_bytes += size;
                         ThawState::InProgress
                     }
+                    RestoreRequested::AlreadyInProgress => ThawState::InProgress,
                 }
             }
             other => other,
@@ -203,6 +207,22 @@ pub async fn thaw_copy(
             ThawState::InProgress => report.in_progress += 1,
             ThawState::Frozen => report.frozen += 1,
         }
+    }
+    if started > 0 {
+        crate::report::record(
+            engine,
+            backup_catalog::ObjectRequests {
+                source: record.source.clone(),
+                repository: repository.to_owned(),
+                storage_class: Some(storage_class.clone()),
+                operation: backup_catalog::RequestOperation::Restore,
+                tier: Some(options.tier.as_str().to_owned()),
+                requests: started,
+                bytes: started_bytes,
+                requested_at: Utc::now(),
+            },
+        )
+        .await;
     }
     if request {
         let now = Utc::now();

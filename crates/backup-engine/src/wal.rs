@@ -429,6 +429,18 @@ async fn fetch_from(
     })
     .await
     .map_err(|e| EngineError::Failed(format!("fetching {file_name} crashed: {e}")))??;
+    let stored = if repository == record.repository {
+        record.stored_size
+    } else {
+        engine
+            .catalog
+            .wal_copies(&source.name, file_name)
+            .await
+            .ok()
+            .and_then(|c| c.into_iter().find(|c| c.repository == repository))
+            .map_or(record.stored_size, |c| c.stored_size)
+    };
+    crate::report::record_gets(engine, &source.name, &repo.name, vec![(None, 1, stored)]).await;
     Ok(WalFetchOutcome {
         source: source.name.clone(),
         file_name: file_name.to_owned(),

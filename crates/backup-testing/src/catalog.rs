@@ -38,6 +38,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     jobs::jobs_conformance(catalog).await;
     replication::replication_conformance(catalog).await;
     postgres::postgres_conformance(catalog).await;
+    usage::usage_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ pub mod jobs;
 pub mod postgres;
 pub mod replication;
 pub mod retention;
+pub mod usage;
 
 // ---- checks ----------------------------------------------------------------------------------
 

@@ -196,6 +196,11 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Reports: recovery objectives met (RPO/RTO) and what storage costs.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Catalog maintenance.
     Catalog {
         #[command(subcommand)]
@@ -244,6 +249,28 @@ enum CatalogCommand {
     Rebuild {
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Per source: tier, target RPO/RTO, achieved RPO (age of the newest restorable point,
+    /// archived WAL included), the last drill's RTO and a verdict. Exit 1 if any source
+    /// breaches its objectives.
+    Recovery {
+        /// table, json or csv.
+        #[arg(long, default_value = "table", value_name = "FORMAT")]
+        format: backup_engine::report::ReportFormat,
+    },
+    /// One month's storage, requests, retrieval, transfer and early-deletion costs per
+    /// source x repository x region x storage class, and a 3-month forecast.
+    Cost {
+        /// YYYY-MM (UTC); default: the current month.
+        #[arg(long, value_name = "MONTH")]
+        month: Option<String>,
+        /// table, json or csv.
+        #[arg(long, default_value = "table", value_name = "FORMAT")]
+        format: backup_engine::report::ReportFormat,
     },
 }
 
@@ -479,6 +506,31 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             if !check.ok {
                 return Ok(exit::FAILED);
             }
+        }
+        Command::Report {
+            command: ReportCommand::Recovery { format },
+        } => {
+            let report =
+                backup_engine::report::recovery_report(&engine, chrono::Utc::now()).await?;
+            print!(
+                "{}",
+                backup_engine::report::render_recovery(&report, format)
+            );
+            if report.any_breach() {
+                return Ok(exit::FAILED);
+            }
+        }
+        Command::Report {
+            command: ReportCommand::Cost { month, format },
+        } => {
+            let month = match month {
+                Some(m) => m.parse().map_err(|e: backup_core::cost::CostError| {
+                    EngineError::Usage(format!("--month: {e}"))
+                })?,
+                None => backup_core::cost::Month::of(chrono::Utc::now()),
+            };
+            let report = backup_engine::report::cost_report(&engine, month).await?;
+            print!("{}", backup_engine::report::render_cost(&report, format));
         }
         Command::Replication {
             command: ReplicationCommand::Status { json },

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/backups", get(list_backups))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/report/recovery", get(report_recovery))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -166,6 +167,15 @@ async fn list_sources(State(state): State<AppState>) -> Result<Response, ApiErro
         }));
     }
     Ok(Json(out).into_response())
+}
+
+/// The RPO/RTO report, as `backupctl report recovery --format json` prints it.
+async fn report_recovery(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match backup_engine::report::recovery_report(&state.engine, Utc::now()).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(backup_engine::EngineError::Catalog(e)) => Err(e.into()),
+        Err(e) => Ok(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 #[derive(Deserialize)]

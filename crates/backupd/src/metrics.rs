@@ -164,6 +164,8 @@ impl Metrics {
             "backupd_rto_target_seconds",
         );
 
+        recovery_families(&mut out, engine, now).await;
+
         family(
             &mut out,
             "backupd_queue_depth",
@@ -314,6 +316,65 @@ impl Metrics {
             );
         }
         Ok(out)
+    }
+}
+
+/// The RPO/RTO report (`/api/v1/report/recovery`) as gauges: achieved RPO with archived WAL
+/// included, the last drill's RTO, and the verdict (1 for the source's current verdict).
+async fn recovery_families(out: &mut String, engine: &Engine, now: chrono::DateTime<Utc>) {
+    let report = match backup_engine::report::recovery_report(engine, now).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "recovery report for /metrics failed");
+            return;
+        }
+    };
+    family(
+        out,
+        "backupd_recovery_achieved_rpo_seconds",
+        "gauge",
+        "Age of the newest restorable point, archived WAL included (absent: none).",
+    );
+    for r in &report.sources {
+        if let Some(v) = r.achieved_rpo_seconds {
+            let _ = writeln!(
+                out,
+                "backupd_recovery_achieved_rpo_seconds{{source=\"{}\"}} {v}",
+                esc(&r.source)
+            );
+        }
+    }
+    family(
+        out,
+        "backupd_recovery_last_drill_rto_seconds",
+        "gauge",
+        "Restore time measured by the last drill (absent: no drill yet).",
+    );
+    for r in &report.sources {
+        if let Some(v) = r.last_drill_rto_seconds {
+            let _ = writeln!(
+                out,
+                "backupd_recovery_last_drill_rto_seconds{{source=\"{}\"}} {v}",
+                esc(&r.source)
+            );
+        }
+    }
+    family(
+        out,
+        "backupd_recovery_verdict",
+        "gauge",
+        "1 for the source's RPO/RTO verdict (ok, untested, rpo-breached, ...), else 0.",
+    );
+    for r in &report.sources {
+        for v in backup_core::recovery::Verdict::ALL {
+            let _ = writeln!(
+                out,
+                "backupd_recovery_verdict{{source=\"{}\",verdict=\"{}\"}} {}",
+                esc(&r.source),
+                v.as_str(),
+                u8::from(v == r.verdict)
+            );
+        }
     }
 }
 
