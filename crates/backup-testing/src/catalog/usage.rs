@@ -20,6 +20,7 @@ fn of_source<'a>(objects: &'a [UsageObject], source: &str) -> Vec<&'a UsageObjec
 
 pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
     let source = unique("usage");
+    catalog.upsert_source(&source, "files").await.unwrap();
     let t0 = at("2026-11-03T10:00:00Z");
     let b = complete_backup_of(catalog, &source, t0).await;
     let artifacts = catalog.backup_artifacts(b.id).await.unwrap();
@@ -109,6 +110,7 @@ pub async fn live_and_deleted_copies_are_listed(catalog: &Catalog) {
 
 pub async fn forgotten_wal_files_are_recorded(catalog: &Catalog) {
     let source = unique("usage-wal");
+    catalog.upsert_source(&source, "files").await.unwrap();
     let name = "000000010000000000000007";
     let archived_at = at("2026-11-05T00:00:00Z");
     catalog
@@ -168,6 +170,7 @@ pub async fn forgotten_wal_files_are_recorded(catalog: &Catalog) {
 
 pub async fn requests_round_trip(catalog: &Catalog) {
     let source = unique("usage-req");
+    catalog.upsert_source(&source, "files").await.unwrap();
     let r = ObjectRequests {
         source: source.clone(),
         repository: "archive".into(),
