@@ -190,9 +190,8 @@ impl Catalog {
                 });
             }
         }
-        let rows: Vec<DeletionRow> =
-            with_pool!(self, |pool| {
-                sqlx::query_as(
+        let rows: Vec<DeletionRow> = with_pool!(self, |pool| {
+            sqlx::query_as(
             "SELECT source, repository, origin_repository, object_kind, object_key, backup_id, \
              storage_class, stored_size, created_at, deleted_at FROM storage_deletions \
              WHERE created_at < $1 AND deleted_at >= $2"
@@ -201,8 +200,8 @@ impl Catalog {
         .bind(from)
         .fetch_all(pool)
         .await
-            })
-            .map_err(db("listing deleted objects for the cost report"))?;
+        })
+        .map_err(db("listing deleted objects for the cost report"))?;
         for r in rows {
             out.push(UsageObject {
                 source: r.source,

@@ -85,6 +85,9 @@ fn artifact_id(n: u128) -> ArtifactId {
     ))
 }
 
+/// A copy to record: repository, storage class, data and manifest stored sizes, when.
+type CopySpec<'a> = (&'a str, Option<&'a str>, u64, u64, DateTime<Utc>);
+
 /// A complete backup with a data and a manifest artifact, each with a copy in `copies`
 /// (repository, storage class, stored size, when recorded).
 async fn backup(
@@ -92,7 +95,7 @@ async fn backup(
     n: u128,
     source: &str,
     finished: DateTime<Utc>,
-    copies: &[(&str, Option<&str>, u64, u64, DateTime<Utc>)],
+    copies: &[CopySpec<'_>],
 ) -> BackupId {
     let id = backup_id(n);
     catalog.upsert_source(source, "files").await.unwrap();
