@@ -84,6 +84,15 @@ pub fn wal_destinations(source: &SourceConfig) -> Vec<&str> {
         .collect()
 }
 
+/// Every postgres source of `config` with each repository its WAL is copied to.
+fn wal_routes(config: &crate::config::Config) -> impl Iterator<Item = (&SourceConfig, &str)> {
+    config
+        .sources
+        .iter()
+        .filter(|s| matches!(s.kind, crate::config::SourceKindConfig::Postgres { .. }))
+        .flat_map(|s| wal_destinations(s).into_iter().map(move |d| (s, d)))
+}
+
 /// Copies every archived WAL file not yet copied to the source's WAL destinations. WAL
 /// objects are sealed (they carry their own wrapped key), so they are copied byte for byte
 /// and recorded once the copy's SHA-256 equals the original's.
@@ -93,76 +102,68 @@ async fn copy_wal(
     progress: &Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    for source in &engine.config.sources {
-        if !matches!(
-            source.kind,
-            crate::config::SourceKindConfig::Postgres { .. }
-        ) {
+    for (source, destination) in wal_routes(&engine.config) {
+        let pending = engine
+            .catalog
+            .wal_files_without_copy(&source.name, destination)
+            .await?;
+        if pending.is_empty() {
             continue;
         }
-        for destination in wal_destinations(source) {
-            let pending = engine
-                .catalog
-                .wal_files_without_copy(&source.name, destination)
-                .await?;
-            if pending.is_empty() {
-                continue;
+        let dest = Repository::open_named(&engine.config, destination).await?;
+        let mut sources: std::collections::HashMap<String, Repository> = Default::default();
+        for file in pending {
+            if cancel.is_cancelled() {
+                return Ok(());
             }
-            let dest = Repository::open_named(&engine.config, destination).await?;
-            let mut sources: std::collections::HashMap<String, Repository> = Default::default();
-            for file in pending {
-                if cancel.is_cancelled() {
-                    return Ok(());
-                }
-                if !sources.contains_key(&file.repository) {
-                    let repo = Repository::open_named(&engine.config, &file.repository).await?;
-                    sources.insert(file.repository.clone(), repo);
-                }
-                let src = &sources[&file.repository];
-                let copied = async {
-                    let receipt = copy_verified(
-                        src,
-                        &dest,
-                        &file.object_key,
-                        (file.stored_size, &file.stored_sha256),
-                        |_| {
-                            format!(
-                                "WAL file {} of {}: the object read from {} does not match the \
+            if !sources.contains_key(&file.repository) {
+                let repo = Repository::open_named(&engine.config, &file.repository).await?;
+                sources.insert(file.repository.clone(), repo);
+            }
+            let src = &sources[&file.repository];
+            let copied = async {
+                let receipt = copy_verified(
+                    src,
+                    &dest,
+                    &file.object_key,
+                    (file.stored_size, &file.stored_sha256),
+                    |_| {
+                        format!(
+                            "WAL file {} of {}: the object read from {} does not match the \
                                  checksum recorded at push time",
-                                file.file_name, source.name, file.repository
-                            )
-                        },
-                        cancel,
-                    )
+                            file.file_name, source.name, file.repository
+                        )
+                    },
+                    cancel,
+                )
+                .await?;
+                engine
+                    .catalog
+                    .record_wal_copy(&backup_catalog::WalFileCopy {
+                        source: source.name.clone(),
+                        file_name: file.file_name.clone(),
+                        repository: destination.to_owned(),
+                        object_key: file.object_key.clone(),
+                        stored_size: receipt.size,
+                        stored_sha256: receipt.sha256_hex(),
+                        copied_at: Utc::now(),
+                    })
                     .await?;
-                    engine
-                        .catalog
-                        .record_wal_copy(&backup_catalog::WalFileCopy {
-                            source: source.name.clone(),
-                            file_name: file.file_name.clone(),
-                            repository: destination.to_owned(),
-                            object_key: file.object_key.clone(),
-                            stored_size: receipt.size,
-                            stored_sha256: receipt.sha256_hex(),
-                            copied_at: Utc::now(),
-                        })
-                        .await?;
-                    Ok::<_, EngineError>(receipt.size)
+                Ok::<_, EngineError>(receipt.size)
+            }
+            .await;
+            match copied {
+                Ok(bytes) => {
+                    report.wal_files_copied += 1;
+                    report.wal_bytes_copied += bytes;
+                    progress.add_bytes(bytes);
                 }
-                .await;
-                match copied {
-                    Ok(bytes) => {
-                        report.wal_files_copied += 1;
-                        report.wal_bytes_copied += bytes;
-                        progress.add_bytes(bytes);
-                    }
-                    Err(e) => {
-                        tracing::error!(source = %source.name, file = %file.file_name, destination, error = %e, "WAL copy failed");
-                        report.wal_failures.push(format!(
-                            "{} {} to {destination}: {e}",
-                            source.name, file.file_name
-                        ));
-                    }
+                Err(e) => {
+                    tracing::error!(source = %source.name, file = %file.file_name, destination, error = %e, "WAL copy failed");
+                    report.wal_failures.push(format!(
+                        "{} {} to {destination}: {e}",
+                        source.name, file.file_name
+                    ));
                 }
             }
         }
@@ -644,23 +645,15 @@ pub async fn wal_copy_status(
     now: chrono::DateTime<Utc>,
 ) -> std::result::Result<Vec<WalDestinationStatus>, backup_catalog::CatalogError> {
     let mut out = Vec::new();
-    for source in &engine.config.sources {
-        if !matches!(
-            source.kind,
-            crate::config::SourceKindConfig::Postgres { .. }
-        ) {
-            continue;
-        }
-        for destination in wal_destinations(source) {
-            let lag = engine
-                .catalog
-                .wal_copy_lag(&source.name, destination)
-                .await?;
-            out.push(WalDestinationStatus {
-                lag_seconds: lag.lag_seconds(now),
-                lag,
-            });
-        }
+    for (source, destination) in wal_routes(&engine.config) {
+        let lag = engine
+            .catalog
+            .wal_copy_lag(&source.name, destination)
+            .await?;
+        out.push(WalDestinationStatus {
+            lag_seconds: lag.lag_seconds(now),
+            lag,
+        });
     }
     Ok(out)
 }
