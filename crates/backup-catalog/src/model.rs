@@ -217,6 +217,13 @@ pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64> {
     })
 }
 
+/// How long something pending since `since` has waited at `now` (0 when nothing is pending).
+pub(crate) fn waited_seconds(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
+    since
+        .map(|t| (now - t).num_seconds().max(0) as u64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn to_u64(field: &'static str, value: i64) -> Result<u64> {
     u64::try_from(value).map_err(|_| corrupt(field, value))
 }

@@ -42,9 +42,7 @@ pub struct WalCopyLag {
 impl WalCopyLag {
     /// How long the oldest uncopied WAL file has waited at `now` (0 = caught up).
     pub fn lag_seconds(&self, now: DateTime<Utc>) -> u64 {
-        self.oldest_pending_since
-            .map(|t| (now - t).num_seconds().max(0) as u64)
-            .unwrap_or(0)
+        crate::model::waited_seconds(self.oldest_pending_since, now)
     }
 }
 

@@ -142,6 +142,15 @@ pub fn replicate(r: &ReplicationReport, as_json: bool) {
     );
 }
 
+fn lag_text(seconds: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+}
+
+fn last_copy_text(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 pub fn replication_status(s: &ReplicationStatus, as_json: bool) {
     if as_json {
         return json(s);
@@ -158,11 +167,8 @@ pub fn replication_status(s: &ReplicationStatus, as_json: bool) {
             human_bytes(d.lag.pending_bytes),
             d.lag.failing,
             d.lag.done,
-            humantime::format_duration(std::time::Duration::from_secs(d.lag_seconds)).to_string(),
-            d.lag
-                .last_copied_at
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                .unwrap_or_else(|| "-".into())
+            lag_text(d.lag_seconds),
+            last_copy_text(d.lag.last_copied_at)
         );
     }
     if !s.wal.is_empty() {
@@ -179,11 +185,8 @@ pub fn replication_status(s: &ReplicationStatus, as_json: bool) {
             w.lag.pending,
             human_bytes(w.lag.pending_bytes),
             w.lag.done,
-            humantime::format_duration(std::time::Duration::from_secs(w.lag_seconds)).to_string(),
-            w.lag
-                .last_copied_at
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                .unwrap_or_else(|| "-".into())
+            lag_text(w.lag_seconds),
+            last_copy_text(w.lag.last_copied_at)
         );
     }
     for t in &s.failing {
