@@ -8,6 +8,7 @@ mod catalog;
 mod config;
 mod corruption;
 mod crash;
+mod drill;
 mod keys;
 mod postgres;
 mod postgres_async;

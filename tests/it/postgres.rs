@@ -10,10 +10,10 @@ use backup_testing::postgres::{PgCluster, PgClusterOptions, PgbenchLength};
 
 use crate::support::*;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A config with absolute paths: archive_command runs with the data directory as its cwd.
-fn pg_config(work: &Work, connection: &str, data_dir: &Path) -> String {
+pub(crate) fn pg_config(work: &Work, connection: &str, data_dir: &Path) -> String {
     let root = work.root().display();
     format!(
         r#"[catalog]
@@ -38,7 +38,7 @@ repository = "region-a"
 
 /// A work dir whose backupctl runs as the user PostgreSQL runs as, so the archive_command
 /// (run by the server) and the test share one catalog and repository.
-fn pg_work() -> Work {
+pub(crate) fn pg_work() -> Work {
     let mut work = Work::new();
     work.run_as(PgCluster::os_user());
     work

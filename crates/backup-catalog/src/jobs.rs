@@ -94,16 +94,19 @@ impl FromStr for JobId {
 pub enum JobKind {
     Backup,
     Prune,
+    /// A restore drill (`backup_type` is unused: "drill").
+    Drill,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Backup, JobKind::Prune];
+    pub const ALL: [JobKind; 3] = [JobKind::Backup, JobKind::Prune, JobKind::Drill];
 
     /// The value stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Backup => "backup",
             JobKind::Prune => "prune",
+            JobKind::Drill => "drill",
         }
     }
 }

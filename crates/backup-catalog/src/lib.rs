@@ -10,6 +10,7 @@
 //! `backup-testing` runs every method against both backends instead.
 
 mod catalog;
+mod drills;
 mod error;
 mod jobs;
 mod model;
@@ -19,6 +20,7 @@ mod retention;
 mod usage;
 
 pub use catalog::{Backend, Catalog};
+pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
 pub use jobs::*;
 pub use model::{

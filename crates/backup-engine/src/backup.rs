@@ -270,6 +270,23 @@ async fn write_and_record(
                 .map_err(|e| e.to_string()),
         );
         let files = stopped?;
+        // Right after the stop, so the counts match the backup's end as closely as a live
+        // database allows (a drill restores to exactly that end).
+        let drill = engine.config.source(source_name)?.1.drill.as_ref();
+        let row_counts = match (source, drill) {
+            (SourceKindConfig::Postgres { connection, .. }, Some(drill))
+                if drill.wants_row_counts() =>
+            {
+                match crate::drill::count_rows(connection).await {
+                    Ok(counts) => Some(counts),
+                    Err(e) => {
+                        tracing::warn!(source = source_name, error = %e, "counting rows for the drill failed; drills of this backup will fail their counts check");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         // The producer writes the label meanwhile; the backup counts only once the WAL it
         // needs is in our archive.
         crate::pgbackup::wait_for_wal(
@@ -279,7 +296,7 @@ async fn write_and_record(
             source.archive_timeout().unwrap_or_default(),
         )
         .await?;
-        Ok(Some(files.position))
+        Ok(Some((files.position, row_counts)))
     };
     let job = ProduceJob {
         source: source.clone(),
@@ -358,11 +375,14 @@ async fn write_and_record(
             })
             .await?;
     }
-    if let Some(p) = &position {
+    if let Some((p, row_counts)) = &position {
         engine
             .catalog
             .record_postgres_backup(&postgres_record(backup_id, p))
             .await?;
+        if let Some(counts) = row_counts {
+            engine.catalog.record_row_counts(backup_id, counts).await?;
+        }
     }
     // Queued before completion: a complete backup always has its copies queued.
     engine

@@ -199,6 +199,9 @@ pub struct SourceConfig {
     /// `{ to = "archive-eu", storage-class = "DEEP_ARCHIVE", only = "weekly", keep = {...} }`.
     #[serde(default, deserialize_with = "copy_rules")]
     pub copy_to: Vec<CopyRule>,
+    /// Restore drills: `drill = { cron = "0 4 1 * *", pick = "latest", checks = [...] }`.
+    #[serde(default)]
+    pub drill: Option<crate::drill::DrillConfig>,
     /// The parsed `schedule`, in the same order (filled in by validation).
     #[serde(skip)]
     pub schedules: Vec<CronSchedule>,
@@ -428,8 +431,31 @@ impl Config {
         for i in 0..self.sources.len() {
             let parsed = self.parse_policy(i)?;
             self.sources[i].schedules = parsed;
+            let drill = self.parse_drill(i)?;
+            if let Some(d) = self.sources[i].drill.as_mut() {
+                d.schedule = drill;
+            }
         }
         Ok(())
+    }
+
+    /// Checks a source's `drill` and parses its cron (in the source's time zone).
+    fn parse_drill(&self, i: usize) -> Result<Option<CronSchedule>, ConfigError> {
+        let s = &self.sources[i];
+        let Some(drill) = &s.drill else {
+            return Ok(None);
+        };
+        crate::drill::validate(s, drill)
+            .map_err(|(key, message)| self.invalid(format!("source[{i}].drill.{key}"), message))?;
+        let tz = parse_timezone(&s.timezone)
+            .map_err(|e| self.invalid(format!("source[{i}].timezone"), e.to_string()))?;
+        CronSchedule::parse(&drill.cron, tz).map(Some).map_err(|e| {
+            self.invalid_at(
+                format!("source[{i}].drill.cron"),
+                &format!("\"{}\"", drill.cron),
+                e.to_string(),
+            )
+        })
     }
 
     fn parse_policy(&self, i: usize) -> Result<Vec<CronSchedule>, ConfigError> {

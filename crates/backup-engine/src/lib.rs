@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod gc;
 pub mod init;

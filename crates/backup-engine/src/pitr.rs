@@ -26,6 +26,8 @@ use crate::{Engine, Progress};
 pub enum RecoveryTarget {
     /// Replay everything archived.
     Latest,
+    /// Stop as soon as the base backup is consistent (its end): what a restore drill checks.
+    Immediate,
     Time(DateTime<Utc>),
     Lsn(Lsn),
 }
@@ -60,7 +62,7 @@ pub struct PitrOutcome {
     pub server_log: Option<PathBuf>,
 }
 
-fn postgres_parts(source: &SourceConfig) -> Result<Option<&PathBuf>> {
+pub(crate) fn postgres_parts(source: &SourceConfig) -> Result<Option<&PathBuf>> {
     match &source.kind {
         SourceKindConfig::Postgres { pg_bin_dir, .. } => Ok(pg_bin_dir.as_ref()),
         other => Err(EngineError::Usage(format!(
@@ -91,7 +93,7 @@ fn pick_base(
         )
     };
     let chosen = match target {
-        RecoveryTarget::Latest => bases.last(),
+        RecoveryTarget::Latest | RecoveryTarget::Immediate => bases.last(),
         RecoveryTarget::Time(t) => {
             if *t < oldest.stop_time {
                 return Err(EngineError::Usage(format!(
@@ -231,9 +233,35 @@ pub async fn run_pitr_restore(
     Ok(result)
 }
 
+/// The backupctl that PostgreSQL's restore_command runs: this program when it is backupctl,
+/// else the backupctl beside it (backupd runs drills), else the one on PATH.
+fn backupctl_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| EngineError::Failed(format!("locating backupctl: {e}")))?;
+    if exe.file_name().is_some_and(|n| n == "backupctl") {
+        return Ok(exe);
+    }
+    let beside = exe.with_file_name("backupctl");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("backupctl"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            EngineError::Failed(format!(
+                "restore_command needs backupctl, which is neither beside {} nor on PATH",
+                exe.display()
+            ))
+        })
+}
+
 fn describe(target: &RecoveryTarget) -> String {
     match target {
         RecoveryTarget::Latest => "latest".into(),
+        RecoveryTarget::Immediate => "immediate (end of the base backup)".into(),
         RecoveryTarget::Time(t) => t.to_rfc3339(),
         RecoveryTarget::Lsn(l) => format!("lsn {l}"),
     }
@@ -254,8 +282,7 @@ fn write_recovery_settings(
     data_dir: &Path,
     options: &PitrOptions,
 ) -> Result<()> {
-    let exe = std::env::current_exe()
-        .map_err(|e| EngineError::Failed(format!("locating backupctl: {e}")))?;
+    let exe = backupctl_exe()?;
     let config_arg = match std::fs::canonicalize(&engine.config.origin) {
         Ok(path) => format!(" --config {}", shell_quote(&path.display().to_string())),
         Err(_) => String::new(),
@@ -271,6 +298,7 @@ fn write_recovery_settings(
     );
     match &options.target {
         RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => settings.push_str("recovery_target = 'immediate'\n"),
         RecoveryTarget::Time(t) => settings.push_str(&format!(
             "recovery_target_time = {}\n",
             conf_quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
@@ -310,28 +338,15 @@ fn write_recovery_settings(
     Ok(())
 }
 
-/// Starts the restored server (as the data directory's owner when run as root), waits until
-/// it has finished recovery and promoted, and reads from its log where recovery stopped.
-async fn start_and_wait(
-    source: &SourceConfig,
-    pg_bin_dir: Option<&Path>,
-    data_dir: &Path,
-    port: u16,
-    timeout: Duration,
-    result: &mut PitrOutcome,
-    cancel: &CancellationToken,
-) -> Result<()> {
+/// `pg_ctl`, run as the owner of `data_dir` when we are root (the server refuses to run as
+/// root); returns the program's path too, for messages.
+fn pg_ctl_command(pg_bin_dir: Option<&Path>, data_dir: &Path) -> Result<(PathBuf, Command)> {
     use std::os::unix::fs::MetadataExt;
     let pg_ctl = pg_bin_dir.map_or_else(|| PathBuf::from("pg_ctl"), |d| d.join("pg_ctl"));
-    let log = data_dir.with_extension("log");
     let owner = std::fs::metadata(data_dir)
         .map_err(|e| EngineError::Failed(format!("{}: {e}", data_dir.display())))?
         .uid();
-    let socket_dir = data_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut command = if backup_sources::files::is_root() && owner != 0 {
+    let command = if backup_sources::files::is_root() && owner != 0 {
         let user = user_name(owner).ok_or_else(|| {
             EngineError::Failed(format!(
                 "no user with uid {owner} owns {}",
@@ -344,6 +359,46 @@ async fn start_and_wait(
     } else {
         Command::new(&pg_ctl)
     };
+    Ok((pg_ctl, command))
+}
+
+/// Stops a server started by [`start_and_wait`] (fast shutdown: a drill's scratch server has
+/// nothing worth a checkpoint).
+pub(crate) fn stop_server(pg_bin_dir: Option<&Path>, data_dir: &Path) -> Result<()> {
+    let (pg_ctl, mut command) = pg_ctl_command(pg_bin_dir, data_dir)?;
+    let out = command
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .map_err(|e| EngineError::Failed(format!("running {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(EngineError::Failed(format!(
+            "pg_ctl stop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Starts the restored server (as the data directory's owner when run as root), waits until
+/// it has finished recovery and promoted, and reads from its log where recovery stopped.
+pub(crate) async fn start_and_wait(
+    source: &SourceConfig,
+    pg_bin_dir: Option<&Path>,
+    data_dir: &Path,
+    port: u16,
+    timeout: Duration,
+    result: &mut PitrOutcome,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let (pg_ctl, mut command) = pg_ctl_command(pg_bin_dir, data_dir)?;
+    let log = data_dir.with_extension("log");
+    let socket_dir = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     command
         .arg("-D")
         .arg(data_dir)
@@ -439,7 +494,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn connection_user(source: &SourceConfig) -> String {
+pub(crate) fn connection_user(source: &SourceConfig) -> String {
     match &source.kind {
         SourceKindConfig::Postgres { connection, .. } => connection
             .split_once("://")

@@ -52,8 +52,8 @@ impl RecoveryReport {
 
 /// The RPO/RTO report of every configured source at `now`.
 ///
-/// No restore drill is recorded yet (drills are being built), so every source's RTO is
-/// "no drill yet" and a source meeting its RPO is `untested`, never `ok`.
+/// The RTO is what the source's last finished drill measured; a source never drilled is
+/// `untested` even when it meets its RPO.
 pub async fn recovery_report(engine: &Engine, now: DateTime<Utc>) -> Result<RecoveryReport> {
     let mut sources = Vec::new();
     for s in &engine.config.sources {
@@ -67,7 +67,7 @@ pub async fn recovery_report(engine: &Engine, now: DateTime<Utc>) -> Result<Reco
                 target_rpo: targets.map(|t| t.rpo),
                 target_rto: targets.map(|t| t.rto),
                 newest_point,
-                last_drill: None,
+                last_drill: last_drill(engine, &s.name).await?,
             },
             now,
         ));
@@ -76,6 +76,18 @@ pub async fn recovery_report(engine: &Engine, now: DateTime<Utc>) -> Result<Reco
         generated_at: now,
         sources,
     })
+}
+
+/// The last finished drill of `source`, as the recovery model sees it.
+async fn last_drill(engine: &Engine, source: &str) -> Result<Option<recovery::DrillResult>> {
+    let Some(d) = engine.catalog.last_finished_drill(source).await? else {
+        return Ok(None);
+    };
+    Ok(Some(recovery::DrillResult {
+        finished_at: d.finished_at.unwrap_or(d.started_at),
+        rto: std::time::Duration::from_millis(d.rto_millis.unwrap_or(0)),
+        succeeded: d.status == backup_catalog::DrillStatus::Passed,
+    }))
 }
 
 /// The newest point `source` can be restored to: its newest complete backup; for PostgreSQL,

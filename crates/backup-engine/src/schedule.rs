@@ -187,6 +187,33 @@ fn scheduled_job(
     }
 }
 
+/// The schedule state key of a source's `drill.cron`.
+pub const DRILL_SCHEDULE_KEY: &str = "drill";
+
+/// A restore drill job: for the cron `slot`, or requested now (`None`).
+pub fn drill_job(
+    config: &Config,
+    source: &SourceConfig,
+    slot: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> NewJob {
+    NewJob {
+        source: source.name.clone(),
+        repository: source.repository.clone(),
+        kind: JobKind::Drill,
+        backup_type: "drill".into(),
+        tag: None,
+        scheduled_for: slot,
+        due_at: slot.map_or(now, |slot| {
+            slot + TimeDelta::from_std(jitter(&source.name, slot, config.scheduler.jitter))
+                .unwrap_or(TimeDelta::zero())
+        }),
+        // A failed drill is a finding to report, not a glitch to retry.
+        max_attempts: 1,
+        created_at: now,
+    }
+}
+
 /// Plans what is due at `now`, for every schedule entry of every source: an entry seen for
 /// the first time only records `now` (nothing is due yet); otherwise the latest slot since
 /// the last planned one (missed slots run once) is enqueued, due at the slot plus jitter.
@@ -218,6 +245,27 @@ pub async fn plan_due_jobs(engine: &Engine, now: DateTime<Utc>) -> Result<Vec<Jo
                 Some(last) => {
                     if let Some(slot) = catch_up(schedule, Some(last), now) {
                         due.push((index, key, slot));
+                    }
+                }
+            }
+        }
+        if let Some(drill) = source.drill.as_ref().and_then(|d| d.schedule.as_ref()) {
+            let key = DRILL_SCHEDULE_KEY.to_owned();
+            match last_planned
+                .get(&(source.name.clone(), key.clone()))
+                .copied()
+            {
+                None => {
+                    catalog.init_last_planned(&source.name, &key, now).await?;
+                }
+                Some(last) => {
+                    if let Some(slot) = catch_up(drill, Some(last), now) {
+                        slots.push(PlannedSlot {
+                            source: source.name.clone(),
+                            schedule_key: key,
+                            slot,
+                            job: drill_job(config, source, Some(slot), now),
+                        });
                     }
                 }
             }

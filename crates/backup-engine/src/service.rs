@@ -126,6 +126,8 @@ pub enum AlertEvent {
     RpoBreach,
     ReplicationLag,
     VerifyFailed,
+    /// A restore drill failed: its restore or one of its checks.
+    DrillFailed,
 }
 
 impl AlertEvent {
@@ -135,6 +137,7 @@ impl AlertEvent {
             Self::RpoBreach => "rpo-breach",
             Self::ReplicationLag => "replication-lag",
             Self::VerifyFailed => "verify-failed",
+            Self::DrillFailed => "drill-failed",
         }
     }
 }

@@ -638,3 +638,72 @@ pub fn hold(b: &BackupRecord, as_json: bool) {
         );
     }
 }
+
+fn millis_text(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+pub fn drill(report: &backup_engine::drill::DrillReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    let r = &report.record;
+    println!(
+        "drill {} of {}: {} (backup {}, picked {})",
+        r.id,
+        r.source,
+        r.status.as_str().to_uppercase(),
+        r.backup_id.map_or("-".into(), |b| b.to_string()),
+        r.pick
+    );
+    println!(
+        "  RTO {} (restore {}, recovery {}), {} restored",
+        millis_text(r.rto_millis),
+        millis_text(r.restore_millis),
+        millis_text(r.recovery_millis),
+        human_bytes(r.restored_bytes.unwrap_or(0))
+    );
+    for c in &r.checks {
+        println!(
+            "  {} {}: {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("  error: {e}");
+    }
+    if report.kept {
+        println!("  scratch target kept: {}", report.scratch.display());
+    }
+}
+
+pub fn drills(drills: &[backup_catalog::DrillRecord], as_json: bool) {
+    if as_json {
+        return json(drills);
+    }
+    println!(
+        "{:<36}  {:<16}  {:<20}  {:<7}  {:>8}  {:<8}  BACKUP",
+        "DRILL", "SOURCE", "STARTED (UTC)", "STATUS", "RTO", "TRIGGER"
+    );
+    for d in drills {
+        println!(
+            "{:<36}  {:<16}  {:<20}  {:<7}  {:>8}  {:<8}  {}",
+            d.id,
+            d.source,
+            d.started_at.format("%Y-%m-%d %H:%M:%S"),
+            d.status.as_str(),
+            millis_text(d.rto_millis),
+            d.trigger.as_str(),
+            d.backup_id.map_or("-".into(), |b| b.to_string())
+        );
+    }
+}
+
+pub fn queued_drill(source: &str, job: &str, as_json: bool) {
+    if as_json {
+        return json(&serde_json::json!({ "source": source, "job_id": job }));
+    }
+    println!("queued drill job {job} for {source}; backupd runs it (see `backupctl drill --list`)");
+}

@@ -33,6 +33,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/sources", get(list_sources))
         .route("/sources/{name}/backup", post(trigger_backup))
+        .route("/sources/{name}/drill", post(trigger_drill))
+        .route("/drills", get(list_drills))
         .route("/backups", get(list_backups))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
@@ -249,6 +251,44 @@ async fn get_job(
 #[serde(deny_unknown_fields)]
 struct TriggerBody {
     tag: Option<String>,
+}
+
+/// Queues a restore drill of the source (run by whichever replica claims it).
+async fn trigger_drill(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let Ok((_, source)) = state.engine.config.source(&name) else {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            format!("no source named {name:?}"),
+        ));
+    };
+    let job = backup_engine::schedule::drill_job(&state.engine.config, source, None, Utc::now());
+    let id = state.engine.catalog.enqueue_manual(&job).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job_id": id, "status": "queued" })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct DrillQuery {
+    source: Option<String>,
+}
+
+/// Recorded drills, newest first (at most 100).
+async fn list_drills(
+    State(state): State<AppState>,
+    Query(q): Query<DrillQuery>,
+) -> Result<Response, ApiError> {
+    let drills = state
+        .engine
+        .catalog
+        .list_drills(q.source.as_deref(), 100)
+        .await?;
+    Ok(Json(drills).into_response())
 }
 
 async fn trigger_backup(

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use backup_catalog::{JobKind, JobOutcome, JobRecord, NewJob};
+use backup_catalog::{DrillTrigger, JobKind, JobOutcome, JobRecord, NewJob};
 use backup_core::BackupId;
 use backup_engine::config::{Config, SourceConfig};
 use backup_engine::service::AlertEvent;
@@ -240,40 +240,15 @@ impl Runner {
     async fn run_job(self: Arc<Self>, job: JobRecord, cancel: CancellationToken) {
         let started = Instant::now();
         let config = &self.engine.config;
-        tracing::info!(job = %job.id, source = %job.source, attempt = job.attempts + 1, "job started");
+        tracing::info!(job = %job.id, source = %job.source, kind = %job.kind, attempt = job.attempts + 1, "job started");
+        if job.kind == JobKind::Drill {
+            return self.run_drill_job(job, cancel).await;
+        }
         // A job taken over from a dead replica: its partial backup goes first.
         if let Some(previous) = job.backup_id {
             self.discard_partial(previous).await;
         }
-        let lease = config.scheduler.lease;
-        let lost = CancellationToken::new();
-        let keeper = {
-            let (me, job_id, lost, stop) = (self.clone(), job.id, lost.clone(), cancel.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(lease / 3) => {}
-                    }
-                    match me
-                        .engine
-                        .catalog
-                        .renew_lease(job_id, &me.owner, Utc::now(), lease)
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::error!(job = %job_id, "lease lost to another replica; stopping the job");
-                            lost.cancel();
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(job = %job_id, error = %e, "renewing the lease failed")
-                        }
-                    }
-                }
-            })
-        };
+        let (keeper, lost) = self.keep_lease(job.id, &cancel);
         let run_cancel = CancellationToken::new();
         let result = {
             let backup_id = BackupId::new();
@@ -374,6 +349,133 @@ impl Runner {
                         self.alerts.fire(&alert, now).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Renews `job`'s lease every third of its length until `stop`; the token returned fires
+    /// when another replica took the job over.
+    fn keep_lease(
+        self: &Arc<Self>,
+        job_id: backup_catalog::JobId,
+        stop: &CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+        let lease = self.engine.config.scheduler.lease;
+        let lost = CancellationToken::new();
+        let keeper = {
+            let (me, lost, stop) = (self.clone(), lost.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(lease / 3) => {}
+                    }
+                    match me
+                        .engine
+                        .catalog
+                        .renew_lease(job_id, &me.owner, Utc::now(), lease)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(job = %job_id, "lease lost to another replica; stopping the job");
+                            lost.cancel();
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job_id, error = %e, "renewing the lease failed")
+                        }
+                    }
+                }
+            })
+        };
+        (keeper, lost)
+    }
+
+    /// Runs a drill job: a drill that ran and failed is a finding (alert `drill-failed`, no
+    /// retry), not an error of the job system.
+    async fn run_drill_job(self: Arc<Self>, job: JobRecord, cancel: CancellationToken) {
+        let started = Instant::now();
+        let (keeper, lost) = self.keep_lease(job.id, &cancel);
+        // Cancelling lets the drill stop its scratch server and remove its target itself.
+        let run_cancel = CancellationToken::new();
+        let watcher = {
+            let (lost, cancel, run_cancel) = (lost.clone(), cancel.clone(), run_cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = lost.cancelled() => {}
+                    _ = cancel.cancelled() => {}
+                }
+                run_cancel.cancel();
+            })
+        };
+        let trigger = if job.scheduled_for.is_some() {
+            DrillTrigger::Schedule
+        } else {
+            DrillTrigger::Manual
+        };
+        let result = backup_engine::drill::run_drill(
+            &self.engine,
+            &job.source,
+            trigger,
+            &backup_engine::drill::DrillOptions::default(),
+            &run_cancel,
+        )
+        .await;
+        watcher.abort();
+        keeper.abort();
+        if lost.is_cancelled() {
+            return;
+        }
+        let now = Utc::now();
+        let seconds = started.elapsed().as_secs_f64();
+        let failure = match &result {
+            Ok(report) if report.passed() => None,
+            Ok(report) => Some(drill_failure(report)),
+            Err(e) => Some(format!("the drill could not run: {e}")),
+        };
+        let key = format!("drill-failed:{}", job.source);
+        let outcome = match &failure {
+            None => JobOutcome::Succeeded {
+                backup_id: result.as_ref().ok().and_then(|r| r.record.backup_id),
+            },
+            Some(error) => JobOutcome::Failed {
+                error: error.clone(),
+                retry_at: None,
+            },
+        };
+        self.metrics.job_finished(
+            &job.source,
+            if failure.is_none() {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            seconds,
+        );
+        if let Err(e) = self
+            .engine
+            .catalog
+            .finish_job(job.id, &self.owner, now, &outcome)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "recording the drill job's outcome failed");
+        }
+        match failure {
+            None => self.alerts.resolve(&key),
+            Some(summary) => {
+                let details = match &result {
+                    Ok(report) => serde_json::to_value(&report.record).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                };
+                let alert = Alert {
+                    event: AlertEvent::DrillFailed,
+                    key,
+                    source: Some(job.source.clone()),
+                    summary: format!("restore drill of {} failed: {summary}", job.source),
+                    details,
+                };
+                self.alerts.fire(&alert, now).await;
             }
         }
     }
@@ -515,6 +617,22 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// What went wrong in a failed drill: its error, else its failed checks.
+fn drill_failure(report: &backup_engine::drill::DrillReport) -> String {
+    let failed: Vec<String> = report
+        .record
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    match (&report.record.error, failed.is_empty()) {
+        (Some(error), true) => error.clone(),
+        (Some(error), false) => format!("{error}; failed checks: {}", failed.join("; ")),
+        (None, _) => format!("failed checks: {}", failed.join("; ")),
     }
 }
 
