@@ -520,27 +520,35 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Hides credentials an error text might carry: the user info of `scheme://user:pw@host`
-/// URLs and `password=...` parameters.
+/// Hides credentials an error text might carry: the user info and query string of URLs
+/// (`scheme://user:pw@host/path?X-Amz-Signature=...`) and `password=...` parameters.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let end = tail
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
-            })
+        let url_end = tail
+            .find(|c: char| matches!(c, '"' | '\'' | '<' | '>') || c.is_whitespace())
             .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
+        let url = &tail[..url_end];
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, path) = url.split_at(authority_end);
+        match authority.rfind('@') {
             Some(at) => {
                 out.push_str("***");
-                out.push_str(&tail[at..end]);
+                out.push_str(&authority[at..]);
             }
-            None => out.push_str(&tail[..end]),
+            None => out.push_str(authority),
         }
-        rest = &tail[end..];
+        match path.split_once('?') {
+            Some((path, _query)) => {
+                out.push_str(path);
+                out.push_str("?***");
+            }
+            None => out.push_str(path),
+        }
+        rest = &tail[url_end..];
     }
     out.push_str(rest);
     redact_password_params(&out)
@@ -707,6 +715,10 @@ mod tests {
         assert_eq!(
             redact("s3://bucket/key: access denied"),
             "s3://bucket/key: access denied"
+        );
+        assert_eq!(
+            redact("GET https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&x=1 failed"),
+            "GET https://b.s3.amazonaws.com/k?*** failed"
         );
         assert_eq!(redact("no url here"), "no url here");
         assert_eq!(redact("trailing://"), "trailing://");
