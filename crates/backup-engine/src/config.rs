@@ -800,6 +800,16 @@ repository = "region-a"
     }
 
     #[test]
+    fn status_page_is_on_by_default_and_can_be_turned_off() {
+        assert!(Config::parse(GOOD, "test.toml").unwrap().api.status_page);
+        let off = format!("{GOOD}[api]\nstatus-page = false\n");
+        assert!(!Config::parse(&off, "test.toml").unwrap().api.status_page);
+        let typo = format!("{GOOD}[api]\nstatus_page = false\n");
+        let err = Config::parse(&typo, "test.toml").unwrap_err().to_string();
+        assert!(err.contains("status_page"), "{err}");
+    }
+
+    #[test]
     fn policies_parse_and_bad_ones_name_the_line() {
         let policy = GOOD.replace(
             "repository = \"region-a\"\n\"#",

@@ -17,6 +17,10 @@ pub struct ApiConfig {
     /// How long running jobs may take to finish after SIGTERM before their leases are released.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serve the HTML status page at `/` (unauthenticated, like `/healthz` and `/metrics`);
+    /// `false` makes `/` answer 404.
+    #[serde(default = "default_status_page")]
+    pub status_page: bool,
 }
 
 impl Default for ApiConfig {
@@ -25,6 +29,7 @@ impl Default for ApiConfig {
             listen: default_listen(),
             tokens: Vec::new(),
             shutdown_grace: default_grace(),
+            status_page: default_status_page(),
         }
     }
 }
@@ -34,6 +39,9 @@ fn default_listen() -> String {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(60)
+}
+fn default_status_page() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,5 @@
-//! HTTP: `/healthz`, `/readyz`, `/metrics`, and the JSON API under `/api/v1`,
+//! HTTP: `/healthz`, `/readyz`, `/metrics`, the status page at `/` (unless
+//! `[api] status-page = false`; see [`crate::status_page`]), and the JSON API under `/api/v1`,
 //! which needs a bearer token whose SHA-256 is in `[[api.token]]`
 //! (401 without a valid token, 403 when its scope is too small).
 
@@ -40,8 +41,11 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(get_job))
         .route("/report/recovery", get(report_recovery))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    let mut root = Router::new();
+    if state.engine.config.api.status_page {
+        root = root.route("/", get(crate::status_page::page));
+    }
+    root.route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
