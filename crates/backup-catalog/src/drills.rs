@@ -208,9 +208,8 @@ impl Catalog {
             DrillStatus::Failed
         };
         let checks = serde_json::to_string(&c.checks).expect("check results serialize");
-        let rows =
-            with_pool!(self, |pool| {
-                sqlx::query(
+        let rows = with_pool!(self, |pool| {
+            sqlx::query(
             "UPDATE drills SET status = $2, finished_at = $3, backup_id = $4, rto_millis = $5, \
              restore_millis = $6, recovery_millis = $7, restored_bytes = $8, checks = $9, \
              error = $10 WHERE id = $1 AND status = 'running'"
@@ -228,8 +227,8 @@ impl Catalog {
         .execute(pool)
         .await
         .map(|r| r.rows_affected())
-            })
-            .map_err(db(format!("recording the end of drill {id}")))?;
+        })
+        .map_err(db(format!("recording the end of drill {id}")))?;
         if rows != 1 {
             return Err(CatalogError::InvalidValue {
                 field: "drill id",

@@ -68,6 +68,7 @@ pub async fn render(engine: &Engine, now: DateTime<Utc>) -> backup_engine::Resul
         sources_section(engine, now).await?,
         replication_section(engine).await?,
         recovery_section(engine, now).await?,
+        drills_section(engine).await?,
     ];
     Ok(document(now, Html::concat(sections)))
 }
@@ -310,6 +311,74 @@ async fn recovery_section(engine: &Engine, now: DateTime<Utc>) -> backup_engine:
         )
     };
     Ok(section("recovery", "Recovery objectives", body))
+}
+
+/// The newest restore drills of every source: outcome, measured RTO, and what failed.
+async fn drills_section(engine: &Engine) -> backup_engine::Result<Html> {
+    use backup_catalog::DrillStatus;
+    let drills = engine.catalog.list_drills(None, 20).await?;
+    let rows: Vec<_> = drills
+        .iter()
+        .map(|d| {
+            let status = match d.status {
+                DrillStatus::Passed => badge(Tone::Ok, "passed"),
+                DrillStatus::Failed => badge(Tone::Bad, "failed"),
+                DrillStatus::Running => badge(Tone::Neutral, "running"),
+            };
+            let failures: Vec<Html> = d
+                .error
+                .iter()
+                .cloned()
+                .chain(
+                    d.checks
+                        .iter()
+                        .filter(|c| !c.passed)
+                        .map(|c| format!("{}: {}", c.name, c.detail)),
+                )
+                .map(|f| error_text(&f).wrap("li"))
+                .collect();
+            vec![
+                Html::text(&d.source).wrap("strong"),
+                time_cell(d.started_at),
+                Html::text(d.trigger.as_str()),
+                d.backup_id
+                    .map(|b| Html::text(&short_id(&b.to_string())).wrap("code"))
+                    .unwrap_or_else(dash),
+                status,
+                d.rto_millis
+                    .map(|ms| Html::text(&duration_text(ms.div_ceil(1000))))
+                    .unwrap_or_else(dash),
+                Html::text(&format!(
+                    "{}/{} passed",
+                    d.checks.iter().filter(|c| c.passed).count(),
+                    d.checks.len()
+                )),
+                if failures.is_empty() {
+                    dash()
+                } else {
+                    Html::concat(failures).wrap("ul")
+                },
+            ]
+        })
+        .collect();
+    let body = if rows.is_empty() {
+        note("No restore drill has run yet: `backupctl drill SOURCE --now`, or a source's drill.cron.")
+    } else {
+        table(
+            &[
+                "Source",
+                "Started (UTC)",
+                "Trigger",
+                "Backup",
+                "Outcome",
+                "RTO",
+                "Checks",
+                "What failed",
+            ],
+            rows,
+        )
+    };
+    Ok(section("drills", "Recent restore drills", body))
 }
 
 // ---- cells ---------------------------------------------------------------------------------

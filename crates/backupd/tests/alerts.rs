@@ -177,3 +177,90 @@ fn copies_are_made_by_the_daemon_and_a_lagging_destination_alerts() {
     );
     assert!(d.terminate().success());
 }
+
+/// Waits until job `job_id` is in `status`, failing early if it ends otherwise.
+fn wait_job(d: &Daemon, job_id: &str, status: &str) -> serde_json::Value {
+    wait_for(
+        &format!("job {job_id} to be {status}"),
+        Duration::from_secs(60),
+        || {
+            let (_, job) = json(
+                "GET",
+                &d.url(&format!("/api/v1/jobs/{job_id}")),
+                Some(READ_TOKEN),
+            );
+            let now = job["status"].as_str().unwrap_or("").to_owned();
+            if ["succeeded", "failed", "dead"].contains(&now.as_str()) {
+                assert_eq!(now, status, "{job}");
+            }
+            (now == status).then_some(job)
+        },
+    )
+}
+
+#[test]
+fn a_drill_of_a_damaged_backup_fails_alerts_and_shows_on_the_status_page() {
+    let (port, seen) = webhook_receiver();
+    let alerts = format!(
+        "[alerts]\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/json\"\nevents = [\"drill-failed\"]\n{}",
+        tokens_config()
+    );
+    let work = Work::new(&config(
+        "sqlite://var/catalog.db",
+        "tier = \"premium\"\n[source.drill]\ntarget = \"./scratch\"",
+        &alerts,
+    ));
+    std::fs::write(work.path("data/a.txt"), b"a drill restores this").unwrap();
+    work.init();
+    let mut d = work.start(free_port(), "drills");
+    d.wait_healthy();
+
+    let trigger = |what: &str| {
+        let (status, body) = json(
+            "POST",
+            &d.url(&format!("/api/v1/sources/files/{what}")),
+            Some(OPERATE_TOKEN),
+        );
+        assert_eq!(status, 202, "{body}");
+        body["job_id"].as_str().unwrap().to_owned()
+    };
+    let backup = wait_job(&d, &trigger("backup"), "succeeded");
+    let backup_id = backup["backup_id"].as_str().unwrap().to_owned();
+
+    // A drill of the intact backup passes: no alert, recorded with its RTO.
+    wait_job(&d, &trigger("drill"), "succeeded");
+    let (_, drills) = json("GET", &d.url("/api/v1/drills"), Some(READ_TOKEN));
+    assert_eq!(drills[0]["status"], "passed", "{drills}");
+    assert_eq!(drills[0]["backup_id"], backup_id.as_str());
+
+    // Damage it: the next drill fails, alerts drill-failed, and the page shows it.
+    let dir = work.path(&format!("var/repo/backups/{backup_id}"));
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("data-") {
+            let mut bytes = std::fs::read(entry.path()).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(entry.path(), bytes).unwrap();
+        }
+    }
+    wait_job(&d, &trigger("drill"), "dead");
+    let alert = wait_for("the drill-failed alert", Duration::from_secs(30), || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| b["event"] == "drill-failed")
+            .map(|(_, b)| b.clone())
+    });
+    assert_eq!(alert["source"], "files", "{alert}");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("integrity"),
+        "{alert}"
+    );
+    let (_, report) = json("GET", &d.url("/api/v1/report/recovery"), Some(READ_TOKEN));
+    assert_eq!(report["sources"][0]["verdict"], "drill-failed", "{report}");
+    let (status, page) = http("GET", &d.url("/"), None, None).unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("Recent restore drills"), "{page}");
+    assert!(page.contains("failed") && page.contains("passed"), "{page}");
+    assert!(d.terminate().success());
+}
