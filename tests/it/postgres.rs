@@ -844,3 +844,45 @@ fn wal_fetch_killed_mid_write_leaves_no_partial_file_under_the_requested_name() 
     );
     fs::remove_file(&dest).unwrap();
 }
+
+#[test]
+fn a_key_rotation_keeps_the_old_key_while_archived_wal_is_sealed_under_it() {
+    let (work, cluster) = archiving_cluster();
+    cluster.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
+    let first = cluster.switch_wal();
+    cluster.wait_archived(&first, Duration::from_secs(60));
+    work.ok(&["backup", "pg"]);
+    let listed = work.ok(&["key", "list", "--json"]).json();
+    let old_key = listed["active"].as_str().unwrap().to_owned();
+    assert!(
+        listed["keys"][0]["wal_files"].as_u64().unwrap() >= 1,
+        "{listed:#}"
+    );
+
+    work.ok(&["key", "add"]);
+    cluster.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let second = cluster.switch_wal();
+    cluster.wait_archived(&second, Duration::from_secs(60));
+    let rotated = work.ok(&["key", "rotate", "--json"]).json();
+    assert_eq!(rotated["rewrapped"], 1, "{rotated:#}");
+    assert!(
+        rotated["retired"].as_array().unwrap().is_empty(),
+        "{rotated:#}"
+    );
+    let kept = rotated["kept"][0].as_str().unwrap();
+    assert!(
+        kept.contains(&old_key) && kept.contains("WAL"),
+        "{rotated:#}"
+    );
+    let keys = rotated["keys"].as_array().unwrap();
+    assert!(
+        keys[0]["wal_files"].as_u64().unwrap() >= 1,
+        "new WAL is sealed under the new key: {rotated:#}"
+    );
+    assert!(keys[1]["wal_files"].as_u64().unwrap() >= 1, "{rotated:#}");
+    // Both generations of WAL still fetch.
+    for name in [&first, &second] {
+        let to = work.path(&format!("fetched-{name}"));
+        work.ok(&["wal-fetch", name, to.to_str().unwrap()]);
+    }
+}

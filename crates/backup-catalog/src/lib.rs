@@ -20,7 +20,9 @@ mod retention;
 mod usage;
 
 pub use catalog::{Backend, Catalog};
-pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
+pub use drills::{
+    DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger, ShredRecord,
+};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
 pub use jobs::*;
 pub use model::{

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ArtifactId, BackupId};
-use crate::keys::{DataKey, KeyError, KeyId, MasterKey};
+use crate::keys::{DataKey, KeyError, KeyId, KeyLookup, MasterKey};
 
 pub const ENVELOPE_FORMAT: u32 = 1;
 
@@ -24,7 +24,8 @@ pub enum EnvelopeError {
     WrongKey {
         backup: BackupId,
         expected: KeyId,
-        found: KeyId,
+        /// The ids the key file holds.
+        found: String,
     },
     #[error("key envelope of backup {backup} has no data key for artifact {artifact}")]
     MissingKey {
@@ -68,16 +69,16 @@ impl KeyEnvelope {
 
     pub fn data_key(
         &self,
-        kek: &MasterKey,
+        keys: &impl KeyLookup,
         artifact: ArtifactId,
     ) -> Result<DataKey, EnvelopeError> {
-        if &self.key_id != kek.id() {
+        let Some(kek) = keys.key_for(&self.key_id) else {
             return Err(EnvelopeError::WrongKey {
                 backup: self.backup_id,
                 expected: self.key_id.clone(),
-                found: kek.id().clone(),
+                found: keys.held_ids(),
             });
-        }
+        };
         let encoded = self.keys.get(&artifact).ok_or(EnvelopeError::MissingKey {
             backup: self.backup_id,
             artifact,
@@ -96,7 +97,7 @@ impl KeyEnvelope {
     }
 
     /// Re-wraps every data key under `new` (key rotation): artifacts are untouched.
-    pub fn rewrap(&self, old: &MasterKey, new: &MasterKey) -> Result<Self, EnvelopeError> {
+    pub fn rewrap(&self, old: &impl KeyLookup, new: &MasterKey) -> Result<Self, EnvelopeError> {
         let mut out = Self::new(self.backup_id, new);
         for artifact in self.keys.keys() {
             let dek = self.data_key(old, *artifact)?;

@@ -33,7 +33,7 @@ pub enum KeyError {
 
 /// Public, non-secret name of a repository key: derived from the key itself,
 /// so a wrong key file is recognised before any decryption is attempted.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyId(String);
 
@@ -161,6 +161,118 @@ impl MasterKey {
     }
 }
 
+/// Finds the repository key with a given id: a single [`MasterKey`], or a [`Keyring`].
+pub trait KeyLookup {
+    fn key_for(&self, id: &KeyId) -> Option<&MasterKey>;
+    /// The ids held, for messages ("k-1, k-2").
+    fn held_ids(&self) -> String;
+}
+
+impl KeyLookup for MasterKey {
+    fn key_for(&self, id: &KeyId) -> Option<&MasterKey> {
+        (self.id() == id).then_some(self)
+    }
+    fn held_ids(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// The key file's keys: the first (active) one wraps the data keys of new backups; the others
+/// are kept to read what is still wrapped under them (until `backupctl key rotate` re-wraps
+/// it and retires them).
+///
+/// The file is one base64 key per line, active first; blank lines and `#` comments are
+/// ignored, so a file with a single key (what `backupctl init` writes) is a keyring of one.
+pub struct Keyring {
+    keys: Vec<MasterKey>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keyring {{ keys: [{}] }}", self.held_ids())
+    }
+}
+
+impl Keyring {
+    pub fn new(active: MasterKey) -> Self {
+        Self { keys: vec![active] }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut keys: Vec<MasterKey> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = MasterKey::from_base64(line)?;
+            if keys.iter().any(|k| k.id() == key.id()) {
+                return Err(KeyError::MalformedKeyFile {
+                    reason: format!("key {} is listed twice", key.id()),
+                });
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(KeyError::MalformedKeyFile {
+                reason: "it holds no key".into(),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key file contents.
+    pub fn to_text(&self) -> String {
+        if self.keys.len() == 1 {
+            return self.keys[0].to_base64();
+        }
+        let mut out = String::from(
+            "# backupd keyring: the first key wraps new backups; the others are kept to read\n\
+             # backups not re-wrapped yet (`backupctl key rotate` re-wraps and retires them).\n",
+        );
+        for k in &self.keys {
+            out.push_str(&k.to_base64());
+        }
+        out
+    }
+
+    pub fn active(&self) -> &MasterKey {
+        &self.keys[0]
+    }
+
+    pub fn keys(&self) -> &[MasterKey] {
+        &self.keys
+    }
+
+    /// Makes `key` the active key; the others stay for reading.
+    pub fn add_active(&mut self, key: MasterKey) {
+        self.keys.insert(0, key);
+    }
+
+    /// Drops a key that is not the active one; false if it is not held (or is active).
+    pub fn retire(&mut self, id: &KeyId) -> bool {
+        match self.keys.iter().position(|k| k.id() == id) {
+            Some(i) if i > 0 => {
+                self.keys.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl KeyLookup for Keyring {
+    fn key_for(&self, id: &KeyId) -> Option<&MasterKey> {
+        self.keys.iter().find(|k| k.id() == id)
+    }
+    fn held_ids(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.id().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A per-artifact data encryption key.
 #[derive(Clone)]
 pub struct DataKey([u8; KEY_LEN]);
@@ -213,6 +325,29 @@ mod tests {
         let mut bad = wrapped;
         bad[20] ^= 1;
         assert!(kek.unwrap(a, &bad).is_err());
+    }
+
+    #[test]
+    fn keyring_parses_one_or_several_keys_active_first() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let single = Keyring::parse(&a.to_base64()).unwrap();
+        assert_eq!(single.active().id(), a.id());
+        let mut ring = Keyring::new(MasterKey::from_base64(&a.to_base64()).unwrap());
+        ring.add_active(MasterKey::from_base64(&b.to_base64()).unwrap());
+        let parsed = Keyring::parse(&ring.to_text()).unwrap();
+        assert_eq!(parsed.active().id(), b.id());
+        assert!(parsed.key_for(a.id()).is_some());
+        assert!(!format!("{parsed:?}").contains(a.to_base64().trim()));
+        let twice = format!("{}{}", a.to_base64(), a.to_base64());
+        assert!(Keyring::parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(Keyring::parse("# nothing\n").is_err());
+        let mut ring = parsed;
+        assert!(!ring.retire(b.id()), "the active key is never retired");
+        assert!(ring.retire(a.id()));
+        assert_eq!(ring.keys().len(), 1);
     }
 
     #[test]

@@ -309,6 +309,18 @@ pub mod layout {
     pub fn envelope_key(backup: BackupId) -> String {
         format!("{BACKUPS_PREFIX}{backup}/keys.json")
     }
+    /// The envelope `backupctl key rotate` writes when it re-wraps a backup's data keys under
+    /// repository key `key` (objects are immutable: a rotation adds one, then deletes the old).
+    pub fn rotated_envelope_key(backup: BackupId, key: &crate::keys::KeyId) -> String {
+        format!("{BACKUPS_PREFIX}{backup}/keys-{key}.json")
+    }
+    /// Whether `key` is one of `backup`'s key envelopes (original or rotated).
+    pub fn is_envelope_key(backup: BackupId, key: &str) -> bool {
+        key.strip_prefix(&backup_prefix(backup))
+            .is_some_and(|name| {
+                name == "keys.json" || (name.starts_with("keys-") && name.ends_with(".json"))
+            })
+    }
     pub fn manifest_key(backup: BackupId, artifact: ArtifactId) -> String {
         format!("{BACKUPS_PREFIX}{backup}/manifest-{artifact}.bkpd")
     }

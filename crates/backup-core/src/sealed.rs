@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 
 use crate::format::{ArtifactHeader, WriteOptions};
 use crate::format::{ArtifactKind, ArtifactReader, ArtifactWriter, FormatError, ReadOptions};
-use crate::keys::{DataKey, KeyError, KeyId, MasterKey, WRAPPED_KEY_LEN};
+use crate::keys::{DataKey, KeyError, KeyId, KeyLookup, MasterKey, WRAPPED_KEY_LEN};
 use crate::ArtifactId;
 
 pub const SEALED_MAGIC: &[u8; 8] = b"BKPDSEAL";
@@ -37,7 +37,7 @@ pub enum SealedError {
     #[error("sealed object prefix is corrupt: {0}")]
     CorruptPrefix(String),
     #[error("the object was sealed with repository key {found}, but the key file holds key {expected}: use the key file this repository was created with")]
-    WrongKey { expected: KeyId, found: KeyId },
+    WrongKey { expected: String, found: KeyId },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -81,7 +81,7 @@ pub fn seal<W: Write>(
 /// artifact reader (read it to the end: the trailer check happens there).
 pub fn open_sealed<R: Read>(
     mut input: R,
-    kek: &MasterKey,
+    keys: &impl KeyLookup,
     options: &ReadOptions,
 ) -> Result<(ArtifactReader<R>, ArtifactHeader), SealedError> {
     let mut fixed = [0u8; 8 + 1 + 16 + 1];
@@ -103,12 +103,12 @@ pub fn open_sealed<R: Read>(
     read_prefix(&mut input, &mut rest)?;
     let key_id = std::str::from_utf8(&rest[..key_id_len])
         .map_err(|_| SealedError::CorruptPrefix("key id is not UTF-8".into()))?;
-    if key_id != kek.id().as_str() {
+    let Some(kek) = keys.key_for(&KeyId::new(key_id)) else {
         return Err(SealedError::WrongKey {
-            expected: kek.id().clone(),
+            expected: keys.held_ids(),
             found: KeyId::new(key_id),
         });
-    }
+    };
     let dek = kek.unwrap(artifact_id, &rest[key_id_len..])?;
     Ok(ArtifactReader::open(
         input,
@@ -117,6 +117,24 @@ pub fn open_sealed<R: Read>(
         options,
     )?)
 }
+
+/// The id of the repository key a sealed object's data key is wrapped with, from the object's
+/// first bytes (at least 90 of them, or the whole object if shorter).
+pub fn sealed_key_id(prefix: &[u8]) -> Result<KeyId, SealedError> {
+    if prefix.len() < 26 || &prefix[..8] != SEALED_MAGIC {
+        return Err(SealedError::NotSealed);
+    }
+    let len = usize::from(prefix[25]);
+    if len == 0 || len > MAX_KEY_ID_LEN || prefix.len() < 26 + len {
+        return Err(SealedError::CorruptPrefix(format!("key id length {len}")));
+    }
+    std::str::from_utf8(&prefix[26..26 + len])
+        .map(KeyId::new)
+        .map_err(|_| SealedError::CorruptPrefix("key id is not UTF-8".into()))
+}
+
+/// Bytes that always hold a sealed object's key id.
+pub const SEALED_KEY_ID_PREFIX: usize = 26 + MAX_KEY_ID_LEN;
 
 fn read_prefix<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<(), SealedError> {
     input.read_exact(buf).map_err(|e| match e.kind() {

@@ -151,7 +151,7 @@ pub async fn run_backup_with_id(
         &source.kind,
         tag,
         previous,
-        &key,
+        key.active(),
         progress,
         cancel,
     )

@@ -99,9 +99,8 @@ pub async fn delete_backup_objects(
         .list(&layout::backup_prefix(backup), cancel)
         .await?;
     // The envelope first: once it is gone nothing left behind is readable.
-    let envelope = layout::envelope_key(backup);
     let mut keys: Vec<_> = objects.into_iter().map(|o| o.key).collect();
-    keys.sort_by_key(|k| *k != envelope);
+    keys.sort_by_key(|k| !layout::is_envelope_key(backup, k));
     for key in &keys {
         repo.sink.delete(key, cancel).await?;
     }

@@ -50,7 +50,7 @@ pub async fn run_init(config: &Config, cancel: &CancellationToken) -> Result<Ini
     Ok(InitReport {
         key_file: key_path.display().to_string(),
         key_created,
-        key_id: key.id().to_string(),
+        key_id: key.active().id().to_string(),
         catalog: backup_catalog::redact_url(&config.catalog.url),
         repositories,
     })

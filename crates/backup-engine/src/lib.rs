@@ -11,6 +11,7 @@ pub mod error;
 pub mod gc;
 pub mod init;
 pub mod keyfile;
+pub mod keys;
 pub mod pgbackup;
 pub mod pitr;
 pub mod policy;
@@ -30,7 +31,7 @@ pub mod wal;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use backup_catalog::Catalog;
-use backup_core::keys::MasterKey;
+use backup_core::keys::Keyring;
 
 pub use config::Config;
 pub use error::{exit, EngineError, Result};
@@ -60,7 +61,8 @@ impl Engine {
         Ok(Engine { config, catalog })
     }
 
-    pub fn key(&self) -> Result<MasterKey> {
+    /// The key file's keys: `.active()` encrypts, any of them decrypts.
+    pub fn key(&self) -> Result<Keyring> {
         keyfile::load(&self.config)
     }
 }

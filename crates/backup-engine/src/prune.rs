@@ -19,7 +19,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use backup_catalog::{BackupFilter, BackupRecord, BackupStatus, CatalogError, StoredCopy};
-use backup_core::manifest::layout;
 use backup_core::retention::{
     self, Action, BackupInfo, BackupState, CopyInfo, PlanOptions, Reason, RetentionPlan,
 };
@@ -617,14 +616,15 @@ pub async fn finish_deletion(
             })?;
         repos.push(repo);
     }
-    let envelope = layout::envelope_key(id);
     for repo in &repos {
-        repo.sink.delete(&envelope, cancel).await.map_err(|e| {
-            EngineError::Failed(format!(
-                "deleting the key envelope of backup {id} from repository {}: {e}",
-                repo.name
-            ))
-        })?;
+        crate::keys::delete_envelopes(repo, id, cancel)
+            .await
+            .map_err(|e| {
+                EngineError::Failed(format!(
+                    "deleting the key envelope of backup {id} from repository {}: {e}",
+                    repo.name
+                ))
+            })?;
     }
     let mut removed = Removed::default();
     for repo in &repos {
@@ -682,12 +682,14 @@ pub async fn set_legal_hold(
     for c in artifacts.iter().flat_map(|a| &a.copies) {
         if lock_days(&engine.config, &c.repository).is_some() {
             keys.entry(c.repository.as_str())
-                .or_insert_with(|| vec![layout::envelope_key(id)])
+                .or_default()
                 .push(c.object_key.clone());
         }
     }
-    for (repository, keys) in keys {
+    for (repository, mut keys) in keys {
         let repo = Repository::open_named(&engine.config, repository).await?;
+        // The key envelopes too (a rotated backup's is keys-KEY.json).
+        keys.extend(crate::keys::envelope_objects(&repo, id, cancel).await?);
         let backup_sinks::AnySink::S3(s3) = &repo.sink else {
             continue;
         };

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use backup_catalog::{
     ArtifactRecord, ArtifactWithCopies, BackupCompletion, CopyRecord, ImportedBackup, NewBackup,
 };
-use backup_core::envelope::KeyEnvelope;
 use backup_core::format::{ArtifactReader, ArtifactSummary, ReadOptions, VerifiedArtifact};
 use backup_core::manifest::{layout, ManifestFooter, ManifestHeader, ManifestReader};
 use backup_core::{ArtifactId, BackupId};
@@ -23,7 +22,6 @@ use crate::repo::Repository;
 use crate::restore::envelope_error;
 use crate::streams::HashingReader;
 use crate::Engine;
-use backup_sinks::read_object;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RebuildReport {
@@ -242,7 +240,7 @@ fn merge(found: &mut BTreeMap<BackupId, ImportedBackup>, imported: ImportedBacku
 /// the backup was made in (from its manifest).
 async fn import_one(
     repo: &Repository,
-    key: &backup_core::keys::MasterKey,
+    key: &backup_core::keys::Keyring,
     backup_id: BackupId,
     objects: &[ObjectInfo],
     cancel: &CancellationToken,
@@ -251,8 +249,10 @@ async fn import_one(
     String,
     Option<backup_core::manifest::PostgresPosition>,
 )> {
-    let envelope_key = layout::envelope_key(backup_id);
-    if !objects.iter().any(|o| o.key == envelope_key) {
+    if !objects
+        .iter()
+        .any(|o| layout::is_envelope_key(backup_id, &o.key))
+    {
         return Err(EngineError::Failed(
             "no key envelope: the backup was interrupted (`backupctl gc` removes it)".into(),
         ));
@@ -261,11 +261,7 @@ async fn import_one(
         .iter()
         .find_map(|o| layout::manifest_artifact_of_key(&o.key).map(|id| (id, o.key.clone())))
         .ok_or_else(|| EngineError::Failed("no manifest: the backup was interrupted".into()))?;
-    let envelope = KeyEnvelope::from_json(
-        &backup_id.to_string(),
-        &read_object(&repo.sink, &envelope_key, cancel).await?,
-    )
-    .map_err(|e| envelope_error(backup_id, e))?;
+    let envelope = crate::keys::read_envelope(repo, backup_id, key, cancel).await?;
     let dek = envelope
         .data_key(key, manifest_id)
         .map_err(|e| envelope_error(backup_id, e))?;

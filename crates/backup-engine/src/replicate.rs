@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use backup_catalog::{
     ArtifactWithCopies, BackupStatus, CopyRecord, CopyTarget, CopyTask, DestinationLag,
 };
-use backup_core::manifest::layout;
 use backup_core::BackupId;
 use backup_sinks::{put_bytes, read_object, Sink};
 
@@ -446,9 +445,11 @@ async fn copy_backup(
         outcome.bytes_copied += receipt.size;
         progress.add_bytes(receipt.size);
     }
-    let envelope_key = layout::envelope_key(id);
-    let envelope = read_object(&src.sink, &envelope_key, cancel).await?;
-    put_bytes(&dest.sink, &envelope_key, envelope, cancel).await?;
+    // Every envelope the source holds (two only while a key rotation of it is under way).
+    for envelope_key in crate::keys::envelope_objects(&src, id, cancel).await? {
+        let envelope = read_object(&src.sink, &envelope_key, cancel).await?;
+        put_bytes(&dest.sink, &envelope_key, envelope, cancel).await?;
+    }
     Ok(())
 }
 

@@ -7,14 +7,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use backup_core::keys::{KeyId, MasterKey};
+use backup_core::keys::{KeyId, KeyLookup, Keyring};
 use backup_sinks::LocalSink;
-use backup_sinks::{put_bytes, read_object, AnySink, SinkError};
+use backup_sinks::{put_bytes, read_object, AnySink, Sink, SinkError};
 
 use crate::config::{Config, RepositoryConfig, RepositoryKindConfig};
 use crate::error::{EngineError, Result};
 
 pub const MARKER_KEY: &str = "backupd-repository.json";
+/// `backupd-repository-keys/KEY.json`: written when a key rotation brought every envelope of
+/// the repository under KEY.
+pub const KEY_RECORDS_PREFIX: &str = "backupd-repository-keys/";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +73,7 @@ impl Repository {
     /// Creates the repository if needed and writes its marker. Returns true if it was new.
     pub async fn init(
         repo: &RepositoryConfig,
-        key: &MasterKey,
+        key: &Keyring,
         cancel: &CancellationToken,
     ) -> Result<bool> {
         let sink = match &repo.kind {
@@ -94,7 +97,7 @@ impl Repository {
         let marker = RepositoryMarker {
             format: 1,
             name: repo.name.clone(),
-            key_id: key.id().clone(),
+            key_id: key.active().id().clone(),
             created_at: Utc::now(),
         };
         let body = serde_json::to_vec_pretty(&marker).expect("marker serializes");
@@ -102,8 +105,9 @@ impl Repository {
         Ok(true)
     }
 
-    /// Checks the repository was created with `key`. Ok(false) if it has no marker yet.
-    pub async fn check_key(&self, key: &MasterKey, cancel: &CancellationToken) -> Result<bool> {
+    /// Checks the repository's key (the one it was created or last rotated to) is in the key
+    /// file. Ok(false) if it has no marker yet.
+    pub async fn check_key(&self, key: &Keyring, cancel: &CancellationToken) -> Result<bool> {
         let bytes = match read_object(&self.sink, MARKER_KEY, cancel).await {
             Ok(b) => b,
             Err(SinkError::NotFound { .. }) => return Ok(false),
@@ -115,15 +119,57 @@ impl Repository {
                 self.name
             ))
         })?;
-        if &marker.key_id != key.id() {
+        if key.key_for(&marker.key_id).is_none()
+            && !self
+                .recorded_keys(cancel)
+                .await?
+                .iter()
+                .any(|id| key.key_for(id).is_some())
+        {
             return Err(EngineError::Key(format!(
                 "repository {} was created with key {}, but the key file holds key {}: use the key file this repository was created with",
                 self.name,
                 marker.key_id,
-                key.id()
+                key.held_ids()
             )));
         }
         Ok(true)
+    }
+
+    /// Records that the repository's envelopes are now all wrapped under `key` (after a
+    /// rotation), so the repository is recognised once the key it was created with is
+    /// retired. An immutable object of its own, like every object.
+    pub async fn record_key(&self, key: &KeyId, cancel: &CancellationToken) -> Result<()> {
+        let body = serde_json::to_vec_pretty(&serde_json::json!({
+            "format": 1,
+            "name": self.name,
+            "key_id": key,
+        }))
+        .expect("key record serializes");
+        put_bytes(
+            &self.sink,
+            &format!("{KEY_RECORDS_PREFIX}{key}.json"),
+            body,
+            cancel,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The keys rotations recorded for this repository.
+    async fn recorded_keys(&self, cancel: &CancellationToken) -> Result<Vec<KeyId>> {
+        Ok(self
+            .sink
+            .list(KEY_RECORDS_PREFIX, cancel)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(KEY_RECORDS_PREFIX)?
+                    .strip_suffix(".json")
+                    .map(KeyId::new)
+            })
+            .collect())
     }
 }
 

@@ -9,10 +9,10 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use backup_catalog::{ArtifactWithCopies, BackupRecord, BackupStatus};
-use backup_core::envelope::{EnvelopeError, KeyEnvelope};
+use backup_core::envelope::EnvelopeError;
 use backup_core::format::{ArtifactReader, FormatError, ReadOptions};
-use backup_core::keys::{DataKey, MasterKey};
-use backup_core::manifest::{layout, ManifestLine, ManifestReader};
+use backup_core::keys::{DataKey, Keyring};
+use backup_core::manifest::{ManifestLine, ManifestReader};
 use backup_core::{ArtifactId, BackupId};
 use backup_sinks::{ChannelReader, Sink};
 use backup_sources::files::{FilesError, TreeRestorer};
@@ -20,7 +20,6 @@ use backup_sources::files::{FilesError, TreeRestorer};
 use crate::error::{EngineError, Result};
 use crate::repo::Repository;
 use crate::{Engine, Progress};
-use backup_sinks::read_object;
 
 /// Which backup to restore.
 #[derive(Debug, Clone)]
@@ -101,19 +100,11 @@ impl OpenedBackup {
         engine: &Engine,
         record: &BackupRecord,
         repository: &str,
-        key: &MasterKey,
+        key: &Keyring,
         cancel: &CancellationToken,
     ) -> Result<OpenedBackup> {
         let repo = Repository::open_named(&engine.config, repository).await?;
-        let envelope_bytes = read_object(&repo.sink, &layout::envelope_key(record.id), cancel).await.map_err(|e| {
-            if e.is_not_found() {
-                EngineError::Integrity(format!("backup {}: its key envelope is missing from repository {}; the backup cannot be decrypted", record.id, repo.name))
-            } else {
-                e.into()
-            }
-        })?;
-        let envelope = KeyEnvelope::from_json(&record.id.to_string(), &envelope_bytes)
-            .map_err(|e| envelope_error(record.id, e))?;
+        let envelope = crate::keys::read_envelope(&repo, record.id, key, cancel).await?;
         let mut manifest = None;
         let mut data = Vec::new();
         for artifact in engine.catalog.backup_artifacts(record.id).await? {
@@ -471,7 +462,7 @@ async fn restore_from(
     engine: &Engine,
     record: &BackupRecord,
     repository: &str,
-    key: &MasterKey,
+    key: &Keyring,
     target: &Path,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
@@ -508,7 +499,7 @@ async fn restore_layer(
     engine: &Engine,
     record: &BackupRecord,
     repository: &str,
-    key: &MasterKey,
+    key: &Keyring,
     target: &Path,
     overlay: bool,
     progress: Arc<Progress>,

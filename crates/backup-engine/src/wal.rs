@@ -177,8 +177,13 @@ pub async fn wal_push(
         tokio::task::spawn_blocking(move || -> Result<_> {
             let mut input = std::fs::File::open(&local)
                 .map_err(|e| EngineError::Failed(format!("reading {}: {e}", local.display())))?;
-            let mut writer = seal(ChannelWriter::new(tx), &key, ArtifactKind::Wal, &options)
-                .map_err(|e| EngineError::from_format("sealing WAL", e))?;
+            let mut writer = seal(
+                ChannelWriter::new(tx),
+                key.active(),
+                ArtifactKind::Wal,
+                &options,
+            )
+            .map_err(|e| EngineError::from_format("sealing WAL", e))?;
             io::copy(&mut input, &mut writer)
                 .map_err(|e| EngineError::Failed(format!("reading {}: {e}", local.display())))?;
             let (out, summary) = writer
@@ -273,7 +278,7 @@ fn conflict(e: CatalogError) -> EngineError {
 /// exactly `plaintext_sha`, an error otherwise.
 async fn adopt_existing(
     repo: &Repository,
-    key: backup_core::keys::MasterKey,
+    key: backup_core::keys::Keyring,
     object_key: &str,
     plaintext_sha: [u8; 32],
     cancel: &CancellationToken,

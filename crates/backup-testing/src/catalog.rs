@@ -39,6 +39,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     replication::replication_conformance(catalog).await;
     postgres::postgres_conformance(catalog).await;
     usage::usage_conformance(catalog).await;
+    drills::drills_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ async fn list(
 }
 
 // The job queue checks (after the helpers: they use `assert_err!`).
+pub mod drills;
 pub mod jobs;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).
 pub mod postgres;

@@ -121,6 +121,25 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Repository keys: add a new active key, list keys and what they wrap, rotate.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Crypto-shred a backup: delete its key envelope from every repository (so no copy can
+    /// ever be read again), record that in the catalog, then delete its objects.
+    Shred {
+        #[arg(required_unless_present = "list")]
+        backup_id: Option<String>,
+        /// Required: shredding cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        /// List the shredded backups the catalog recorded.
+        #[arg(long, conflicts_with_all = ["backup_id", "yes"])]
+        list: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Replication state.
     Replication {
         #[command(subcommand)]
@@ -295,6 +314,27 @@ enum ReportCommand {
         /// table, json or csv.
         #[arg(long, default_value = "table", value_name = "FORMAT")]
         format: backup_engine::report::ReportFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate a new key and make it the active one (new backups use it); the old keys stay
+    /// in the key file until `key rotate` retires them.
+    Add {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The key file's keys, and how many envelopes and WAL files each wraps.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Re-wrap every backup's key envelope in every repository under the active key, then
+    /// retire the old keys nothing references. Safe to interrupt and run again.
+    Rotate {
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
@@ -576,6 +616,42 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             if !report.passed() {
                 return Ok(exit::FAILED);
             }
+        }
+        Command::Key { command } => {
+            let (report, json) = match command {
+                KeyCommand::Add { json } => (backup_engine::keys::add_key(&engine)?, json),
+                KeyCommand::List { json } => (
+                    backup_engine::keys::scan_keys(&engine, false, cancel).await?,
+                    json,
+                ),
+                KeyCommand::Rotate { json } => (
+                    backup_engine::keys::scan_keys(&engine, true, cancel).await?,
+                    json,
+                ),
+            };
+            output::keys(&report, json.json);
+            if !report.problems.is_empty() {
+                return Ok(exit::FAILED);
+            }
+        }
+        Command::Shred {
+            backup_id,
+            yes,
+            list,
+            json,
+        } => {
+            if list {
+                output::shreds(&engine.catalog.list_shreds().await?, json.json);
+                return Ok(exit::OK);
+            }
+            let backup_id = backup_id.expect("clap requires BACKUP_ID without --list");
+            if !yes {
+                return Err(EngineError::Usage(format!(
+                    "shredding backup {backup_id} cannot be undone: no copy of it will ever be readable again; add --yes"
+                )));
+            }
+            let report = backup_engine::keys::shred(&engine, &backup_id, cancel).await?;
+            output::shred(&report, json.json);
         }
         Command::Report {
             command: ReportCommand::Recovery { format },

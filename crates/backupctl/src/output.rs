@@ -707,3 +707,68 @@ pub fn queued_drill(source: &str, job: &str, as_json: bool) {
     }
     println!("queued drill job {job} for {source}; backupd runs it (see `backupctl drill --list`)");
 }
+
+pub fn keys(r: &backup_engine::keys::KeyReport, as_json: bool) {
+    if as_json {
+        return json(r);
+    }
+    println!("key file {}", r.key_file);
+    println!(
+        "{:<20}  {:<6}  {:>9}  {:>9}",
+        "KEY", "ACTIVE", "ENVELOPES", "WAL FILES"
+    );
+    for k in &r.keys {
+        println!(
+            "{:<20}  {:<6}  {:>9}  {:>9}",
+            k.key_id,
+            if k.active { "yes" } else { "" },
+            k.envelopes,
+            k.wal_files
+        );
+    }
+    if r.rewrapped > 0 {
+        println!("re-wrapped {} envelopes under {}", r.rewrapped, r.active);
+    }
+    for id in &r.retired {
+        println!("retired {id}: nothing references it any more");
+    }
+    for why in &r.kept {
+        println!("kept {why}");
+    }
+    for p in &r.problems {
+        eprintln!("problem: {p}");
+    }
+}
+
+pub fn shred(r: &backup_engine::keys::ShredReport, as_json: bool) {
+    if as_json {
+        return json(r);
+    }
+    println!(
+        "shredded backup {} of {}: key envelope deleted from {}; {} objects deleted",
+        r.backup_id,
+        r.source,
+        r.repositories.join(", "),
+        r.objects_deleted
+    );
+}
+
+pub fn shreds(shreds: &[backup_catalog::ShredRecord], as_json: bool) {
+    if as_json {
+        return json(shreds);
+    }
+    println!(
+        "{:<36}  {:<16}  {:<20}  {:<20}  REPOSITORIES",
+        "BACKUP", "SOURCE", "BACKUP STARTED (UTC)", "SHREDDED (UTC)"
+    );
+    for s in shreds {
+        println!(
+            "{:<36}  {:<16}  {:<20}  {:<20}  {}",
+            s.backup_id,
+            s.source,
+            s.backup_started_at.format("%Y-%m-%d %H:%M:%S"),
+            s.shredded_at.format("%Y-%m-%d %H:%M:%S"),
+            s.repositories.join(", ")
+        );
+    }
+}
