@@ -5,10 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backup_testing::postgres::{PgCluster, PgClusterOptions};
 use serde_json::Value;
 
-use crate::postgres::{pg_config, pg_work};
+use crate::postgres::archiving_cluster_with;
 use crate::support::*;
 
 /// The data objects of backup `id` below the repository root `repo`.
@@ -158,27 +157,16 @@ fn drill_config_errors_name_the_key() {
 
 #[test]
 fn a_postgres_drill_recovers_a_scratch_server_and_checks_rows_and_queries() {
-    let work = pg_work();
-    let exe = work.path("bin/backupctl");
-    let mut cluster = PgCluster::init(PgClusterOptions {
-        archive_command: Some(format!(
-            "{} --config {} wal-push %p",
-            exe.display(),
-            work.config.display()
-        )),
-        ..PgClusterOptions::default()
-    });
-    let scratch = work.path("scratch");
-    let mut config = pg_config(&work, &cluster.url("postgres"), cluster.data_dir());
-    config.push_str(&format!(
-        "[source.drill]\ntarget = \"{}\"\ntimeout = \"120s\"\nchecks = [\"integrity\", \"counts\", \
+    // The scratch parent is inside the work dir, which the server's user owns.
+    let scratch_rel = "scratch";
+    let drill = format!(
+        "[source.drill]\ntarget = \"{scratch_rel}\"\ntimeout = \"120s\"\nchecks = [\"integrity\", \"counts\", \
          {{ query = \"SELECT count(*) FROM pgbench_accounts\", expect = \"100000\" }}, \
-         {{ query = \"SELECT note FROM drill_marker\", expect = \"before\" }}]\n",
-        scratch.display()
-    ));
-    work.write_config(&config);
-    cluster.start();
-    work.init();
+         {{ query = \"SELECT note FROM drill_marker\", expect = \"before\" }}]\n"
+    );
+    let (work, cluster) = archiving_cluster_with(&drill);
+    let scratch = work.path(scratch_rel);
+    let config = fs::read_to_string(&work.config).unwrap();
     cluster.pgbench_init(1);
     cluster
         .psql("CREATE TABLE drill_marker (note text); INSERT INTO drill_marker VALUES ('before')");

@@ -10,10 +10,10 @@ use backup_testing::postgres::{PgCluster, PgClusterOptions, PgbenchLength};
 
 use crate::support::*;
 
-pub(crate) const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A config with absolute paths: archive_command runs with the data directory as its cwd.
-pub(crate) fn pg_config(work: &Work, connection: &str, data_dir: &Path) -> String {
+fn pg_config(work: &Work, connection: &str, data_dir: &Path) -> String {
     let root = work.root().display();
     format!(
         r#"[catalog]
@@ -38,7 +38,7 @@ repository = "region-a"
 
 /// A work dir whose backupctl runs as the user PostgreSQL runs as, so the archive_command
 /// (run by the server) and the test share one catalog and repository.
-pub(crate) fn pg_work() -> Work {
+fn pg_work() -> Work {
     let mut work = Work::new();
     work.run_as(PgCluster::os_user());
     work
@@ -47,6 +47,11 @@ pub(crate) fn pg_work() -> Work {
 /// A started cluster whose archive_command is `backupctl wal-push` into an initialised work
 /// dir (config with absolute paths, backupctl running as the server's user).
 fn archiving_cluster() -> (Work, PgCluster) {
+    archiving_cluster_with("")
+}
+
+/// [`archiving_cluster`] with more lines appended to the config (e.g. a `[source.drill]`).
+pub(crate) fn archiving_cluster_with(config_extra: &str) -> (Work, PgCluster) {
     let work = pg_work();
     let exe = work.path("bin/backupctl");
     let mut cluster = PgCluster::init(PgClusterOptions {
@@ -57,11 +62,9 @@ fn archiving_cluster() -> (Work, PgCluster) {
         )),
         ..PgClusterOptions::default()
     });
-    work.write_config(&pg_config(
-        &work,
-        &cluster.url("postgres"),
-        cluster.data_dir(),
-    ));
+    let mut config = pg_config(&work, &cluster.url("postgres"), cluster.data_dir());
+    config.push_str(config_extra);
+    work.write_config(&config);
     cluster.start();
     work.init();
     (work, cluster)

@@ -249,16 +249,21 @@ pub async fn run_drill(
     let (_, source) = engine.config.source(source_name)?;
     let config = source.drill.clone().unwrap_or_default();
     let pick = options.pick.unwrap_or(config.pick);
+    let base = config.target.clone().unwrap_or_else(std::env::temp_dir);
+    // Absolute: the scratch server runs in its data directory and puts its socket here.
+    let base = if base.is_absolute() {
+        base
+    } else {
+        std::env::current_dir()
+            .map_err(|e| EngineError::Failed(format!("the current directory: {e}")))?
+            .join(base)
+    };
     let started_at = Utc::now();
     let id = engine
         .catalog
         .begin_drill(&source.name, trigger, pick.as_str(), started_at)
         .await?;
-    let scratch = config
-        .target
-        .clone()
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("backupd-drill-{}-{id}", source.name));
+    let scratch = base.join(format!("backupd-drill-{}-{id}", source.name));
     tracing::info!(source = %source.name, drill = %id, scratch = %scratch.display(), pick = pick.as_str(), "drill started");
     let mut run = DrillRun {
         engine,
