@@ -17,12 +17,11 @@ mod model;
 mod postgres;
 mod replication;
 mod retention;
+mod shreds;
 mod usage;
 
 pub use catalog::{Backend, Catalog};
-pub use drills::{
-    DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger, ShredRecord,
-};
+pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
 pub use jobs::*;
 pub use model::{
@@ -32,4 +31,5 @@ pub use model::{
 pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;
+pub use shreds::ShredRecord;
 pub use usage::{ObjectRequests, RequestOperation, UsageObject};

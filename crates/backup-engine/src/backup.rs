@@ -203,8 +203,8 @@ async fn write_and_record(
 ) -> Result<Produced> {
     let backup_type = if previous.is_some() { "incr" } else { "full" };
     let parent = previous.as_ref().map(|p| p.id);
-    let copy_targets =
-        crate::replicate::copy_targets(engine.config.source(source_name)?.1, tag.as_deref());
+    let source_config = engine.config.source(source_name)?.1;
+    let copy_targets = crate::replicate::copy_targets(source_config, tag.as_deref());
     let mut envelope = KeyEnvelope::new(backup_id, key);
     let data_id = ArtifactId::new();
     let manifest_id = ArtifactId::new();
@@ -272,8 +272,7 @@ async fn write_and_record(
         let files = stopped?;
         // Right after the stop, so the counts match the backup's end as closely as a live
         // database allows (a drill restores to exactly that end).
-        let drill = engine.config.source(source_name)?.1.drill.as_ref();
-        let row_counts = match (source, drill) {
+        let row_counts = match (source, &source_config.drill) {
             (SourceKindConfig::Postgres { connection, .. }, Some(drill))
                 if drill.wants_row_counts() =>
             {

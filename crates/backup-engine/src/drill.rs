@@ -281,13 +281,12 @@ pub async fn run_drill(
             error: None,
         },
         server: None,
-        port: None,
     };
     if let Err(e) = run.run(pick, options, cancel).await {
         run.completion.error = Some(e.to_string());
     }
     if !options.keep {
-        if let Some(data_dir) = run.server.take() {
+        if let Some((data_dir, _)) = run.server.take() {
             let bin = crate::pitr::postgres_parts(source).ok().flatten();
             if let Err(e) = crate::pitr::stop_server(bin.map(PathBuf::as_path), &data_dir) {
                 tracing::warn!(drill = %id, error = %e, "stopping the drill's scratch server failed");
@@ -338,9 +337,8 @@ struct DrillRun<'a> {
     config: &'a DrillConfig,
     scratch: PathBuf,
     completion: DrillCompletion,
-    /// The data directory of a scratch server that is running, and its port.
-    server: Option<PathBuf>,
-    port: Option<u16>,
+    /// The data directory and port of a scratch server that was started (and may run).
+    server: Option<(PathBuf, u16)>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -530,7 +528,7 @@ impl DrillRun<'_> {
         )?;
         let port = free_port()?;
         let bin = crate::pitr::postgres_parts(self.source)?.cloned();
-        self.server = Some(data_dir.clone());
+        self.server = Some((data_dir.clone(), port));
         let recovery = crate::pitr::start_and_wait(
             self.source,
             bin.as_deref(),
@@ -545,7 +543,6 @@ impl DrillRun<'_> {
         recovery?;
         self.completion.recovery_millis = outcome.recovery_seconds.map(|s| (s * 1000.0) as u64);
         self.completion.rto_millis = Some(millis(started.elapsed()));
-        self.port = Some(port);
         Ok(())
     }
 }
@@ -553,7 +550,7 @@ impl DrillRun<'_> {
 impl DrillRun<'_> {
     /// Counts and query checks against the promoted scratch server.
     async fn check_postgres(&mut self, backup: &BackupRecord) -> Result<()> {
-        let port = self.port.expect("the scratch server runs");
+        let port = self.server.as_ref().expect("the scratch server runs").1;
         let user = crate::pitr::connection_user(self.source);
         let mut connections: HashMap<String, sqlx::PgConnection> = HashMap::new();
         let default_db = source_database(self.source);

@@ -3,9 +3,10 @@
 //! Every artifact has its own data key, stored only wrapped by a repository key: in the
 //! backup's key envelope, or (WAL files) in the sealed object's prefix. So a new repository key
 //! never means rewriting data: `key add` makes a new key active for everything written from
-//! then on, `key rotate` re-wraps every envelope in every repository under it (each envelope is
-//! replaced atomically, so a crash leaves it under the old key or the new one, both readable,
-//! and running rotate again carries on), and a key is retired from the key file only once
+//! then on, `key rotate` re-wraps every envelope in every repository under it (objects are
+//! immutable: the re-wrapped envelope is written as a new object before the old one is
+//! deleted, so a crash leaves at least one readable envelope, and running rotate again carries
+//! on), and a key is retired from the key file only once
 //! nothing in any repository is wrapped under it any more. Sealed WAL files keep their key until
 //! WAL retention deletes them; `key list` shows how many still reference each key.
 //!
@@ -47,6 +48,61 @@ pub async fn envelope_objects(
         .collect())
 }
 
+/// Reads envelope object `key` of `backup`; `None` if it is gone (a rotation finishing).
+async fn read_envelope_object(
+    repo: &Repository,
+    backup: BackupId,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<KeyEnvelope>> {
+    match read_object(&repo.sink, key, cancel).await {
+        Ok(bytes) => KeyEnvelope::from_json(&backup.to_string(), &bytes)
+            .map(Some)
+            .map_err(|e| crate::restore::envelope_error(backup, e)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every envelope of `backup` in `repo` with its object key.
+async fn read_envelopes(
+    repo: &Repository,
+    backup: BackupId,
+    cancel: &CancellationToken,
+) -> Result<Vec<(String, KeyEnvelope)>> {
+    let mut found = Vec::new();
+    for key in envelope_objects(repo, backup, cancel).await? {
+        if let Some(envelope) = read_envelope_object(repo, backup, &key, cancel).await? {
+            found.push((key, envelope));
+        }
+    }
+    Ok(found)
+}
+
+/// Of `found`, the envelope wrapped under `ring`'s active key, else one under a key it holds,
+/// else any (opening it then names the key it needs).
+fn best_envelope<'a>(
+    found: &'a [(String, KeyEnvelope)],
+    ring: &Keyring,
+) -> Option<&'a (String, KeyEnvelope)> {
+    found
+        .iter()
+        .find(|(_, e)| e.key_id == *ring.active().id())
+        .or_else(|| {
+            found
+                .iter()
+                .find(|(_, e)| ring.key_for(&e.key_id).is_some())
+        })
+        .or(found.first())
+}
+
+fn missing_envelope(repo: &Repository, backup: BackupId) -> EngineError {
+    EngineError::Integrity(format!(
+        "backup {backup}: its key envelope is missing from repository {}; the backup cannot be decrypted",
+        repo.name
+    ))
+}
+
 /// Reads the key envelope of `backup` in `repo` that `keys` can open (any envelope when none
 /// can, so that opening it names the key it needs).
 pub async fn read_envelope(
@@ -55,40 +111,17 @@ pub async fn read_envelope(
     keys: &Keyring,
     cancel: &CancellationToken,
 ) -> Result<KeyEnvelope> {
-    let parse = |bytes: &[u8]| {
-        KeyEnvelope::from_json(&backup.to_string(), bytes)
-            .map_err(|e| crate::restore::envelope_error(backup, e))
-    };
     // The common case without a LIST: the original envelope, under a key we hold.
-    match read_object(&repo.sink, &layout::envelope_key(backup), cancel).await {
-        Ok(bytes) => {
-            let envelope = parse(&bytes)?;
-            if keys.key_for(&envelope.key_id).is_some() {
-                return Ok(envelope);
-            }
-        }
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let mut fallback = None;
-    for key in envelope_objects(repo, backup, cancel).await? {
-        let envelope = match read_object(&repo.sink, &key, cancel).await {
-            Ok(bytes) => parse(&bytes)?,
-            // Deleted by a rotation finishing meanwhile.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        };
+    let original = layout::envelope_key(backup);
+    if let Some(envelope) = read_envelope_object(repo, backup, &original, cancel).await? {
         if keys.key_for(&envelope.key_id).is_some() {
             return Ok(envelope);
         }
-        fallback = Some(envelope);
     }
-    fallback.ok_or_else(|| {
-        EngineError::Integrity(format!(
-            "backup {backup}: its key envelope is missing from repository {}; the backup cannot be decrypted",
-            repo.name
-        ))
-    })
+    let found = read_envelopes(repo, backup, cancel).await?;
+    best_envelope(&found, keys)
+        .map(|(_, envelope)| envelope.clone())
+        .ok_or_else(|| missing_envelope(repo, backup))
 }
 
 /// Deletes every key envelope of `backup` in `repo`: from then on nothing of it there is
@@ -186,6 +219,8 @@ pub async fn scan_keys(
         .catalog
         .list_backups(&BackupFilter::default())
         .await?;
+    // Where each backup has copies (its own repository among them), in one query.
+    let places = crate::replicate::copy_places(engine, None).await?;
     let running = backups
         .iter()
         .filter(|b| b.status == BackupStatus::Running)
@@ -194,16 +229,13 @@ pub async fn scan_keys(
         .iter()
         .filter(|b| b.status == BackupStatus::Complete)
     {
-        let artifacts = engine.catalog.backup_artifacts(b.id).await?;
-        let places: BTreeSet<String> = std::iter::once(b.repository.clone())
-            .chain(
-                artifacts
-                    .iter()
-                    .flat_map(|a| a.copies.iter().map(|c| c.repository.clone())),
-            )
-            .collect();
-        for name in places {
-            let repo = open(engine, &mut repos, &name).await?;
+        for name in places
+            .get(&b.id)
+            .into_iter()
+            .flatten()
+            .map(|p| &p.repository)
+        {
+            let repo = open(engine, &mut repos, name).await?;
             match envelope_in(repo, b.id, &ring, rewrap, cancel).await {
                 Ok((under, changed)) => {
                     *envelopes.entry(under).or_default() += 1;
@@ -338,29 +370,8 @@ async fn envelope_in(
     cancel: &CancellationToken,
 ) -> Result<(KeyId, bool)> {
     let active = ring.active().id().clone();
-    let objects = envelope_objects(repo, backup, cancel).await?;
-    let mut found: Vec<(String, KeyEnvelope)> = Vec::new();
-    for key in objects {
-        let bytes = read_object(&repo.sink, &key, cancel).await?;
-        let envelope = KeyEnvelope::from_json(&backup.to_string(), &bytes)
-            .map_err(|e| crate::restore::envelope_error(backup, e))?;
-        found.push((key, envelope));
-    }
-    let Some(current) = found
-        .iter()
-        .find(|(_, e)| e.key_id == active)
-        .or_else(|| {
-            found
-                .iter()
-                .find(|(_, e)| ring.key_for(&e.key_id).is_some())
-        })
-        .or(found.first())
-    else {
-        return Err(EngineError::Integrity(format!(
-            "backup {backup} has no key envelope in repository {}",
-            repo.name
-        )));
-    };
+    let found = read_envelopes(repo, backup, cancel).await?;
+    let current = best_envelope(&found, ring).ok_or_else(|| missing_envelope(repo, backup))?;
     if !rewrap {
         return Ok((current.1.key_id.clone(), false));
     }

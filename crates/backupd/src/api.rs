@@ -262,13 +262,28 @@ async fn trigger_drill(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Ok((_, source)) = state.engine.config.source(&name) else {
+    enqueue_for_source(&state, &name, |config, source| {
+        backup_engine::schedule::drill_job(config, source, None, Utc::now())
+    })
+    .await
+}
+
+/// Queues the job `make` builds for source `name`: 202 with its id, 404 for an unknown source.
+async fn enqueue_for_source(
+    state: &AppState,
+    name: &str,
+    make: impl FnOnce(
+        &backup_engine::config::Config,
+        &backup_engine::config::SourceConfig,
+    ) -> backup_catalog::NewJob,
+) -> Result<Response, ApiError> {
+    let Ok((_, source)) = state.engine.config.source(name) else {
         return Ok(error(
             StatusCode::NOT_FOUND,
             format!("no source named {name:?}"),
         ));
     };
-    let job = backup_engine::schedule::drill_job(&state.engine.config, source, None, Utc::now());
+    let job = make(&state.engine.config, source);
     let id = state.engine.catalog.enqueue_manual(&job).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -300,18 +315,9 @@ async fn trigger_backup(
     Path(name): Path<String>,
     body: Option<Json<TriggerBody>>,
 ) -> Result<Response, ApiError> {
-    let Ok((_, source)) = state.engine.config.source(&name) else {
-        return Ok(error(
-            StatusCode::NOT_FOUND,
-            format!("no source named {name:?}"),
-        ));
-    };
     let tag = body.and_then(|b| b.0.tag);
-    let job = crate::runner::manual_job(&state.engine.config, source, tag, Utc::now());
-    let id = state.engine.catalog.enqueue_manual(&job).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "job_id": id, "status": "queued" })),
-    )
-        .into_response())
+    enqueue_for_source(&state, &name, |config, source| {
+        crate::runner::manual_job(config, source, tag, Utc::now())
+    })
+    .await
 }
