@@ -607,7 +607,12 @@ impl Inner {
                 Err(e) if is_missing(&e) => continue,
                 Err(e) => return Err(err(e)),
             };
-            visited.push(dir.clone());
+            // Its age is taken before the sweep empties it: removing a leftover touches the
+            // folder's mtime, which would otherwise make every swept folder look young.
+            let old_enough = fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m <= cutoff);
+            visited.push((dir.clone(), old_enough));
             for entry in entries {
                 let entry = entry.map_err(err)?;
                 let file_name = entry.file_name();
@@ -643,12 +648,9 @@ impl Inner {
         }
         // Folders emptied by the sweep (e.g. of an interrupted backup) go too; deepest first,
         // never the root, and remove_dir refuses any folder that still holds something.
-        visited.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for dir in visited {
-            // A young folder may be one a live upload has just created.
-            let old_enough = fs::metadata(&dir)
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m <= cutoff);
+        // A young folder may be one a live upload has just created.
+        visited.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+        for (dir, old_enough) in visited {
             if dir != self.root && old_enough && fs::remove_dir(&dir).is_ok() {
                 let _ = sync_dir(dir.parent().expect("below the root"));
             }

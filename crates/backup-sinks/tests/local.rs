@@ -94,6 +94,33 @@ async fn leftover_temp_file_is_not_listed_and_is_swept() {
     assert!(!fresh.exists());
 }
 
+#[tokio::test]
+async fn a_folder_emptied_by_the_sweep_goes_with_its_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = LocalSink::open("repo", dir.path()).unwrap();
+    let cancel = CancellationToken::new();
+    // An interrupted backup whose only trace is an old temp file in an old folder.
+    let folder = dir.path().join("backups/b2");
+    std::fs::create_dir_all(&folder).unwrap();
+    let leftover = folder.join(".data-0000.bkpd.tmp-0192f0c4-0000-7000-8000-000000000002");
+    std::fs::write(&leftover, b"partial").unwrap();
+    let three_hours_ago = SystemTime::now() - Duration::from_secs(3 * 3600);
+    for path in [&leftover, &folder] {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(three_hours_ago)
+            .unwrap();
+    }
+
+    let removed = sink
+        .sweep_incomplete("backups/b2", Duration::from_secs(3600), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    // Removing the leftover made the folder's mtime new; its age is the one it had before.
+    assert!(!folder.exists(), "the emptied folder is removed too");
+}
+
 /// Shared checks after a put failed for lack of space.
 async fn assert_disk_full_handled(
     sink: &impl Sink,
