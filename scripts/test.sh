@@ -20,8 +20,9 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 
-# The S3 sink tests start SeaweedFS and moto, installed once into a venv under ~/.cache.
-if [ "${BACKUPD_SKIP_S3_TESTS:-}" != 1 ]; then
+# The S3 sink tests start SeaweedFS and moto, the MongoDB tests SecantusDB, installed once
+# into a venv under ~/.cache.
+if [ "${BACKUPD_SKIP_S3_TESTS:-}" != 1 ] || [ "${BACKUPD_SKIP_MONGO_TESTS:-}" != 1 ]; then
   scripts/test-servers.sh
 fi
 

@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod drill;
 mod keys;
+mod mongo;
 mod postgres;
 mod postgres_async;
 mod privileged;

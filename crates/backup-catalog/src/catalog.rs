@@ -146,6 +146,7 @@ const DELETE_BACKUP_QUEUE_ROWS: [&str; 4] = [
     "DELETE FROM thaw_requests WHERE backup_id = $1",
     "DELETE FROM postgres_backups WHERE backup_id = $1",
     "DELETE FROM backup_row_counts WHERE backup_id = $1",
+    "DELETE FROM mongo_backups WHERE backup_id = $1",
 ];
 
 const DELETE_BACKUP_ROWS: [&str; 3] = [

@@ -14,6 +14,7 @@ mod drills;
 mod error;
 mod jobs;
 mod model;
+mod mongodb;
 mod postgres;
 mod replication;
 mod retention;
@@ -29,6 +30,7 @@ pub use model::{
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
 pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
+pub use mongodb::{MongoBackupRecord, OplogSliceRecord, OplogTs};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;
 pub use shreds::ShredRecord;

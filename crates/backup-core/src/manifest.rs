@@ -139,6 +139,23 @@ pub struct ManifestFooter {
     /// rebuilt from the repository can still restore to a point in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresPosition>,
+    /// MongoDB logical backups: the oplog range the backup is consistent over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongodb: Option<MongoPosition>,
+}
+
+/// Where a MongoDB logical backup is in the oplog: its documents were read between `start`
+/// and `end` (oplog timestamps `SECONDS.INCREMENT`), and its oplog file holds the entries
+/// after `start` up to `end`, so a restore is consistent at `end` (or any point between).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MongoPosition {
+    pub start: String,
+    pub end: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub collections: u64,
+    pub documents: u64,
+    pub oplog_entries: u64,
 }
 
 /// The WAL position of a PostgreSQL base backup.
@@ -419,6 +436,7 @@ mod tests {
             plaintext_bytes: 12,
             artifacts: vec![],
             postgres: None,
+            mongodb: None,
         };
         let bytes = w.finish(footer.clone()).unwrap();
         let (mut r, got) = ManifestReader::open(&bytes[..]).unwrap();

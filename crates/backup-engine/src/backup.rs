@@ -54,6 +54,7 @@ struct Produced {
     data: ArtifactSummary,
     manifest: ArtifactSummary,
     stats: TreeStats,
+    mongo: Option<backup_core::manifest::MongoPosition>,
 }
 
 /// Backs up `source_name` under a new backup id, labelled with `tag` if given.
@@ -237,7 +238,13 @@ async fn write_and_record(
             )
             .await?,
         ),
-        SourceKindConfig::Files { .. } => None,
+        SourceKindConfig::Files { .. } | SourceKindConfig::Mongodb(_) => None,
+    };
+    let mongo = match source {
+        SourceKindConfig::Mongodb(_) => {
+            Some(crate::mongo::MongoSnapshot::start(engine.config.source(source_name)?.1).await?)
+        }
+        _ => None,
     };
     let (handshake, stop_parts) = match session.take() {
         Some(session) => {
@@ -311,6 +318,7 @@ async fn write_and_record(
         progress,
         postgres: handshake,
         previous: previous.map(|p| p.files),
+        mongo,
     };
     let producer = tokio::task::spawn_blocking(move || job.run());
     let (data_put, manifest_put, produced, position) = tokio::join!(
@@ -382,6 +390,12 @@ async fn write_and_record(
         if let Some(counts) = row_counts {
             engine.catalog.record_row_counts(backup_id, counts).await?;
         }
+    }
+    if let Some(p) = &produced.mongo {
+        engine
+            .catalog
+            .record_mongo_backup(&crate::mongo::mongo_record(backup_id, p)?)
+            .await?;
     }
     // Queued before completion: a complete backup always has its copies queued.
     engine
@@ -475,6 +489,8 @@ struct ProduceJob {
     postgres: Option<PostgresHandshake>,
     /// Incremental: the files of the previous backup of the chain, by entry path.
     previous: Option<HashMap<Vec<u8>, files::PreviousFile>>,
+    /// For MongoDB: the connection, start position and collections to copy.
+    mongo: Option<crate::mongo::MongoSnapshot>,
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -591,7 +607,21 @@ impl ProduceJob {
         };
         let mut on_bytes = |n| progress.add_bytes(n);
         let mut postgres_position = None;
+        let mut mongo_position = None;
         let stats = match &self.source {
+            SourceKindConfig::Mongodb(_) => {
+                let snapshot = self
+                    .mongo
+                    .expect("mongodb backups come with their snapshot");
+                let mut tree = files::TreeBackup::new(
+                    files::UnreadablePolicy::Fail,
+                    &mut data,
+                    &mut recorder,
+                    &mut on_bytes,
+                );
+                mongo_position = Some(snapshot.write(&mut tree)?);
+                tree.finish()
+            }
             SourceKindConfig::Files {
                 paths,
                 on_unreadable,
@@ -654,6 +684,7 @@ impl ProduceJob {
             plaintext_bytes: data_summary.plaintext_size,
             artifacts: vec![data_summary.clone()],
             postgres: postgres_position,
+            mongodb: mongo_position.clone(),
         };
         let manifest_writer = manifest.finish(footer).map_err(output_error)?;
         let (manifest_out, manifest_summary) = manifest_writer
@@ -664,6 +695,7 @@ impl ProduceJob {
             data: data_summary,
             manifest: manifest_summary,
             stats,
+            mongo: mongo_position,
         })
     }
 }

@@ -329,6 +329,74 @@ pub enum SourceKindConfig {
         #[serde(default = "default_archive_timeout", with = "humantime_serde")]
         archive_timeout: std::time::Duration,
     },
+    /// A MongoDB replica set: logical backups through the driver, consistent to one oplog
+    /// position, and oplog archiving for point-in-time restore (docs/sources/mongodb.md).
+    #[serde(rename = "mongodb")]
+    Mongodb(MongoSourceConfig),
+}
+
+/// A `kind = "mongodb"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MongoSourceConfig {
+    /// The connection URI is a secret (it carries the password): name the environment
+    /// variable or the file that holds it, never the URI itself.
+    #[serde(default)]
+    pub uri_env: Option<String>,
+    #[serde(default)]
+    pub uri_file: Option<PathBuf>,
+    /// Namespaces backed up: `db`, `db.*` or `db.collection` (all user databases when empty).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Namespaces left out, same patterns.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Which members documents are read from (default secondary-preferred).
+    #[serde(default)]
+    pub read_preference: backup_sources::mongodb::ReadPreferenceMode,
+    /// How often `backupctl oplog-archive` / backupd writes an oplog slice (default 1m).
+    #[serde(default = "default_oplog_interval", with = "humantime_serde")]
+    pub oplog_interval: std::time::Duration,
+}
+
+fn default_oplog_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+impl MongoSourceConfig {
+    /// The namespace filter of `include` / `exclude`.
+    pub fn filter(&self) -> backup_sources::mongodb::NamespaceFilter {
+        backup_sources::mongodb::NamespaceFilter {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+
+    /// Reads the URI from its env var or file. The error names where, never the value.
+    pub fn uri(&self) -> Result<String, String> {
+        let (value, from) = match (&self.uri_env, &self.uri_file) {
+            (Some(var), _) => (
+                std::env::var(var).map_err(|e| {
+                    format!("cannot read the MongoDB URI from the environment variable {var}: {e}")
+                })?,
+                format!("the environment variable {var}"),
+            ),
+            (None, Some(path)) => (
+                std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read the MongoDB URI from {}: {e}", path.display())
+                })?,
+                path.display().to_string(),
+            ),
+            (None, None) => return Err("the source names no `uri-env` or `uri-file`".into()),
+        };
+        let value = value.trim();
+        if !(value.starts_with("mongodb://") || value.starts_with("mongodb+srv://")) {
+            return Err(format!(
+                "{from} does not hold a mongodb:// or mongodb+srv:// URI"
+            ));
+        }
+        Ok(value.to_owned())
+    }
 }
 
 fn default_archive_timeout() -> std::time::Duration {
@@ -346,7 +414,7 @@ impl SourceKindConfig {
             Self::Postgres {
                 spool_directory, ..
             } => spool_directory.as_deref(),
-            Self::Files { .. } => None,
+            Self::Files { .. } | Self::Mongodb(_) => None,
         }
     }
 
@@ -359,7 +427,7 @@ impl SourceKindConfig {
             } => {
                 backup_sources::postgres::wal::WalSegmentSize::new(wal_segment_size_mib << 20).ok()
             }
-            Self::Files { .. } => None,
+            Self::Files { .. } | Self::Mongodb(_) => None,
         }
     }
 
@@ -377,6 +445,7 @@ impl SourceKindConfig {
         match self {
             Self::Files { .. } => "files",
             Self::Postgres { .. } => "postgres",
+            Self::Mongodb(_) => "mongodb",
         }
     }
 }
@@ -624,6 +693,24 @@ impl Config {
                     ))
                 }
                 SourceKindConfig::Postgres { .. } => {}
+                SourceKindConfig::Mongodb(m) => {
+                    if m.uri_env.is_some() == m.uri_file.is_some() {
+                        return Err(self.invalid(
+                            format!("source[{i}].uri-env"),
+                            "give the MongoDB URI by exactly one of `uri-env` (an environment \
+                             variable) or `uri-file` (a file); it is a secret, so never the URI itself",
+                        ));
+                    }
+                    m.filter()
+                        .check()
+                        .map_err(|e| self.invalid(format!("source[{i}].include"), e))?;
+                    if m.oplog_interval < std::time::Duration::from_secs(1) {
+                        return Err(self.invalid(
+                            format!("source[{i}].oplog-interval"),
+                            "must be at least 1s",
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -741,6 +828,7 @@ impl Config {
                     ));
                 }
             }
+            SourceKindConfig::Mongodb(_) => {}
         }
         Ok(())
     }
@@ -935,6 +1023,75 @@ repository = "region-a"
             for needle in needles {
                 assert!(err.contains(needle), "{copy_to}: {err}");
             }
+        }
+    }
+
+    #[test]
+    fn mongodb_sources_parse_and_take_the_uri_only_as_a_secret() {
+        let mongo = |extra: &str| {
+            GOOD.replace(
+                "kind = \"files\"\npaths = [\"./data\"]",
+                &format!("kind = \"mongodb\"\n{extra}"),
+            )
+        };
+        let c = Config::parse(
+            &mongo("uri-env = \"BACKUPD_TEST_MONGO_URI_UNSET\"\ninclude = [\"app\", \"crm.contacts\"]\nexclude = [\"app.cache\"]\nread-preference = \"primary\"\noplog-interval = \"30s\""),
+            "m.toml",
+        )
+        .unwrap();
+        let SourceKindConfig::Mongodb(m) = &c.sources[0].kind else {
+            panic!("not mongodb: {:?}", c.sources[0].kind);
+        };
+        assert_eq!(c.sources[0].kind.kind_name(), "mongodb");
+        assert_eq!(m.oplog_interval, std::time::Duration::from_secs(30));
+        assert_eq!(
+            m.read_preference,
+            backup_sources::mongodb::ReadPreferenceMode::Primary
+        );
+        let filter = m.filter();
+        assert!(filter.covers("crm", "contacts") && !filter.covers("app", "cache"));
+        let err = m.uri().unwrap_err();
+        assert!(err.contains("BACKUPD_TEST_MONGO_URI_UNSET"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uri");
+        std::fs::write(
+            &file,
+            "mongodb://backup:s3cret@db.example:27017/?replicaSet=rs0\n",
+        )
+        .unwrap();
+        let c = Config::parse(
+            &mongo(&format!("uri-file = \"{}\"", file.display())),
+            "m.toml",
+        )
+        .unwrap();
+        let SourceKindConfig::Mongodb(m) = &c.sources[0].kind else {
+            panic!("not mongodb");
+        };
+        assert_eq!(
+            m.uri().unwrap(),
+            "mongodb://backup:s3cret@db.example:27017/?replicaSet=rs0"
+        );
+        assert_eq!(m.read_preference, Default::default());
+        std::fs::write(&file, "postgres://x:s3cret@h/").unwrap();
+        let err = m.uri().unwrap_err();
+        assert!(
+            err.contains("mongodb://") && !err.contains("s3cret"),
+            "{err}"
+        );
+
+        for (extra, needle) in [
+            ("", "uri-env"),
+            ("uri-env = \"A\"\nuri-file = \"/x\"", "exactly one"),
+            ("uri = \"mongodb://u:p@h/\"", "uri"),
+            ("uri-env = \"A\"\ninclude = [\"a b\"]", "include"),
+            ("uri-env = \"A\"\noplog-interval = \"0s\"", "oplog-interval"),
+            ("uri-env = \"A\"\nread-preference = \"any\"", "any"),
+        ] {
+            let err = Config::parse(&mongo(extra), "m.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
         }
     }
 

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod init;
 pub mod keyfile;
 pub mod keys;
+pub mod mongo;
 pub mod pgbackup;
 pub mod pitr;
 pub mod policy;

@@ -28,6 +28,8 @@ pub struct RebuildReport {
     pub imported: Vec<String>,
     /// Archived WAL files (and copies of them) recorded again.
     pub wal_files_imported: u64,
+    /// Archived MongoDB oplog slices recorded again.
+    pub oplog_slices_imported: u64,
     /// (backup id, reason) of backup folders that are not complete backups.
     pub incomplete: Vec<(String, String)>,
 }
@@ -40,10 +42,14 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
     let mut primaries: BTreeMap<BackupId, String> = BTreeMap::new();
     let mut positions: BTreeMap<BackupId, backup_core::manifest::PostgresPosition> =
         BTreeMap::new();
+    let mut mongo_positions: BTreeMap<BackupId, backup_core::manifest::MongoPosition> =
+        BTreeMap::new();
     for repo_config in &engine.config.repositories {
         let repo = Repository::open(&engine.config, repo_config).await?;
         repo.check_key(&key, cancel).await?;
         report.wal_files_imported += rebuild_wal(engine, &repo, cancel).await?;
+        report.oplog_slices_imported +=
+            crate::mongo::archive::rebuild_slices(engine, &repo, cancel).await?;
         let mut by_backup: BTreeMap<BackupId, Vec<ObjectInfo>> = BTreeMap::new();
         for object in repo.sink.list(layout::BACKUPS_PREFIX, cancel).await? {
             if let Some(id) = layout::backup_of_key(&object.key) {
@@ -52,10 +58,13 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
         }
         for (backup_id, objects) in by_backup {
             match import_one(&repo, &key, backup_id, &objects, cancel).await {
-                Ok((imported, primary, position)) => {
+                Ok((imported, primary, position, mongo_position)) => {
                     primaries.insert(backup_id, primary);
                     if let Some(position) = position {
                         positions.insert(backup_id, position);
+                    }
+                    if let Some(position) = mongo_position {
+                        mongo_positions.insert(backup_id, position);
                     }
                     merge(&mut found, imported);
                 }
@@ -86,6 +95,12 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
             engine
                 .catalog
                 .record_postgres_backup(&crate::backup::postgres_record(backup_id, position))
+                .await?;
+        }
+        if let Some(position) = mongo_positions.get(&backup_id) {
+            engine
+                .catalog
+                .record_mongo_backup(&crate::mongo::mongo_record(backup_id, position)?)
                 .await?;
         }
         // Copies the config asks for and no repository holds yet are queued again.
@@ -248,6 +263,7 @@ async fn import_one(
     ImportedBackup,
     String,
     Option<backup_core::manifest::PostgresPosition>,
+    Option<backup_core::manifest::MongoPosition>,
 )> {
     if !objects
         .iter()
@@ -324,7 +340,12 @@ async fn import_one(
     for copy in imported.artifacts.iter_mut().flat_map(|a| &mut a.copies) {
         copy.storage_class = class_of(&copy.object_key);
     }
-    Ok((imported, header.repository.clone(), footer.postgres.clone()))
+    Ok((
+        imported,
+        header.repository.clone(),
+        footer.postgres.clone(),
+        footer.mongodb.clone(),
+    ))
 }
 
 fn imported(

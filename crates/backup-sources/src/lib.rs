@@ -4,4 +4,6 @@
 //! the async executor.
 
 pub mod files;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 pub mod postgres;

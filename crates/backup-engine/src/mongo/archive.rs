@@ -1,0 +1,457 @@
+//! Continuous oplog archiving: `backupctl oplog-archive SOURCE` (and backupd) tails
+//! `local.oplog.rs` and writes what it read as sealed slices (`oplog/<source>/<after>-<last>.bkpd`,
+//! each the entries after `after` up to `last`) every `oplog-interval`.
+//!
+//! The position is the catalog itself: archiving resumes after the newest recorded slice
+//! (or, for a source with none yet, at the end of its newest backup), so a restart or a
+//! network drop re-reads from there and never skips an entry; a slice is recorded only once
+//! stored and its checksum matched. Before each slice the oplog's oldest entry is checked:
+//! when the oplog has rolled past the position, the entries in between are lost and
+//! archiving stops with an error asking for a new full backup.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use backup_catalog::{OplogSliceRecord, OplogTs};
+use backup_core::format::{ArtifactKind, ReadOptions, WriteOptions};
+use backup_core::sealed::{open_sealed, seal};
+use backup_sinks::{put_bytes, read_object, Sink};
+use backup_sources::mongodb::backup::oplog_entry_covered;
+use backup_sources::mongodb::bson::{doc, Document, RawDocumentBuf};
+use backup_sources::mongodb::mongodb::options::{CursorType, ReadPreference, SelectionCriteria};
+use backup_sources::mongodb::{self as mongo, MongoError, NamespaceFilter, OpTime};
+
+use super::{mongo_error, mongo_source};
+use crate::config::SourceConfig;
+use crate::error::{EngineError, Result};
+use crate::repo::Repository;
+use crate::Engine;
+
+/// Where slices live in a repository.
+pub const OPLOG_PREFIX: &str = "oplog/";
+/// A slice is cut early once it holds this much.
+const MAX_SLICE_BYTES: usize = 64 << 20;
+/// Waits between reconnection attempts after a network drop, doubling up to a minute.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+pub fn slice_key(source: &str, after: OpTime, last: OpTime) -> String {
+    format!("{OPLOG_PREFIX}{source}/{after}-{last}.bkpd")
+}
+
+pub(crate) fn to_ts(t: OpTime) -> OplogTs {
+    OplogTs {
+        t: t.0.time,
+        i: t.0.increment,
+    }
+}
+
+pub(crate) fn from_ts(t: OplogTs) -> OpTime {
+    OpTime::new(t.t, t.i)
+}
+
+/// What an archiving run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ArchiveReport {
+    pub source: String,
+    pub slices: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Where archiving stands now (`SECONDS.INCREMENT`).
+    pub position: Option<String>,
+    /// Network drops or server restarts recovered from.
+    pub reconnects: u64,
+}
+
+/// Where archiving of `source` continues: after its newest slice, else at the end of its
+/// newest complete backup.
+pub async fn resume_position(engine: &Engine, source: &SourceConfig) -> Result<OpTime> {
+    if let Some(last) = engine.catalog.last_oplog_slice(&source.name).await? {
+        return Ok(from_ts(last.last));
+    }
+    let newest = engine
+        .catalog
+        .mongo_backups(&source.name)
+        .await?
+        .into_iter()
+        .max_by_key(|b| b.end);
+    match newest {
+        Some(b) => Ok(from_ts(b.end)),
+        None => Err(EngineError::Usage(format!(
+            "source {} has no complete backup to archive the oplog after: take one first \
+             (`backupctl backup {}`)",
+            source.name, source.name
+        ))),
+    }
+}
+
+/// Archives `source_name`'s oplog: with `once`, everything up to the newest entry now, as
+/// one slice; otherwise a slice every `oplog-interval` until `cancel`.
+pub async fn run_oplog_archive(
+    engine: &Engine,
+    source_name: &str,
+    once: bool,
+    cancel: &CancellationToken,
+) -> Result<ArchiveReport> {
+    let (_, source) = engine.config.source(source_name)?;
+    let m = mongo_source(source)?;
+    let repo = Repository::open(
+        &engine.config,
+        engine.config.repository(&source.repository)?,
+    )
+    .await?;
+    let key = engine.key()?;
+    if !repo.check_key(&key, cancel).await? {
+        return Err(EngineError::Failed(format!(
+            "repository {} has not been initialised; run `backupctl init`",
+            repo.name
+        )));
+    }
+    let filter = m.filter();
+    let mut report = ArchiveReport {
+        source: source.name.clone(),
+        ..ArchiveReport::default()
+    };
+    let mut after = resume_position(engine, source).await?;
+    report.position = Some(after.to_string());
+    let uri = m
+        .uri()
+        .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
+    let mut client = None;
+    let mut retry = RETRY_FIRST;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let step = async {
+            if client.is_none() {
+                client = Some(
+                    mongo::connect(&uri, m.read_preference)
+                        .await
+                        .map_err(Step::Mongo)?,
+                );
+            }
+            let c = client.as_ref().expect("connected above");
+            let oldest = mongo::oplog_first(c).await.map_err(Step::Mongo)?;
+            if oldest > after {
+                return Err(Step::Mongo(MongoError::OplogRolledOver {
+                    position: after,
+                    oldest,
+                }));
+            }
+            let upto = if once {
+                Some(mongo::oplog_last(c).await.map_err(Step::Mongo)?)
+            } else {
+                None
+            };
+            let deadline = Instant::now() + m.oplog_interval;
+            read_slice(c, after, upto, deadline, &filter, cancel).await
+        };
+        match step.await {
+            // Stopping: what this slice read is read again by the next run.
+            Ok(_) if cancel.is_cancelled() => break,
+            Ok(slice) => {
+                retry = RETRY_FIRST;
+                if slice.last > after {
+                    let record = store_slice(engine, &repo, source, after, &slice, cancel).await?;
+                    report.slices += 1;
+                    report.entries += record.entries;
+                    report.bytes += record.plaintext_size;
+                    after = slice.last;
+                    report.position = Some(after.to_string());
+                    tracing::info!(source = %source.name, position = %after, entries = record.entries, "oplog slice archived");
+                }
+                if once {
+                    break;
+                }
+            }
+            Err(Step::Mongo(e)) if e.is_temporary() && !once => {
+                // Re-read from the recorded position: nothing read since is lost.
+                tracing::warn!(source = %source.name, error = %e, retry_in = ?retry, "oplog tailing interrupted; reconnecting");
+                eprintln!(
+                    "oplog tailing of {} interrupted ({e}); reconnecting in {retry:?}",
+                    source.name
+                );
+                client = None;
+                report.reconnects += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+            Err(Step::Mongo(e)) => return Err(mongo_error(e)),
+            Err(Step::Engine(e)) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+/// Why one archiving step failed: the server (maybe temporarily) or anything else.
+enum Step {
+    Mongo(MongoError),
+    Engine(EngineError),
+}
+
+/// Entries read for one slice.
+struct Slice {
+    bytes: Vec<u8>,
+    entries: u64,
+    /// The newest position read (entries the filter leaves out count too).
+    last: OpTime,
+}
+
+/// Reads the entries after `after`: up to `upto` when given (then returns), else tailing
+/// until `deadline` or `MAX_SLICE_BYTES`.
+async fn read_slice(
+    client: &mongo::mongodb::Client,
+    after: OpTime,
+    upto: Option<OpTime>,
+    deadline: Instant,
+    filter: &NamespaceFilter,
+    cancel: &CancellationToken,
+) -> std::result::Result<Slice, Step> {
+    let oplog = client
+        .database("local")
+        .collection::<RawDocumentBuf>("oplog.rs");
+    let query = match upto {
+        Some(upto) => doc! { "ts": { "$gt": after.0, "$lte": upto.0 } },
+        None => doc! { "ts": { "$gt": after.0 } },
+    };
+    let mut find = oplog
+        .find(query)
+        .sort(doc! { "$natural": 1 })
+        .batch_size(1000)
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    if upto.is_none() {
+        find = find
+            .cursor_type(CursorType::TailableAwait)
+            .max_await_time(Duration::from_secs(1));
+    }
+    let what = format!("tailing the oplog after {after}");
+    let mut cursor = find
+        .await
+        .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?;
+    let mut slice = Slice {
+        bytes: Vec::new(),
+        entries: 0,
+        last: after,
+    };
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        let more = tokio::select! {
+            _ = &mut sleep, if upto.is_none() => break,
+            _ = cancel.cancelled() => break,
+            more = cursor.advance() => more.map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?,
+        };
+        if !more {
+            break;
+        }
+        let raw = cursor.current();
+        let entry = Document::try_from(raw).map_err(|e| {
+            Step::Engine(EngineError::Failed(format!(
+                "{what}: an entry is not valid BSON: {e}"
+            )))
+        })?;
+        let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+        if oplog_entry_covered(&entry, filter) {
+            slice.bytes.extend_from_slice(raw.as_bytes());
+            slice.entries += 1;
+        }
+        slice.last = ts;
+        if slice.bytes.len() >= MAX_SLICE_BYTES {
+            break;
+        }
+    }
+    if let Some(upto) = upto {
+        // Entries the filter left out still moved the position.
+        slice.last = slice.last.max(upto);
+    }
+    Ok(slice)
+}
+
+/// Seals and stores one slice, checks the stored checksum, then records it.
+async fn store_slice(
+    engine: &Engine,
+    repo: &Repository,
+    source: &SourceConfig,
+    after: OpTime,
+    slice: &Slice,
+    cancel: &CancellationToken,
+) -> Result<OplogSliceRecord> {
+    let key = engine.key()?;
+    let options = WriteOptions {
+        zstd_level: engine.config.pipeline.compression_level,
+        ..WriteOptions::default()
+    };
+    let plain = slice.bytes.clone();
+    let (sealed, summary) = tokio::task::spawn_blocking(move || -> Result<_> {
+        use std::io::Write;
+        let mut writer = seal(Vec::new(), &key, ArtifactKind::Wal, &options)
+            .map_err(|e| EngineError::from_format("sealing an oplog slice", e))?;
+        writer
+            .write_all(&plain)
+            .map_err(|e| EngineError::Failed(format!("sealing an oplog slice: {e}")))?;
+        writer
+            .finish()
+            .map_err(|e| EngineError::from_format("sealing an oplog slice", e))
+    })
+    .await
+    .map_err(|e| EngineError::Failed(format!("sealing an oplog slice crashed: {e}")))??;
+    let stored_sha: [u8; 32] = Sha256::digest(&sealed).into();
+    let stored_size = sealed.len() as u64;
+    let object_key = slice_key(&source.name, after, slice.last);
+    let receipt = match put_bytes(&repo.sink, &object_key, sealed, cancel).await {
+        Ok(r) => r,
+        // Stored by an earlier run that died before recording it: it is re-written under
+        // the same name only if its content is the same, which the sink checks.
+        Err(e) => return Err(e.into()),
+    };
+    if receipt.size != stored_size || receipt.sha256 != stored_sha {
+        return Err(EngineError::Integrity(format!(
+            "repository {} stored {} bytes for {object_key}, but {stored_size} were sent; the slice is not recorded",
+            repo.name, receipt.size
+        )));
+    }
+    let record = OplogSliceRecord {
+        source: source.name.clone(),
+        after: to_ts(after),
+        last: to_ts(slice.last),
+        entries: slice.entries,
+        repository: repo.name.clone(),
+        object_key,
+        plaintext_size: summary.plaintext_size,
+        plaintext_sha256: hex::encode(summary.plaintext_sha256),
+        stored_size,
+        stored_sha256: hex::encode(stored_sha),
+        archived_at: Utc::now(),
+    };
+    engine.catalog.record_oplog_slice(&record).await?;
+    Ok(record)
+}
+
+/// Reads a slice back (decrypting and checking its content's checksum) into `path`.
+pub(crate) async fn fetch_slice(
+    engine: &Engine,
+    slice: &OplogSliceRecord,
+    path: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let repo = Repository::open_named(&engine.config, &slice.repository).await?;
+    let sealed = read_object(&repo.sink, &slice.object_key, cancel).await?;
+    let key = engine.key()?;
+    let what = format!(
+        "oplog slice {} in repository {}",
+        slice.object_key, repo.name
+    );
+    let expected = slice.plaintext_sha256.clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::io::Read;
+        let (mut reader, _) = open_sealed(&sealed[..], &key, &ReadOptions::default())
+            .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
+        let mut plain = Vec::new();
+        reader
+            .read_to_end(&mut plain)
+            .map_err(|e| crate::restore::stream_error(&what, e))?;
+        let sha = hex::encode(Sha256::digest(&plain));
+        if sha != expected {
+            return Err(EngineError::Integrity(format!(
+                "{what}: content SHA-256 {sha} is not the {expected} recorded when it was archived"
+            )));
+        }
+        std::fs::write(&path, &plain)
+            .map_err(|e| EngineError::Failed(format!("writing {}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| EngineError::Failed(format!("reading an oplog slice crashed: {e}")))?
+}
+
+/// Records the slices of `repo` the catalog does not know (catalog rebuild): each is
+/// decrypted to learn its content's checksum and entry count.
+pub(crate) async fn rebuild_slices(
+    engine: &Engine,
+    repo: &Repository,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    let mut imported = 0;
+    for object in repo.sink.list(OPLOG_PREFIX, cancel).await? {
+        let Some((source, file)) = object
+            .key
+            .strip_prefix(OPLOG_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        let Some((after, last)) = file
+            .strip_suffix(".bkpd")
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(a, l)| Some((a.parse::<OpTime>().ok()?, l.parse::<OpTime>().ok()?)))
+        else {
+            tracing::warn!(key = %object.key, "not an oplog slice");
+            continue;
+        };
+        if engine
+            .catalog
+            .oplog_slices(source)
+            .await?
+            .iter()
+            .any(|s| s.last == to_ts(last))
+        {
+            continue;
+        }
+        let sealed = read_object(&repo.sink, &object.key, cancel).await?;
+        let key = engine.key()?;
+        let what = format!("{} in repository {}", object.key, repo.name);
+        let stored_sha = hex::encode(Sha256::digest(&sealed));
+        let stored_size = sealed.len() as u64;
+        let (plain_size, plain_sha, entries) =
+            tokio::task::spawn_blocking(move || -> Result<(u64, String, u64)> {
+                use std::io::Read;
+                let (mut reader, _) = open_sealed(&sealed[..], &key, &ReadOptions::default())
+                    .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?;
+                let mut plain = Vec::new();
+                reader
+                    .read_to_end(&mut plain)
+                    .map_err(|e| crate::restore::stream_error(&what, e))?;
+                let mut docs = mongo::backup::BsonFileReader::new(&plain[..]);
+                let mut entries = 0;
+                while docs
+                    .next_raw()
+                    .map_err(|e| EngineError::Integrity(format!("{what}: {e}")))?
+                    .is_some()
+                {
+                    entries += 1;
+                }
+                Ok((
+                    plain.len() as u64,
+                    hex::encode(Sha256::digest(&plain)),
+                    entries,
+                ))
+            })
+            .await
+            .map_err(|e| EngineError::Failed(format!("reading {} crashed: {e}", object.key)))??;
+        engine
+            .catalog
+            .record_oplog_slice(&OplogSliceRecord {
+                source: source.to_owned(),
+                after: to_ts(after),
+                last: to_ts(last),
+                entries,
+                repository: repo.name.clone(),
+                object_key: object.key.clone(),
+                plaintext_size: plain_size,
+                plaintext_sha256: plain_sha,
+                stored_size,
+                stored_sha256: stored_sha,
+                archived_at: object.modified.into(),
+            })
+            .await?;
+        imported += 1;
+    }
+    Ok(imported)
+}

@@ -1,0 +1,254 @@
+//! Reading a collection's documents or a range of the oplog as one byte stream of
+//! concatenated BSON documents (the layout of mongodump's `.bson` files), for the blocking
+//! backup pipeline: [`DocumentStream`] implements [`std::io::Read`] over the driver's
+//! async cursor, holding one batch of documents at a time.
+
+use std::future::IntoFuture;
+use std::io::{self, Read};
+
+use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::options::{ReadPreference, SelectionCriteria};
+use mongodb::{Client, Cursor};
+use tokio::runtime::Handle;
+
+use super::{MongoError, NamespaceFilter, OpTime, Result};
+
+/// Documents of a cursor as concatenated BSON, pulled as the reader asks for bytes.
+pub struct DocumentStream {
+    handle: Handle,
+    cursor: Cursor<RawDocumentBuf>,
+    /// The current document and how much of it has been read.
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+    documents: u64,
+    what: String,
+    /// Oplog streams: only entries this filter covers.
+    oplog_filter: Option<NamespaceFilter>,
+}
+
+impl DocumentStream {
+    /// Every document of `db.coll`, in natural order. Must be called from a thread that is
+    /// not an async executor's (it blocks on `handle`).
+    pub fn collection(handle: Handle, client: &Client, db: &str, coll: &str) -> Result<Self> {
+        let what = format!("reading {db}.{coll}");
+        let collection = client.database(db).collection::<RawDocumentBuf>(coll);
+        let cursor = handle
+            .block_on(collection.find(doc! {}).batch_size(1000).into_future())
+            .map_err(MongoError::driver(what.clone()))?;
+        Ok(Self::new(handle, cursor, what, None))
+    }
+
+    /// The oplog entries after `after` up to and including `upto` that `filter` covers
+    /// (always from the primary, whose oplog the positions were read from).
+    pub fn oplog(
+        handle: Handle,
+        client: &Client,
+        after: OpTime,
+        upto: OpTime,
+        filter: NamespaceFilter,
+    ) -> Result<Self> {
+        let what = format!("reading the oplog from {after} to {upto}");
+        let cursor = handle
+            .block_on(
+                client
+                    .database("local")
+                    .collection::<RawDocumentBuf>("oplog.rs")
+                    .find(doc! { "ts": { "$gt": after.0, "$lte": upto.0 } })
+                    .sort(doc! { "$natural": 1 })
+                    .batch_size(1000)
+                    .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+                    .into_future(),
+            )
+            .map_err(MongoError::driver(what.clone()))?;
+        Ok(Self::new(handle, cursor, what, Some(filter)))
+    }
+
+    fn new(
+        handle: Handle,
+        cursor: Cursor<RawDocumentBuf>,
+        what: String,
+        oplog_filter: Option<NamespaceFilter>,
+    ) -> Self {
+        DocumentStream {
+            handle,
+            cursor,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+            documents: 0,
+            what,
+            oplog_filter,
+        }
+    }
+
+    /// Documents read so far.
+    pub fn documents(&self) -> u64 {
+        self.documents
+    }
+
+    fn next_document(&mut self) -> Result<bool> {
+        loop {
+            let more = self
+                .handle
+                .block_on(self.cursor.advance())
+                .map_err(MongoError::driver(self.what.clone()))?;
+            if !more {
+                return Ok(false);
+            }
+            let raw = self.cursor.current();
+            if let Some(filter) = &self.oplog_filter {
+                let entry = Document::try_from(raw).map_err(|e| {
+                    MongoError::Invalid(format!("{}: an entry is not valid BSON: {e}", self.what))
+                })?;
+                if !oplog_entry_covered(&entry, filter) {
+                    continue;
+                }
+            }
+            self.current.clear();
+            self.current.extend_from_slice(raw.as_bytes());
+            self.pos = 0;
+            self.documents += 1;
+            return Ok(true);
+        }
+    }
+}
+
+/// Whether an oplog entry can touch a namespace `filter` covers. Commands on a covered
+/// database are kept (their target is checked again when replayed), and so are the
+/// `admin.$cmd` entries that carry transactions (`applyOps`) and renames.
+pub fn oplog_entry_covered(entry: &Document, filter: &NamespaceFilter) -> bool {
+    let op = entry.get_str("op").unwrap_or_default();
+    let ns = entry.get_str("ns").unwrap_or_default();
+    if op == "n" || ns.is_empty() {
+        return false;
+    }
+    let Some((db, coll)) = ns.split_once('.') else {
+        return false;
+    };
+    if coll == "$cmd" {
+        return db == "admin" || filter.covers_database(db);
+    }
+    filter.covers(db, coll)
+}
+
+impl Read for DocumentStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            if !self.next_document().map_err(io::Error::other)? {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads concatenated BSON documents (a collection's or the oplog's file) one at a time.
+pub struct BsonFileReader<R: Read> {
+    input: R,
+    offset: u64,
+}
+
+impl<R: Read> BsonFileReader<R> {
+    pub fn new(input: R) -> Self {
+        BsonFileReader { input, offset: 0 }
+    }
+
+    /// The next document's bytes, `None` at a clean end.
+    pub fn next_raw(&mut self) -> Result<Option<RawDocumentBuf>> {
+        let mut len = [0u8; 4];
+        match read_full(&mut self.input, &mut len)? {
+            0 => return Ok(None),
+            4 => {}
+            n => {
+                return Err(MongoError::Invalid(format!(
+                    "BSON data ends inside a document length at byte {} ({n} of 4 bytes)",
+                    self.offset
+                )))
+            }
+        }
+        let size = u32::from_le_bytes(len) as usize;
+        if !(5..=48 << 20).contains(&size) {
+            return Err(MongoError::Invalid(format!(
+                "a BSON document at byte {} claims {size} bytes",
+                self.offset
+            )));
+        }
+        let mut bytes = vec![0u8; size];
+        bytes[..4].copy_from_slice(&len);
+        if read_full(&mut self.input, &mut bytes[4..])? != size - 4 {
+            return Err(MongoError::Invalid(format!(
+                "BSON data ends inside the document at byte {}",
+                self.offset
+            )));
+        }
+        self.offset += size as u64;
+        RawDocumentBuf::from_bytes(bytes)
+            .map(Some)
+            .map_err(|e| MongoError::Invalid(format!("a BSON document is not valid: {e}")))
+    }
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bson_files_read_back_and_truncation_is_an_error() {
+        let mut bytes = Vec::new();
+        for i in 0..3 {
+            let d = doc! { "_id": i, "s": "x".repeat(i as usize * 10) };
+            d.to_writer(&mut bytes).unwrap();
+        }
+        let mut r = BsonFileReader::new(&bytes[..]);
+        let mut n = 0;
+        while let Some(d) = r.next_raw().unwrap() {
+            assert_eq!(d.get_i32("_id").unwrap(), n);
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        let mut r = BsonFileReader::new(&bytes[..bytes.len() - 3]);
+        r.next_raw().unwrap();
+        r.next_raw().unwrap();
+        assert!(r.next_raw().is_err());
+    }
+
+    #[test]
+    fn oplog_entries_are_kept_by_namespace() {
+        let f = NamespaceFilter {
+            include: vec!["app".into()],
+            exclude: vec!["app.cache".into()],
+        };
+        let e = |op: &str, ns: &str| doc! { "op": op, "ns": ns };
+        assert!(oplog_entry_covered(&e("i", "app.users"), &f));
+        assert!(!oplog_entry_covered(&e("i", "app.cache"), &f));
+        assert!(!oplog_entry_covered(&e("i", "crm.x"), &f));
+        assert!(oplog_entry_covered(&e("c", "app.$cmd"), &f));
+        assert!(oplog_entry_covered(&e("c", "admin.$cmd"), &f));
+        assert!(!oplog_entry_covered(&e("n", ""), &f));
+        assert!(!oplog_entry_covered(&e("c", "crm.$cmd"), &f));
+    }
+}

@@ -1,0 +1,537 @@
+//! MongoDB sources on real MongoDB wire-protocol servers (SecantusDB, a one-member replica
+//! set with an oplog) started by the tests: logical backups through the driver, exact
+//! restores (compared by a content hash of every document), namespace subsets and renames,
+//! catalog rebuild, oplog archiving that survives a server restart, and point-in-time
+//! restore with its range check. `BACKUPD_SKIP_MONGO_TESTS=1` skips them.
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use backup_testing::servers::{skip_mongo_tests, SecantusDb};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::Client;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(rt: &tokio::runtime::Runtime, uri: &str) -> Client {
+    rt.block_on(Client::with_uri_str(uri)).unwrap()
+}
+
+/// A work dir whose `mongo` source reads its URI from a file (as a secret is given).
+fn mongo_work(uri: &str, extra: &str) -> Work {
+    let work = Work::new();
+    let uri_file = work.path("mongo-uri");
+    std::fs::write(&uri_file, format!("{uri}\n")).unwrap();
+    work.write_config(&format!(
+        r#"[catalog]
+url = "sqlite://var/catalog.db"
+[encryption]
+key-file = "var/keys/repo.key"
+[[repository]]
+name = "region-a"
+kind = "local"
+path = "var/repo/region-a"
+[[source]]
+name = "mongo"
+kind = "mongodb"
+uri-file = "{}"
+repository = "region-a"
+{extra}
+"#,
+        uri_file.display()
+    ));
+    work.init();
+    work
+}
+
+/// `db.coll` -> (document count, SHA-256 over every document's BSON in `_id` order).
+type Hashes = BTreeMap<String, (u64, String)>;
+
+async fn content_hashes(client: &Client, dbs: &[&str]) -> Hashes {
+    let mut out = BTreeMap::new();
+    for db in dbs {
+        let database = client.database(db);
+        let mut names = database.list_collection_names().await.unwrap();
+        names.sort();
+        for name in names {
+            let collection = database.collection::<RawDocumentBuf>(&name);
+            let mut cursor = collection
+                .find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .unwrap();
+            let mut hash = Sha256::new();
+            let mut count = 0;
+            while cursor.advance().await.unwrap() {
+                hash.update(cursor.current().as_bytes());
+                count += 1;
+            }
+            out.insert(format!("{db}.{name}"), (count, hex(&hash.finalize())));
+        }
+    }
+    out
+}
+
+/// Index name -> (key, unique) of `db.coll`.
+async fn indexes(client: &Client, db: &str, coll: &str) -> BTreeMap<String, (Document, bool)> {
+    let mut cursor = client
+        .database(db)
+        .collection::<Document>(coll)
+        .list_indexes()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    while cursor.advance().await.unwrap() {
+        let index = cursor.deserialize_current().unwrap();
+        out.insert(
+            index
+                .keys
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "|"
+                + &index
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.name.clone())
+                    .unwrap_or_default(),
+            (
+                index.keys.clone(),
+                index
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.unique)
+                    .unwrap_or(false),
+            ),
+        );
+    }
+    out
+}
+
+/// Collections of several shapes and BSON types, indexes, a capped collection and a view.
+async fn seed(client: &Client) {
+    let app = client.database("app");
+    let users: Vec<Document> = (0..500)
+        .map(|i| {
+            doc! {
+                "_id": i,
+                "name": format!("user-{i}"),
+                "email": format!("u{i}@example.com"),
+                "score": f64::from(i) * 1.5,
+                "big": i64::from(i) << 40,
+                "tags": ["a", format!("t{}", i % 7)],
+                "profile": { "age": i % 90, "nested": { "deep": [1, 2, { "x": i }] } },
+                "blob": Bson::Binary(mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![i as u8; 64] }),
+                "at": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + i64::from(i)),
+                "dec": Bson::Decimal128("12.50".parse().unwrap()),
+                "nothing": Bson::Null,
+            }
+        })
+        .collect();
+    app.collection::<Document>("users")
+        .insert_many(users)
+        .await
+        .unwrap();
+    app.run_command(doc! { "createIndexes": "users", "indexes": [
+        { "key": { "email": 1 }, "name": "email_1", "unique": true },
+        { "key": { "profile.age": -1, "name": 1 }, "name": "age_name" },
+    ] })
+    .await
+    .unwrap();
+    let orders: Vec<Document> = (0..300)
+        .map(|i| doc! { "user": i % 50, "total": i * 3, "lines": (0..(i % 5)).map(|l| doc! { "sku": l }).collect::<Vec<_>>() })
+        .collect();
+    app.collection::<Document>("orders")
+        .insert_many(orders)
+        .await
+        .unwrap();
+    app.run_command(doc! { "create": "events", "capped": true, "size": 1_048_576 })
+        .await
+        .unwrap();
+    app.collection::<Document>("events")
+        .insert_many((0..20).map(|i| doc! { "_id": i, "kind": "seed" }))
+        .await
+        .unwrap();
+    app.run_command(doc! { "create": "rich_users", "viewOn": "users", "pipeline": [{ "$match": { "score": { "$gt": 100.0 } } }] })
+        .await
+        .unwrap();
+    client
+        .database("crm")
+        .collection::<Document>("contacts")
+        .insert_many((0..50).map(|i| doc! { "_id": format!("c{i}"), "n": i }))
+        .await
+        .unwrap();
+}
+
+/// Inserts, updates of several kinds, replacements and deletes.
+async fn workload(client: &Client, round: i32) {
+    let users = client.database("app").collection::<Document>("users");
+    let base = 10_000 * round;
+    users
+        .insert_many((0..40).map(|i| doc! { "_id": base + i, "name": format!("new-{round}-{i}"), "email": format!("n{round}-{i}@example.com"), "tags": ["x"] }))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        users
+            .update_one(
+                doc! { "_id": i + round },
+                doc! { "$set": { "profile.age": 99, "flag": round }, "$inc": { "score": 1.0 } },
+            )
+            .await
+            .unwrap();
+        users
+            .update_one(
+                doc! { "_id": base + i },
+                doc! { "$push": { "tags": format!("p{i}") }, "$unset": { "email": "" } },
+            )
+            .await
+            .unwrap();
+    }
+    users
+        .replace_one(
+            doc! { "_id": 30 + round },
+            doc! { "name": "replaced", "round": round },
+        )
+        .await
+        .unwrap();
+    users
+        .delete_many(doc! { "_id": { "$gte": 100 + round * 10, "$lt": 105 + round * 10 } })
+        .await
+        .unwrap();
+    client
+        .database("crm")
+        .collection::<Document>("contacts")
+        .update_many(doc! {}, doc! { "$set": { "round": round } })
+        .await
+        .unwrap();
+}
+
+async fn last_ts(client: &Client) -> String {
+    let entry = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .sort(doc! { "$natural": -1 })
+        .await
+        .unwrap()
+        .unwrap();
+    let ts = entry.get_timestamp("ts").unwrap();
+    format!("{}.{}", ts.time, ts.increment)
+}
+
+fn backup_id(out: &Out) -> String {
+    let id = out.stdout.trim().to_owned();
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "{}",
+        out.dump()
+    );
+    id
+}
+
+#[test]
+fn logical_backup_restores_every_document_index_and_option_exactly() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let target = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let expected = rt.block_on(content_hashes(&src, &["app", "crm"]));
+    assert_eq!(expected["app.users"].0, 500);
+
+    let work = mongo_work(&source.uri(), "");
+    let out = work.ok(&["backup", "mongo"]);
+    let id = backup_id(&out);
+    // The URI is a secret: it never shows, not even without a password.
+    assert!(!work
+        .ok(&["show", &id, "--json"])
+        .text()
+        .contains("127.0.0.1"));
+    work.ok(&["verify", &id]);
+
+    // Restore into another server: every document exactly, indexes, options, the view.
+    let out = work.ok(&[
+        "restore",
+        "mongo",
+        "--latest",
+        "--target-uri",
+        &target.uri(),
+    ]);
+    out.expect_mentions(&[&id, "documents"]);
+    let dst = client(&rt, &target.uri());
+    let restored = rt.block_on(content_hashes(&dst, &["app", "crm"]));
+    for (ns, hash) in &expected {
+        if ns == "app.rich_users" {
+            continue;
+        }
+        assert_eq!(restored.get(ns), Some(hash), "{ns}");
+    }
+    let source_indexes = rt.block_on(indexes(&src, "app", "users"));
+    assert_eq!(source_indexes.len(), 3);
+    assert_eq!(rt.block_on(indexes(&dst, "app", "users")), source_indexes);
+    let info = rt
+        .block_on(dst.database("app").run_command(doc! { "listCollections": 1, "filter": { "name": { "$in": ["events", "rich_users"] } } }).into_future())
+        .unwrap();
+    let batch = info
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let by_name: BTreeMap<&str, &Document> = batch
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|d| (d.get_str("name").unwrap(), d))
+        .collect();
+    let events = by_name["events"].get_document("options").unwrap();
+    assert_eq!(events.get_bool("capped"), Ok(true), "{events}");
+    assert_eq!(by_name["rich_users"].get_str("type"), Ok("view"));
+    // A unique index really is unique in the restored server.
+    assert!(rt
+        .block_on(
+            dst.database("app")
+                .collection::<Document>("users")
+                .insert_one(doc! { "_id": -1, "email": "u1@example.com" })
+                .into_future()
+        )
+        .is_err());
+
+    // A non-empty target is refused, naming what is there; --drop replaces it.
+    work.run(&[
+        "restore",
+        "mongo",
+        "--latest",
+        "--target-uri",
+        &target.uri(),
+    ])
+    .expect_code(EXIT_USAGE)
+    .expect_mentions(&["app.users", "--drop"]);
+    work.ok(&[
+        "restore",
+        "mongo",
+        "--backup",
+        &id,
+        "--target-uri",
+        &target.uri(),
+        "--drop",
+    ]);
+    assert_eq!(
+        rt.block_on(content_hashes(&dst, &["app"]))["app.users"],
+        expected["app.users"]
+    );
+
+    // A subset under another name, into the source server itself.
+    work.ok(&[
+        "restore",
+        "mongo",
+        "--latest",
+        "--target-uri",
+        &source.uri(),
+        "--namespace",
+        "app.users",
+        "--rename-to",
+        "app2",
+    ]);
+    let renamed = rt.block_on(content_hashes(&src, &["app2"]));
+    assert_eq!(renamed.len(), 1, "{renamed:?}");
+    assert_eq!(renamed["app2.users"], expected["app.users"]);
+    // A password in --target-uri is refused (argv is visible to every user).
+    work.run(&[
+        "restore",
+        "mongo",
+        "--latest",
+        "--target-uri",
+        "mongodb://u:secret@127.0.0.1:1/",
+    ])
+    .expect_code(EXIT_USAGE)
+    .expect_mentions(&["--target-uri-file"]);
+
+    // The catalog alone is rebuilt from the repository; the backup restores again.
+    std::fs::remove_file(work.path("var/catalog.db")).unwrap();
+    work.ok(&["catalog", "rebuild"]);
+    let third = SecantusDb::start();
+    work.ok(&["restore", "mongo", "--latest", "--target-uri", &third.uri()]);
+    let again = rt.block_on(content_hashes(&client(&rt, &third.uri()), &["app", "crm"]));
+    assert_eq!(again["app.users"], expected["app.users"]);
+    assert_eq!(again["crm.contacts"], expected["crm.contacts"]);
+    work.ok(&["oplog-status", "mongo"]).expect_mentions(&[&id]);
+}
+
+#[test]
+fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let work = mongo_work(&source.uri(), "exclude = [\"app.orders\"]");
+    let id = backup_id(&work.ok(&["backup", "mongo"]));
+
+    rt.block_on(workload(&src, 1));
+    let ts = rt.block_on(last_ts(&src));
+    let at_ts = rt.block_on(content_hashes(&src, &["app", "crm"]));
+    // After the point: more writes, and a dropped collection.
+    rt.block_on(workload(&src, 2));
+    rt.block_on(
+        src.database("crm")
+            .collection::<Document>("contacts")
+            .drop()
+            .into_future(),
+    )
+    .unwrap();
+    let out = work.ok(&["oplog-archive", "mongo", "--once", "--json"]);
+    let report = out.json();
+    assert!(
+        report["slices"].as_u64() == Some(1) && report["entries"].as_u64() > Some(100),
+        "{}",
+        out.dump()
+    );
+
+    let target = SecantusDb::start();
+    let out = work.ok(&[
+        "restore",
+        "mongo",
+        "--point-in-time",
+        &ts,
+        "--target-uri",
+        &target.uri(),
+        "--json",
+    ]);
+    let outcome = out.json();
+    assert_eq!(outcome["backup_id"].as_str(), Some(id.as_str()));
+    assert_eq!(outcome["restored_to"].as_str(), Some(ts.as_str()));
+    let restored = rt.block_on(content_hashes(&client(&rt, &target.uri()), &["app", "crm"]));
+    for ns in ["app.users", "app.events", "crm.contacts"] {
+        assert_eq!(restored.get(ns), at_ts.get(ns), "{ns}");
+    }
+    assert!(
+        !restored.contains_key("app.orders"),
+        "excluded: {restored:?}"
+    );
+
+    // Outside the range: refused, naming the range.
+    let (t, _) = ts.split_once('.').unwrap();
+    let before = format!("{}.1", t.parse::<u64>().unwrap() - 3600);
+    let other = SecantusDb::start();
+    work.run(&[
+        "restore",
+        "mongo",
+        "--point-in-time",
+        &before,
+        "--target-uri",
+        &other.uri(),
+    ])
+    .expect_code(EXIT_USAGE)
+    .expect_mentions(&["outside the restorable range", &id]);
+    let after = format!("{}.1", t.parse::<u64>().unwrap() + 3600);
+    work.run(&[
+        "restore",
+        "mongo",
+        "--point-in-time",
+        &after,
+        "--target-uri",
+        &other.uri(),
+    ])
+    .expect_code(EXIT_USAGE)
+    .expect_mentions(&["outside the restorable range"]);
+}
+
+/// A running `oplog-archive`, killed if the test fails before it is interrupted.
+struct Archiver(Option<std::process::Child>);
+
+impl Archiver {
+    /// Ctrl-C, then waits for it to stop.
+    fn interrupt(mut self) -> std::process::Output {
+        let child = self.0.take().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn oplog_archiving_resumes_across_a_server_restart_without_losing_an_entry() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let mut source = SecantusDb::start();
+    let uri = source.uri();
+    let src = client(&rt, &uri);
+    rt.block_on(seed(&src));
+    let work = mongo_work(&uri, "oplog-interval = \"1s\"");
+    work.ok(&["backup", "mongo"]);
+
+    let mut archiver = work.command(&["oplog-archive", "mongo"]);
+    archiver
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = Archiver(Some(archiver.spawn().unwrap()));
+    rt.block_on(workload(&src, 1));
+    drop(src);
+    source.restart();
+    let src = client(&rt, &uri);
+    rt.block_on(workload(&src, 2));
+    let ts = rt.block_on(last_ts(&src));
+    let expected = rt.block_on(content_hashes(&src, &["app", "crm"]));
+
+    // The archiver reconnects and catches up to the newest entry.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = work.ok(&["oplog-status", "mongo", "--json"]).json();
+        let to = status[0]["to"].as_str().unwrap_or_default().to_owned();
+        let reached = |a: &str| {
+            a.split_once('.')
+                .map(|(t, i)| (t.parse::<u64>().unwrap(), i.parse::<u64>().unwrap()))
+        };
+        if reached(&to) >= reached(&ts) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archiving did not reach {ts}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let output = child.interrupt();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "oplog-archive: {stderr}");
+
+    let target = SecantusDb::start();
+    work.ok(&[
+        "restore",
+        "mongo",
+        "--point-in-time",
+        &ts,
+        "--target-uri",
+        &target.uri(),
+    ]);
+    let restored = rt.block_on(content_hashes(&client(&rt, &target.uri()), &["app", "crm"]));
+    for ns in ["app.users", "app.orders", "app.events", "crm.contacts"] {
+        assert_eq!(restored.get(ns), expected.get(ns), "{ns}");
+    }
+}
