@@ -1,5 +1,5 @@
 -- MongoDB sources (sqlite): the oplog range of each logical backup and the archived oplog
--- slices. Keep in step with migrations/postgres/0006_mongodb.sql.
+-- slices. Keep in step with migrations/postgres/0011_mongodb.sql.
 --
 -- Forward-only (see 0001). Every time is bound by the catalog; no query reads the clock.
 -- Oplog positions are BSON timestamps (seconds, increment), both u32, kept as two columns so
@@ -36,4 +36,25 @@ CREATE TABLE mongo_oplog_slices (
     stored_sha256     TEXT NOT NULL CHECK (length(stored_sha256) = 64),
     archived_at       TEXT NOT NULL,
     PRIMARY KEY (source, last_t, last_i)
+);
+
+-- The Atlas cloud backup snapshot each backup of a `kind = "atlas"` source took. Deleting
+-- the backup deletes the snapshot in Atlas first, then this row (not a foreign key, as above).
+CREATE TABLE atlas_snapshots (
+    backup_id         TEXT NOT NULL PRIMARY KEY,
+    project_id        TEXT NOT NULL,
+    cluster           TEXT NOT NULL,
+    snapshot_id       TEXT NOT NULL,
+    snapshot_created  TEXT NOT NULL,
+    storage_size      BIGINT NOT NULL CHECK (storage_size >= 0),
+    exported          BOOLEAN NOT NULL
+);
+CREATE UNIQUE INDEX atlas_snapshots_by_snapshot ON atlas_snapshots (snapshot_id);
+
+-- Which backupd replica archives a MongoDB source's oplog (one at a time, like job leases):
+-- the owner renews lease_expires_at; another replica takes over once it has passed.
+CREATE TABLE oplog_archivers (
+    source            TEXT NOT NULL PRIMARY KEY,
+    owner             TEXT NOT NULL,
+    lease_expires_at  TEXT NOT NULL
 );

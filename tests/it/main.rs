@@ -4,6 +4,7 @@
 //! Some scenarios need root (running as `nobody`, mounting a tmpfs); they fail
 //! when not root unless BACKUPD_SKIP_PRIVILEGED_TESTS=1.
 
+mod atlas;
 mod catalog;
 mod config;
 mod corruption;

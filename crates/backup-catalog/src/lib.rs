@@ -9,6 +9,7 @@
 //! `query!` macros, so building needs no database; the conformance suite in
 //! `backup-testing` runs every method against both backends instead.
 
+mod atlas;
 mod catalog;
 mod drills;
 mod error;
@@ -30,6 +31,7 @@ pub use model::{
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
 pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
+pub use atlas::AtlasSnapshotRecord;
 pub use mongodb::{MongoBackupRecord, OplogSliceRecord, OplogTs};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;

@@ -252,4 +252,63 @@ impl Catalog {
         .map_err(db(format!("reading the newest oplog slice of {source}")))?;
         row.map(OplogSliceRecord::try_from).transpose()
     }
+
+    /// Forgets the slices of `source` ending at `ends` (their objects are deleted next).
+    pub async fn forget_oplog_slices(&self, source: &str, ends: &[OplogTs]) -> Result<()> {
+        for end in ends {
+            with_pool!(self, |pool| sqlx::query(
+                "DELETE FROM mongo_oplog_slices WHERE source = $1 AND last_t = $2 AND last_i = $3"
+            )
+            .bind(source)
+            .bind(i64::from(end.t))
+            .bind(i64::from(end.i))
+            .execute(pool)
+            .await
+            .map(|_| ()))
+            .map_err(db(format!("forgetting an oplog slice of {source}")))?;
+        }
+        Ok(())
+    }
+
+    /// Takes (or renews) the lease on archiving `source`'s oplog for `owner` until
+    /// `now + lease`: granted when nobody holds it, `owner` does, or the holder's lease has
+    /// passed (its replica died). `false`: another replica archives it.
+    pub async fn claim_oplog_archiver(
+        &self,
+        source: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
+        let now = micros(now);
+        let expires = crate::jobs::lease_expiry(now, lease)?;
+        let rows = with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO oplog_archivers (source, owner, lease_expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (source) DO UPDATE SET owner = excluded.owner, \
+             lease_expires_at = excluded.lease_expires_at \
+             WHERE oplog_archivers.owner = excluded.owner OR oplog_archivers.lease_expires_at < $4"
+        )
+        .bind(source)
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(db(format!("claiming the oplog archiving of {source} for {owner:?}")))?;
+        Ok(rows == 1)
+    }
+
+    /// Gives up `owner`'s lease on archiving `source`'s oplog (at shutdown).
+    pub async fn release_oplog_archiver(&self, source: &str, owner: &str) -> Result<()> {
+        with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM oplog_archivers WHERE source = $1 AND owner = $2"
+        )
+        .bind(source)
+        .bind(owner)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .map_err(db(format!("releasing the oplog archiving of {source}")))
+    }
 }

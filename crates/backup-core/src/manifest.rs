@@ -142,6 +142,21 @@ pub struct ManifestFooter {
     /// MongoDB logical backups: the oplog range the backup is consistent over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongodb: Option<MongoPosition>,
+    /// Atlas sources: the cloud backup snapshot the backup took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atlas: Option<AtlasSnapshotRef>,
+}
+
+/// The Atlas cloud backup snapshot an `atlas` source's backup took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtlasSnapshotRef {
+    pub project_id: String,
+    pub cluster: String,
+    pub snapshot_id: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub storage_size_bytes: u64,
+    /// Whether the snapshot's files are in the backup's data (`export = true`).
+    pub exported: bool,
 }
 
 /// Where a MongoDB logical backup is in the oplog: its documents were read between `start`
@@ -437,6 +452,7 @@ mod tests {
             artifacts: vec![],
             postgres: None,
             mongodb: None,
+            atlas: None,
         };
         let bytes = w.finish(footer.clone()).unwrap();
         let (mut r, got) = ManifestReader::open(&bytes[..]).unwrap();

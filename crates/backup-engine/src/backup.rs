@@ -55,6 +55,7 @@ struct Produced {
     manifest: ArtifactSummary,
     stats: TreeStats,
     mongo: Option<backup_core::manifest::MongoPosition>,
+    atlas: Option<backup_core::manifest::AtlasSnapshotRef>,
 }
 
 /// Backs up `source_name` under a new backup id, labelled with `tag` if given.
@@ -184,6 +185,12 @@ pub async fn run_backup_with_id(
             // Best effort; `backupctl gc` removes whatever this leaves.
             let _ =
                 crate::gc::delete_backup_objects(&repo, backup_id, &CancellationToken::new()).await;
+            // A snapshot this backup took in Atlas is not kept without it.
+            if let Err(e) =
+                crate::mongo::atlas::delete_backup_snapshot(engine, source_name, backup_id).await
+            {
+                tracing::warn!(%backup_id, error = %e, "could not delete the failed backup's Atlas snapshot; `backupctl gc` retries");
+            }
             Err(err)
         }
     }
@@ -238,12 +245,18 @@ async fn write_and_record(
             )
             .await?,
         ),
-        SourceKindConfig::Files { .. } | SourceKindConfig::Mongodb(_) => None,
+        _ => None,
     };
     let mongo = match source {
         SourceKindConfig::Mongodb(_) => {
-            Some(crate::mongo::MongoSnapshot::start(engine.config.source(source_name)?.1).await?)
+            Some(crate::mongo::MongoSnapshot::start(source_config).await?)
         }
+        _ => None,
+    };
+    let atlas = match source {
+        SourceKindConfig::Atlas(_) => Some(
+            crate::mongo::atlas::take_snapshot(engine, source_config, backup_id, cancel).await?,
+        ),
         _ => None,
     };
     let (handshake, stop_parts) = match session.take() {
@@ -319,6 +332,7 @@ async fn write_and_record(
         postgres: handshake,
         previous: previous.map(|p| p.files),
         mongo,
+        atlas,
     };
     let producer = tokio::task::spawn_blocking(move || job.run());
     let (data_put, manifest_put, produced, position) = tokio::join!(
@@ -395,6 +409,16 @@ async fn write_and_record(
         engine
             .catalog
             .record_mongo_backup(&crate::mongo::mongo_record(backup_id, p)?)
+            .await?;
+    }
+    if let Some(a) = &produced.atlas {
+        engine
+            .catalog
+            .record_atlas_snapshot(&crate::mongo::atlas::atlas_record(
+                backup_id,
+                a,
+                Utc::now(),
+            ))
             .await?;
     }
     // Queued before completion: a complete backup always has its copies queued.
@@ -491,6 +515,8 @@ struct ProduceJob {
     previous: Option<HashMap<Vec<u8>, files::PreviousFile>>,
     /// For MongoDB: the connection, start position and collections to copy.
     mongo: Option<crate::mongo::MongoSnapshot>,
+    /// For Atlas: the completed snapshot (and its download, when exported).
+    atlas: Option<crate::mongo::atlas::AtlasSnapshotTaken>,
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -608,7 +634,19 @@ impl ProduceJob {
         let mut on_bytes = |n| progress.add_bytes(n);
         let mut postgres_position = None;
         let mut mongo_position = None;
+        let mut atlas_snapshot = None;
         let stats = match &self.source {
+            SourceKindConfig::Atlas(_) => {
+                let taken = self.atlas.expect("atlas backups come with their snapshot");
+                let mut tree = files::TreeBackup::new(
+                    files::UnreadablePolicy::Fail,
+                    &mut data,
+                    &mut recorder,
+                    &mut on_bytes,
+                );
+                atlas_snapshot = Some(taken.write(&mut tree)?);
+                tree.finish()
+            }
             SourceKindConfig::Mongodb(_) => {
                 let snapshot = self
                     .mongo
@@ -685,6 +723,7 @@ impl ProduceJob {
             artifacts: vec![data_summary.clone()],
             postgres: postgres_position,
             mongodb: mongo_position.clone(),
+            atlas: atlas_snapshot.clone(),
         };
         let manifest_writer = manifest.finish(footer).map_err(output_error)?;
         let (manifest_out, manifest_summary) = manifest_writer
@@ -696,6 +735,7 @@ impl ProduceJob {
             manifest: manifest_summary,
             stats,
             mongo: mongo_position,
+            atlas: atlas_snapshot,
         })
     }
 }

@@ -333,6 +333,99 @@ pub enum SourceKindConfig {
     /// position, and oplog archiving for point-in-time restore (docs/sources/mongodb.md).
     #[serde(rename = "mongodb")]
     Mongodb(MongoSourceConfig),
+    /// A MongoDB Atlas cluster: on-demand cloud backup snapshots through the Atlas Admin
+    /// API, deleted by our retention, optionally downloaded into our repository
+    /// (docs/sources/atlas.md).
+    #[serde(rename = "atlas")]
+    Atlas(AtlasSourceConfig),
+}
+
+/// A `kind = "atlas"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AtlasSourceConfig {
+    /// The project (group) id: 24 hex digits.
+    pub project_id: String,
+    pub cluster: String,
+    /// The programmatic API key's public part (not a secret, like an access key id).
+    pub public_key: String,
+    /// The private part is a secret: the environment variable or the file that holds it.
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default = "default_atlas_base_url")]
+    pub base_url: String,
+    /// Also download each snapshot's files (a download restore job) into the backup's
+    /// artifact, so a copy lives outside Atlas, encrypted, replicated and archived like any.
+    #[serde(default)]
+    pub export: bool,
+    /// How long Atlas itself keeps a snapshot at most; our retention deletes it sooner. Set
+    /// it above the longest time the source's retention keeps a backup.
+    #[serde(default = "default_atlas_retention_days")]
+    pub atlas_retention_days: u32,
+    /// How long a snapshot (and an export) may take before the backup fails.
+    #[serde(default = "default_atlas_timeout", with = "humantime_serde")]
+    pub snapshot_timeout: std::time::Duration,
+    /// How often Atlas is asked how a snapshot, export or restore is getting on.
+    #[serde(default = "default_atlas_poll", with = "humantime_serde")]
+    pub poll_interval: std::time::Duration,
+}
+
+fn default_atlas_base_url() -> String {
+    "https://cloud.mongodb.com".into()
+}
+
+fn default_atlas_retention_days() -> u32 {
+    400
+}
+
+fn default_atlas_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(4 * 3600)
+}
+
+fn default_atlas_poll() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
+}
+
+impl AtlasSourceConfig {
+    /// Reads the private key from its env var or file. The error names where, never the value.
+    pub fn private_key(&self) -> Result<String, String> {
+        let (value, _) = read_secret(
+            self.private_key_env.as_deref(),
+            self.private_key_file.as_deref(),
+            "the Atlas private key",
+            "`private-key-env` or `private-key-file`",
+        )?;
+        if value.is_empty() {
+            return Err("the Atlas private key is empty".into());
+        }
+        Ok(value)
+    }
+}
+
+/// A secret from an environment variable (first) or a file, trimmed, with where it came from.
+fn read_secret(
+    env: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+    keys: &str,
+) -> Result<(String, String), String> {
+    let (value, from) = match (env, file) {
+        (Some(var), _) => (
+            std::env::var(var).map_err(|e| {
+                format!("cannot read {what} from the environment variable {var}: {e}")
+            })?,
+            format!("the environment variable {var}"),
+        ),
+        (None, Some(path)) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {what} from {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, None) => return Err(format!("the source names no {keys}")),
+    };
+    Ok((value.trim().to_owned(), from))
 }
 
 /// A `kind = "mongodb"` source.
@@ -374,28 +467,18 @@ impl MongoSourceConfig {
 
     /// Reads the URI from its env var or file. The error names where, never the value.
     pub fn uri(&self) -> Result<String, String> {
-        let (value, from) = match (&self.uri_env, &self.uri_file) {
-            (Some(var), _) => (
-                std::env::var(var).map_err(|e| {
-                    format!("cannot read the MongoDB URI from the environment variable {var}: {e}")
-                })?,
-                format!("the environment variable {var}"),
-            ),
-            (None, Some(path)) => (
-                std::fs::read_to_string(path).map_err(|e| {
-                    format!("cannot read the MongoDB URI from {}: {e}", path.display())
-                })?,
-                path.display().to_string(),
-            ),
-            (None, None) => return Err("the source names no `uri-env` or `uri-file`".into()),
-        };
-        let value = value.trim();
+        let (value, from) = read_secret(
+            self.uri_env.as_deref(),
+            self.uri_file.as_deref(),
+            "the MongoDB URI",
+            "`uri-env` or `uri-file`",
+        )?;
         if !(value.starts_with("mongodb://") || value.starts_with("mongodb+srv://")) {
             return Err(format!(
                 "{from} does not hold a mongodb:// or mongodb+srv:// URI"
             ));
         }
-        Ok(value.to_owned())
+        Ok(value)
     }
 }
 
@@ -414,7 +497,7 @@ impl SourceKindConfig {
             Self::Postgres {
                 spool_directory, ..
             } => spool_directory.as_deref(),
-            Self::Files { .. } | Self::Mongodb(_) => None,
+            _ => None,
         }
     }
 
@@ -427,7 +510,7 @@ impl SourceKindConfig {
             } => {
                 backup_sources::postgres::wal::WalSegmentSize::new(wal_segment_size_mib << 20).ok()
             }
-            Self::Files { .. } | Self::Mongodb(_) => None,
+            _ => None,
         }
     }
 
@@ -437,7 +520,7 @@ impl SourceKindConfig {
             Self::Postgres {
                 archive_timeout, ..
             } => Some(*archive_timeout),
-            Self::Files { .. } => None,
+            _ => None,
         }
     }
 
@@ -446,6 +529,7 @@ impl SourceKindConfig {
             Self::Files { .. } => "files",
             Self::Postgres { .. } => "postgres",
             Self::Mongodb(_) => "mongodb",
+            Self::Atlas(_) => "atlas",
         }
     }
 }
@@ -711,7 +795,58 @@ impl Config {
                         ));
                     }
                 }
+                SourceKindConfig::Atlas(a) => self.validate_atlas(i, a)?,
             }
+        }
+        Ok(())
+    }
+
+    fn validate_atlas(&self, i: usize, a: &AtlasSourceConfig) -> Result<(), ConfigError> {
+        if a.project_id.len() != 24 || !a.project_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.invalid(
+                format!("source[{i}].project-id"),
+                "an Atlas project id is 24 hex digits (Project Settings in the Atlas UI)",
+            ));
+        }
+        let cluster_ok = a.cluster.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && a.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !cluster_ok {
+            return Err(self.invalid(
+                format!("source[{i}].cluster"),
+                "an Atlas cluster name is letters, digits and '-', starting with a letter or digit",
+            ));
+        }
+        if a.public_key.is_empty() || a.public_key.contains(|c: char| !c.is_ascii_graphic()) {
+            return Err(self.invalid(
+                format!("source[{i}].public-key"),
+                "give the API key's public part (8 characters in the Atlas UI)",
+            ));
+        }
+        if a.private_key_env.is_some() == a.private_key_file.is_some() {
+            return Err(self.invalid(
+                format!("source[{i}].private-key-env"),
+                "give the API key's private part by exactly one of `private-key-env` (an \
+                 environment variable) or `private-key-file` (a file); it is a secret, so \
+                 never the key itself",
+            ));
+        }
+        if !(a.base_url.starts_with("https://") || a.base_url.starts_with("http://")) {
+            return Err(self.invalid(
+                format!("source[{i}].base-url"),
+                "must be an http(s) URL, e.g. https://cloud.mongodb.com",
+            ));
+        }
+        if a.atlas_retention_days == 0 {
+            return Err(self.invalid(
+                format!("source[{i}].atlas-retention-days"),
+                "must be at least 1",
+            ));
+        }
+        if a.poll_interval.is_zero() || a.poll_interval > a.snapshot_timeout {
+            return Err(self.invalid(
+                format!("source[{i}].poll-interval"),
+                "must be more than 0 and at most snapshot-timeout",
+            ));
         }
         Ok(())
     }
@@ -828,7 +963,7 @@ impl Config {
                     ));
                 }
             }
-            SourceKindConfig::Mongodb(_) => {}
+            SourceKindConfig::Mongodb(_) | SourceKindConfig::Atlas(_) => {}
         }
         Ok(())
     }

@@ -192,6 +192,9 @@ pub(crate) fn validate(source: &SourceConfig, drill: &DrillConfig) -> Result<(),
     if drill.timeout.is_zero() {
         return Err(("timeout".into(), "must be more than 0s".into()));
     }
+    if let Some(why) = unsupported(source) {
+        return Err(("cron".into(), why));
+    }
     for (k, check) in drill.checks.iter().enumerate() {
         if let DrillCheck::Query { query, .. } = check {
             if !matches!(source.kind, SourceKindConfig::Postgres { .. }) {
@@ -400,6 +403,10 @@ impl DrillRun<'_> {
             SourceKindConfig::Postgres { .. } => {
                 self.restore_postgres(&backup, restore, cancel).await?;
                 self.check_postgres(&backup).await?;
+            }
+            SourceKindConfig::Mongodb(_) | SourceKindConfig::Atlas(_) => {
+                let why = unsupported(self.source).unwrap_or_default();
+                return Err(EngineError::Usage(why));
             }
         }
         Ok(())
@@ -664,6 +671,23 @@ impl DrillRun<'_> {
     }
 }
 
+/// Why `source` cannot be drilled, for kinds without a scratch target yet.
+fn unsupported(source: &SourceConfig) -> Option<String> {
+    match &source.kind {
+        SourceKindConfig::Files { .. } | SourceKindConfig::Postgres { .. } => None,
+        SourceKindConfig::Mongodb(_) => Some(format!(
+            "source {}: drills of mongodb sources are not available yet; test a restore with \
+             `backupctl restore {} --latest --target-uri-file FILE` into a scratch server",
+            source.name, source.name
+        )),
+        SourceKindConfig::Atlas(_) => Some(format!(
+            "source {}: drills of atlas sources are not available yet; test a restore with \
+             `backupctl restore {} --latest --target-cluster SCRATCH`",
+            source.name, source.name
+        )),
+    }
+}
+
 /// The database a postgres source's connection URL names (default `postgres`).
 fn source_database(source: &SourceConfig) -> String {
     match &source.kind {
@@ -673,7 +697,7 @@ fn source_database(source: &SourceConfig) -> String {
             .map(|(_, path)| path.split('?').next().unwrap_or("").to_owned())
             .filter(|db| !db.is_empty())
             .unwrap_or_else(|| "postgres".into()),
-        SourceKindConfig::Files { .. } => "postgres".into(),
+        _ => "postgres".into(),
     }
 }
 

@@ -83,6 +83,9 @@ pub async fn reap_interrupted(
         if let Ok(repo) = Repository::open_named(&engine.config, &b.repository).await {
             removed += delete_backup_objects(&repo, b.id, cancel).await?;
         }
+        if let Err(e) = crate::mongo::atlas::delete_backup_snapshot(engine, &b.source, b.id).await {
+            tracing::warn!(backup_id = %b.id, error = %e, "could not delete the interrupted backup's Atlas snapshot; the next gc retries");
+        }
     }
     Ok((reaped, removed))
 }
@@ -122,6 +125,9 @@ pub async fn run_gc(
 ) -> Result<GcReport> {
     let (reaped, mut removed) = reap_interrupted(engine, cancel).await?;
     let (finished, deleted) = crate::prune::finish_interrupted_deletions(engine, cancel).await?;
+    for (source, snapshot) in engine.catalog.failed_backups_atlas_snapshots().await? {
+        crate::mongo::atlas::delete_backup_snapshot(engine, &source, snapshot.backup_id).await?;
+    }
     removed += deleted;
     let mut report = GcReport {
         interrupted: reaped.iter().map(|b| b.id.to_string()).collect(),

@@ -502,7 +502,7 @@ pub(crate) fn connection_user(source: &SourceConfig) -> String {
             .map(|(user, _)| user.split(':').next().unwrap_or(user).to_owned())
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "postgres".into()),
-        SourceKindConfig::Files { .. } | SourceKindConfig::Mongodb(_) => "postgres".into(),
+        _ => "postgres".into(),
     }
 }
 

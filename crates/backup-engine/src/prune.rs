@@ -91,6 +91,9 @@ pub struct SourcePrune {
     /// PostgreSQL: archived WAL files no retained base backup needs any more (in a dry run:
     /// that would be deleted).
     pub wal_files_expired: u64,
+    /// MongoDB: archived oplog slices that end before every retained backup (in a dry run:
+    /// that would be deleted).
+    pub oplog_slices_expired: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +175,7 @@ pub async fn run_prune(
             backups: Vec::new(),
             early_deletion_charge_usd: plan.early_deletion_charge_usd(),
             wal_files_expired: 0,
+            oplog_slices_expired: 0,
         };
         for decision in plan.decisions {
             let record = &records[&decision.backup];
@@ -231,6 +235,22 @@ pub async fn run_prune(
                 Err(e) if cancel.is_cancelled() => return Err(e),
                 Err(e) => {
                     tracing::error!(source = %source.name, "expiring WAL failed: {e}");
+                    report.failed += 1;
+                }
+            }
+        }
+        if matches!(source.kind, crate::config::SourceKindConfig::Mongodb(_)) {
+            let kept: Vec<BackupId> = pruned
+                .backups
+                .iter()
+                .filter(|b| b.action == Action::Keep || b.error.is_some())
+                .map(|b| b.backup_id)
+                .collect();
+            match expire_oplog(engine, source, &kept, options.dry_run, cancel).await {
+                Ok(n) => pruned.oplog_slices_expired = n,
+                Err(e) if cancel.is_cancelled() => return Err(e),
+                Err(e) => {
+                    tracing::error!(source = %source.name, "expiring oplog slices failed: {e}");
                     report.failed += 1;
                 }
             }
@@ -312,6 +332,56 @@ async fn expire_wal(
         repos[repository].sink.delete(object_key, cancel).await?;
     }
     tracing::info!(source = %source.name, files = expired.len(), oldest_needed = %oldest.file_name(size), "WAL expired");
+    Ok(expired.len() as u64)
+}
+
+/// Deletes the archived oplog slices no kept backup of `source` can replay: those ending at
+/// or before the end of the oldest kept backup (a restore replays from a backup's end on).
+/// Without a kept backup nothing is deleted. Returns how many slices went (or would go).
+async fn expire_oplog(
+    engine: &Engine,
+    source: &SourceConfig,
+    kept: &[BackupId],
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    let Some(oldest_end) = engine
+        .catalog
+        .mongo_backups(&source.name)
+        .await?
+        .into_iter()
+        .filter(|b| kept.contains(&b.backup_id))
+        .map(|b| b.end)
+        .min()
+    else {
+        return Ok(0);
+    };
+    let expired: Vec<_> = engine
+        .catalog
+        .oplog_slices(&source.name)
+        .await?
+        .into_iter()
+        .filter(|s| s.last <= oldest_end)
+        .collect();
+    if dry_run || expired.is_empty() {
+        return Ok(expired.len() as u64);
+    }
+    // The catalog first: a crash in between leaves unreferenced objects, never a recorded
+    // slice without its object.
+    let ends: Vec<_> = expired.iter().map(|s| s.last).collect();
+    engine.catalog.forget_oplog_slices(&source.name, &ends).await?;
+    let mut repos: HashMap<String, Repository> = HashMap::new();
+    for slice in &expired {
+        if !repos.contains_key(&slice.repository) {
+            let repo = Repository::open_named(&engine.config, &slice.repository).await?;
+            repos.insert(slice.repository.clone(), repo);
+        }
+        repos[&slice.repository]
+            .sink
+            .delete(&slice.object_key, cancel)
+            .await?;
+    }
+    tracing::info!(source = %source.name, slices = expired.len(), "oplog slices expired");
     Ok(expired.len() as u64)
 }
 
@@ -616,6 +686,8 @@ pub async fn finish_deletion(
             })?;
         repos.push(repo);
     }
+    // An Atlas source's snapshot goes with its backup (retried while Atlas cannot be reached).
+    crate::mongo::atlas::delete_backup_snapshot(engine, &record.source, id).await?;
     for repo in &repos {
         crate::keys::delete_envelopes(repo, id, cancel)
             .await

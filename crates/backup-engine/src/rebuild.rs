@@ -40,10 +40,8 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
     // A backup replicated to several repositories is found in each: merge their copies.
     let mut found: BTreeMap<BackupId, ImportedBackup> = BTreeMap::new();
     let mut primaries: BTreeMap<BackupId, String> = BTreeMap::new();
-    let mut positions: BTreeMap<BackupId, backup_core::manifest::PostgresPosition> =
-        BTreeMap::new();
-    let mut mongo_positions: BTreeMap<BackupId, backup_core::manifest::MongoPosition> =
-        BTreeMap::new();
+    // What each backup's manifest footer says about its source (WAL, oplog, Atlas snapshot).
+    let mut footers: BTreeMap<BackupId, backup_core::manifest::ManifestFooter> = BTreeMap::new();
     for repo_config in &engine.config.repositories {
         let repo = Repository::open(&engine.config, repo_config).await?;
         repo.check_key(&key, cancel).await?;
@@ -58,14 +56,9 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
         }
         for (backup_id, objects) in by_backup {
             match import_one(&repo, &key, backup_id, &objects, cancel).await {
-                Ok((imported, primary, position, mongo_position)) => {
+                Ok((imported, primary, footer)) => {
                     primaries.insert(backup_id, primary);
-                    if let Some(position) = position {
-                        positions.insert(backup_id, position);
-                    }
-                    if let Some(position) = mongo_position {
-                        mongo_positions.insert(backup_id, position);
-                    }
+                    footers.insert(backup_id, footer);
                     merge(&mut found, imported);
                 }
                 Err(e @ EngineError::Key(_)) => return Err(e),
@@ -91,16 +84,27 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
             }
         }
         engine.catalog.import_backup(&imported).await?;
-        if let Some(position) = positions.get(&backup_id) {
+        let footer = footers.get(&backup_id);
+        if let Some(position) = footer.and_then(|f| f.postgres.as_ref()) {
             engine
                 .catalog
                 .record_postgres_backup(&crate::backup::postgres_record(backup_id, position))
                 .await?;
         }
-        if let Some(position) = mongo_positions.get(&backup_id) {
+        if let Some(position) = footer.and_then(|f| f.mongodb.as_ref()) {
             engine
                 .catalog
                 .record_mongo_backup(&crate::mongo::mongo_record(backup_id, position)?)
+                .await?;
+        }
+        if let Some(snapshot) = footer.and_then(|f| f.atlas.as_ref()) {
+            engine
+                .catalog
+                .record_atlas_snapshot(&crate::mongo::atlas::atlas_record(
+                    backup_id,
+                    snapshot,
+                    imported.backup.started_at,
+                ))
                 .await?;
         }
         // Copies the config asks for and no repository holds yet are queued again.
@@ -259,12 +263,7 @@ async fn import_one(
     backup_id: BackupId,
     objects: &[ObjectInfo],
     cancel: &CancellationToken,
-) -> Result<(
-    ImportedBackup,
-    String,
-    Option<backup_core::manifest::PostgresPosition>,
-    Option<backup_core::manifest::MongoPosition>,
-)> {
+) -> Result<(ImportedBackup, String, backup_core::manifest::ManifestFooter)> {
     if !objects
         .iter()
         .any(|o| layout::is_envelope_key(backup_id, &o.key))
@@ -340,12 +339,7 @@ async fn import_one(
     for copy in imported.artifacts.iter_mut().flat_map(|a| &mut a.copies) {
         copy.storage_class = class_of(&copy.object_key);
     }
-    Ok((
-        imported,
-        header.repository.clone(),
-        footer.postgres.clone(),
-        footer.mongodb.clone(),
-    ))
+    Ok((imported, header.repository.clone(), footer))
 }
 
 fn imported(

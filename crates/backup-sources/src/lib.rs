@@ -3,6 +3,8 @@
 //! back again on restore. Sources do plain blocking I/O; callers run them off
 //! the async executor.
 
+#[cfg(feature = "atlas")]
+pub mod atlas;
 pub mod files;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;

@@ -2,6 +2,7 @@
 //! sink and catalog backend must pass, real servers to run them against, and the setup of
 //! S3 sinks on those servers.
 
+pub mod atlas;
 pub mod catalog;
 pub mod postgres;
 pub mod proxy;

@@ -97,6 +97,12 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Atlas: the snapshots Atlas holds of SOURCE's cluster, and which backup took each.
+    AtlasSnapshots {
+        source: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// PostgreSQL restore_command: restore one archived WAL file (`wal-fetch %f %p`).
     /// Exits 1 when the file is not archived, as restore_command must.
     WalFetch {
@@ -187,7 +193,7 @@ enum Command {
         /// --point-in-time T. MongoDB (with --target-uri): the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster"])]
         target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
@@ -196,6 +202,8 @@ enum Command {
         latest: bool,
         #[command(flatten)]
         mongo: MongoRestoreArgs,
+        #[command(flatten)]
+        atlas: AtlasRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -376,6 +384,20 @@ enum ThawCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+/// Restoring an Atlas source: an Atlas restore job into a cluster.
+#[derive(Args)]
+struct AtlasRestoreArgs {
+    /// Atlas: restore into this cluster (Atlas overwrites its data).
+    #[arg(long, value_name = "CLUSTER", conflicts_with_all = ["target", "target_uri", "target_uri_file"])]
+    target_cluster: Option<String>,
+    /// Atlas: the target cluster's project id (default: the source's project).
+    #[arg(long, value_name = "PROJECT_ID", requires = "target_cluster")]
+    target_project: Option<String>,
+    /// Atlas: return once Atlas has accepted the restore job instead of waiting for it.
+    #[arg(long, requires = "target_cluster")]
+    no_wait: bool,
 }
 
 /// Restoring a MongoDB source into a server.
@@ -649,6 +671,10 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                     .await?;
             output::oplog_archive(&report, json.json);
         }
+        Command::AtlasSnapshots { source, json } => {
+            let listing = backup_engine::mongo::atlas::list_snapshots(&engine, &source).await?;
+            output::atlas_snapshots(&listing, json.json);
+        }
         Command::OplogStatus { source, json } => {
             backup_engine::mongo::mongo_source(engine.config.source(&source)?.1)?;
             let ranges = backup_engine::mongo::restorable_ranges(&engine, &source).await?;
@@ -816,6 +842,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             source,
             latest,
             mongo,
+            atlas,
             force,
             from,
             thaw,
@@ -826,6 +853,41 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             start,
             json,
         } => {
+            if let Some(target_cluster) = atlas.target_cluster {
+                let source = source.or(backup_id.clone()).ok_or_else(|| {
+                    EngineError::Usage(
+                        "name the atlas source: restore SOURCE --target-cluster NAME".into(),
+                    )
+                })?;
+                backup_engine::mongo::atlas::atlas_source(engine.config.source(&source)?.1)?;
+                let selector = match (&mongo.backup, latest) {
+                    (Some(id), _) => Some(BackupSelector::Id(id.clone())),
+                    (None, true) => Some(BackupSelector::Latest(source.clone())),
+                    (None, false) => None,
+                };
+                let point_in_time = point_in_time.as_deref().map(parse_time).transpose()?;
+                if selector.is_some() == point_in_time.is_some() {
+                    return Err(EngineError::Usage(
+                        "give one of --latest, --backup ID or --point-in-time TIME".into(),
+                    ));
+                }
+                let options = backup_engine::mongo::atlas::AtlasRestoreOptions {
+                    target_cluster,
+                    target_project: atlas.target_project,
+                    point_in_time,
+                    wait: !atlas.no_wait,
+                };
+                let outcome = backup_engine::mongo::atlas::run_atlas_restore(
+                    &engine,
+                    &source,
+                    selector.as_ref(),
+                    &options,
+                    cancel,
+                )
+                .await?;
+                output::atlas_restore(&outcome, json.json);
+                return Ok(exit::OK);
+            }
             if mongo.wanted() {
                 let source = source.or(backup_id).ok_or_else(|| {
                     EngineError::Usage(

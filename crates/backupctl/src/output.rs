@@ -570,15 +570,21 @@ pub fn prune(r: &PruneReport, as_json: bool) {
                 s.early_deletion_charge_usd
             );
         }
+        let verb = if r.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
         if s.wal_files_expired > 0 {
             println!(
-                "  {} archived WAL files no kept base backup needs {}",
-                s.wal_files_expired,
-                if r.dry_run {
-                    "would be deleted"
-                } else {
-                    "deleted"
-                }
+                "  {} archived WAL files no kept base backup needs {verb}",
+                s.wal_files_expired
+            );
+        }
+        if s.oplog_slices_expired > 0 {
+            println!(
+                "  {} archived oplog slices no kept backup needs {verb}",
+                s.oplog_slices_expired
             );
         }
     }
@@ -844,6 +850,55 @@ pub fn oplog_status(source: &str, ranges: &[backup_engine::mongo::RestorableRang
         println!(
             "{source}: {} ({}) .. {} ({}) from backup {} + {} slices",
             r.from, r.from_time, r.to, r.to_time, r.backup_id, r.slices
+        );
+    }
+}
+
+pub fn atlas_restore(o: &backup_engine::mongo::atlas::AtlasRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    let what = match (&o.snapshot_id, o.point_in_time) {
+        (Some(snapshot), _) => format!(
+            "snapshot {snapshot} (backup {})",
+            o.backup_id.map_or("-".into(), |b| b.to_string())
+        ),
+        (None, Some(at)) => format!("point in time {}", at.to_rfc3339()),
+        (None, None) => "-".into(),
+    };
+    if o.finished {
+        println!(
+            "restored {what} of {} into cluster {} (project {}): Atlas restore job {} finished in {:.1}s",
+            o.source, o.target_cluster, o.target_project, o.restore_job, o.seconds
+        );
+    } else {
+        println!(
+            "Atlas restore job {} is restoring {what} of {} into cluster {} (project {}); \
+             follow it on the cluster's Backup page",
+            o.restore_job, o.source, o.target_cluster, o.target_project
+        );
+    }
+}
+
+pub fn atlas_snapshots(listing: &[backup_engine::mongo::atlas::AtlasSnapshotListing], as_json: bool) {
+    if as_json {
+        return json(listing);
+    }
+    println!(
+        "{:<24}  {:<10}  {:<10}  {:<25}  {:>10}  BACKUP",
+        "SNAPSHOT", "STATUS", "TYPE", "CREATED", "SIZE"
+    );
+    for l in listing {
+        let s = &l.snapshot;
+        println!(
+            "{:<24}  {:<10}  {:<10}  {:<25}  {:>10}  {}",
+            s.id,
+            s.status,
+            s.snapshot_type.as_deref().unwrap_or("-"),
+            s.created_at.as_deref().unwrap_or("-"),
+            human_bytes(s.storage_size_bytes.unwrap_or(0)),
+            l.backup_id
+                .map_or("(not taken by backupd)".into(), |b| b.to_string())
         );
     }
 }

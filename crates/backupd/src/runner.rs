@@ -148,18 +148,68 @@ impl Runner {
         }
     }
 
-    /// Archives `source`'s oplog until `stop`; after a failure that needs a person (no backup
-    /// yet, the oplog rolled past the position) it says so and tries again a minute later.
+    /// Archives `source`'s oplog until `stop`, while this replica holds the source's archiver
+    /// lease (replicas on one catalog take turns; one that dies is taken over once its lease
+    /// passes). After a failure that needs a person (no backup yet, the oplog rolled past the
+    /// position) it says so and tries again a minute later.
     async fn oplog_loop(self: Arc<Self>, source: String, stop: CancellationToken) {
+        let lease = self.engine.config.scheduler.lease;
+        let catalog = &self.engine.catalog;
         while !stop.is_cancelled() {
-            match backup_engine::mongo::archive::run_oplog_archive(
-                &self.engine,
-                &source,
-                false,
-                &stop,
-            )
-            .await
+            match catalog
+                .claim_oplog_archiver(&source, &self.owner, Utc::now(), lease)
+                .await
             {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another replica archives it; check again when its lease could pass.
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(lease / 3) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(source, error = %e, "claiming the oplog archiving failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(lease / 3) => {}
+                    }
+                    continue;
+                }
+            }
+            let lost = stop.child_token();
+            let keeper = {
+                let (me, lost, source) = (self.clone(), lost.clone(), source.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = lost.cancelled() => break,
+                            _ = tokio::time::sleep(lease / 3) => {}
+                        }
+                        match me
+                            .engine
+                            .catalog
+                            .claim_oplog_archiver(&source, &me.owner, Utc::now(), lease)
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::error!(source, "oplog archiving taken over by another replica; stopping here");
+                                lost.cancel();
+                                break;
+                            }
+                            Err(e) => tracing::warn!(source, error = %e, "renewing the oplog archiving lease failed"),
+                        }
+                    }
+                })
+            };
+            let result =
+                backup_engine::mongo::archive::run_oplog_archive(&self.engine, &source, false, &lost)
+                    .await;
+            lost.cancel();
+            let _ = keeper.await;
+            match result {
                 Ok(report) => {
                     tracing::info!(source, slices = report.slices, "oplog archiving stopped")
                 }
@@ -167,11 +217,15 @@ impl Runner {
                     tracing::error!(source, error = %e, "oplog archiving failed; retrying in 60s")
                 }
             }
+            if stop.is_cancelled() {
+                break;
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
         }
+        let _ = catalog.release_oplog_archiver(&source, &self.owner).await;
     }
 
     /// Works the replication queue every tick until shutdown (a copy under way finishes,

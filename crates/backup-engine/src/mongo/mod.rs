@@ -15,6 +15,7 @@
 //! oplog up to the chosen point.
 
 pub mod archive;
+pub mod atlas;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
