@@ -280,6 +280,28 @@ pub async fn scan_keys(
         }
     }
 
+    // MongoDB oplog slices are sealed one by one too, and counted with the WAL files.
+    for source in engine
+        .config
+        .sources
+        .iter()
+        .filter(|s| s.kind.kind_name() == "mongodb")
+    {
+        for slice in engine.catalog.oplog_slices(&source.name).await? {
+            let repo = open(engine, &mut repos, &slice.repository).await?;
+            match sealed_key_of(repo, &slice.object_key, cancel).await {
+                Ok(id) => *wal.entry(id).or_default() += 1,
+                Err(e) => {
+                    unchecked_repos.insert(slice.repository.clone());
+                    problems.push(format!(
+                        "repository {} object {}: {e}",
+                        slice.repository, slice.object_key
+                    ));
+                }
+            }
+        }
+    }
+
     let mut retired = Vec::new();
     let mut kept = Vec::new();
     if rewrap {

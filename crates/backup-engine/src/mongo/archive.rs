@@ -291,7 +291,7 @@ async fn store_slice(
     let plain = slice.bytes.clone();
     let (sealed, summary) = tokio::task::spawn_blocking(move || -> Result<_> {
         use std::io::Write;
-        let mut writer = seal(Vec::new(), &key, ArtifactKind::Wal, &options)
+        let mut writer = seal(Vec::new(), key.active(), ArtifactKind::Wal, &options)
             .map_err(|e| EngineError::from_format("sealing an oplog slice", e))?;
         writer
             .write_all(&plain)

@@ -340,15 +340,16 @@ impl<'a, W: Write, R: EntryRecorder> TreeBackup<'a, W, R> {
         let start = w.offset;
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = match content.read(&mut w.buf) {
+            let n = match content.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(FilesError::Source(format!("{rel}: {e}"))),
             };
-            hasher.update(&w.buf[..n]);
-            w.data.write_all(&w.buf[..n]).map_err(FilesError::Output)?;
+            hasher.update(&buf[..n]);
+            w.data.write_all(&buf[..n]).map_err(FilesError::Output)?;
             size += n as u64;
             (w.progress)(n as u64);
         }
