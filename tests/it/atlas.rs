@@ -146,15 +146,9 @@ fn atlas_snapshots_are_taken_exported_restored_and_deleted_by_retention() {
         .restore_jobs
         .values()
         .any(|j| j.point_in_time == Some(1_796_032_800)));
-    work.run(&[
-        "restore",
-        "atlas",
-        "--latest",
-        "--target-cluster",
-        "nope",
-    ])
-    .expect_code(EXIT_FAILED)
-    .expect_mentions(&["CLUSTER_NOT_FOUND", "nope"]);
+    work.run(&["restore", "atlas", "--latest", "--target-cluster", "nope"])
+        .expect_code(EXIT_FAILED)
+        .expect_mentions(&["CLUSTER_NOT_FOUND", "nope"]);
 
     // Retention keeps the last one: the first backup's snapshot is deleted in Atlas too, but
     // not while it is under legal hold.
@@ -212,7 +206,10 @@ fn atlas_failures_are_named_and_never_complete_backups() {
     );
     let backups = work.list();
     assert_eq!(backups.len(), 2);
-    assert!(backups.iter().all(|b| b["status"] == "failed"), "{backups:?}");
+    assert!(
+        backups.iter().all(|b| b["status"] == "failed"),
+        "{backups:?}"
+    );
 
     // An expired download link fails an exporting backup.
     let exporting = {

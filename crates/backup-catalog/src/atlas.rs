@@ -107,22 +107,28 @@ impl Catalog {
         .fetch_all(pool)
         .await)
         .map_err(db(format!("listing the Atlas snapshots of {source}")))?;
-        rows.into_iter().map(AtlasSnapshotRecord::try_from).collect()
+        rows.into_iter()
+            .map(AtlasSnapshotRecord::try_from)
+            .collect()
     }
 
     /// Forgets a backup's snapshot once it is deleted in Atlas.
     pub async fn forget_atlas_snapshot(&self, id: BackupId) -> Result<()> {
-        with_pool!(self, |pool| sqlx::query("DELETE FROM atlas_snapshots WHERE backup_id = $1")
-            .bind(id.to_string())
-            .execute(pool)
-            .await
-            .map(|_| ()))
+        with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM atlas_snapshots WHERE backup_id = $1"
+        )
+        .bind(id.to_string())
+        .execute(pool)
+        .await
+        .map(|_| ()))
         .map_err(db(format!("forgetting the Atlas snapshot of backup {id}")))
     }
 
     /// The snapshots of failed backups, with their source: a failure that could not delete
     /// its snapshot in Atlas leaves it here for gc.
-    pub async fn failed_backups_atlas_snapshots(&self) -> Result<Vec<(String, AtlasSnapshotRecord)>> {
+    pub async fn failed_backups_atlas_snapshots(
+        &self,
+    ) -> Result<Vec<(String, AtlasSnapshotRecord)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             source: String,

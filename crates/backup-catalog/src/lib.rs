@@ -22,6 +22,7 @@ mod retention;
 mod shreds;
 mod usage;
 
+pub use atlas::AtlasSnapshotRecord;
 pub use catalog::{Backend, Catalog};
 pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
@@ -30,9 +31,8 @@ pub use model::{
     ArtifactRecord, ArtifactWithCopies, BackupCompletion, BackupFilter, BackupRecord, BackupStatus,
     CopyRecord, ImportedBackup, NewBackup, ParseBackupStatusError, SourceRecord, ARTIFACT_ROLES,
 };
-pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
-pub use atlas::AtlasSnapshotRecord;
 pub use mongodb::{MongoBackupRecord, OplogSliceRecord, OplogTs};
+pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;
 pub use shreds::ShredRecord;

@@ -414,11 +414,7 @@ async fn write_and_record(
     if let Some(a) = &produced.atlas {
         engine
             .catalog
-            .record_atlas_snapshot(&crate::mongo::atlas::atlas_record(
-                backup_id,
-                a,
-                Utc::now(),
-            ))
+            .record_atlas_snapshot(&crate::mongo::atlas::atlas_record(backup_id, a, Utc::now()))
             .await?;
     }
     // Queued before completion: a complete backup always has its copies queued.

@@ -808,8 +808,14 @@ impl Config {
                 "an Atlas project id is 24 hex digits (Project Settings in the Atlas UI)",
             ));
         }
-        let cluster_ok = a.cluster.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && a.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let cluster_ok = a
+            .cluster
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && a.cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !cluster_ok {
             return Err(self.invalid(
                 format!("source[{i}].cluster"),

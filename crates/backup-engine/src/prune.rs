@@ -369,7 +369,10 @@ async fn expire_oplog(
     // The catalog first: a crash in between leaves unreferenced objects, never a recorded
     // slice without its object.
     let ends: Vec<_> = expired.iter().map(|s| s.last).collect();
-    engine.catalog.forget_oplog_slices(&source.name, &ends).await?;
+    engine
+        .catalog
+        .forget_oplog_slices(&source.name, &ends)
+        .await?;
     let mut repos: HashMap<String, Repository> = HashMap::new();
     for slice in &expired {
         if !repos.contains_key(&slice.repository) {

@@ -263,7 +263,11 @@ async fn import_one(
     backup_id: BackupId,
     objects: &[ObjectInfo],
     cancel: &CancellationToken,
-) -> Result<(ImportedBackup, String, backup_core::manifest::ManifestFooter)> {
+) -> Result<(
+    ImportedBackup,
+    String,
+    backup_core::manifest::ManifestFooter,
+)> {
     if !objects
         .iter()
         .any(|o| layout::is_envelope_key(backup_id, &o.key))

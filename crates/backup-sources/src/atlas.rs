@@ -21,7 +21,9 @@ pub const API_VERSION: &str = "application/vnd.atlas.2023-01-01+json";
 /// What went wrong talking to Atlas.
 #[derive(Debug, thiserror::Error)]
 pub enum AtlasError {
-    #[error("cannot reach the Atlas Admin API at {url}: {reason}; check `base-url` and the network")]
+    #[error(
+        "cannot reach the Atlas Admin API at {url}: {reason}; check `base-url` and the network"
+    )]
     Unreachable { url: String, reason: String },
     #[error("Atlas refused the API key {public_key} (HTTP {status}{detail}): check `public-key` and the private key, that the key has the Project Backup Manager role on the project, and that this host's address is on the key's access list")]
     Unauthorized {
@@ -401,7 +403,10 @@ impl AtlasClient {
         }
     }
 
-    pub async fn create_restore_job(&self, request: &RestoreRequest) -> Result<RestoreJob, AtlasError> {
+    pub async fn create_restore_job(
+        &self,
+        request: &RestoreRequest,
+    ) -> Result<RestoreJob, AtlasError> {
         let body = serde_json::to_value(request).expect("restore requests serialise");
         self.call(Method::POST, &self.restore_jobs_path(), Some(body))
             .await
@@ -611,9 +616,14 @@ mod tests {
 
     #[test]
     fn secrets_and_signed_links_do_not_print() {
-        let client =
-            AtlasClient::new("https://cloud.example", "p", "c", "pub", Secret::new("s3cret"))
-                .unwrap();
+        let client = AtlasClient::new(
+            "https://cloud.example",
+            "p",
+            "c",
+            "pub",
+            Secret::new("s3cret"),
+        )
+        .unwrap();
         assert!(!format!("{client:?}").contains("s3cret"));
         assert_eq!(
             redact_query("https://dl.example/x.tar.gz?X-Amz-Signature=abc"),

@@ -251,7 +251,12 @@ fn error(status: StatusCode, code: &str, detail: &str, parameters: Vec<Value>) -
 }
 
 fn ok(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, MEDIA_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, MEDIA_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn log_request(State(state): State<Shared>, request: Request, next: Next) -> Response {
@@ -452,11 +457,9 @@ async fn take_snapshot(
             vec![json!("retentionInDays")],
         );
     };
-    if s
-        .snapshots
-        .values()
-        .any(|x| x.snapshot_type == "onDemand" && (x.status == "queued" || x.status == "inProgress"))
-    {
+    if s.snapshots.values().any(|x| {
+        x.snapshot_type == "onDemand" && (x.status == "queued" || x.status == "inProgress")
+    }) {
         return error(
             StatusCode::CONFLICT,
             "CANNOT_TAKE_SNAPSHOT_IN_PROGRESS",
@@ -740,7 +743,11 @@ async fn list_restore_jobs(
         return r;
     }
     let base = base_url(&headers);
-    let all: Vec<Value> = s.restore_jobs.values().map(|j| job_json(&base, j, &s)).collect();
+    let all: Vec<Value> = s
+        .restore_jobs
+        .values()
+        .map(|j| job_json(&base, j, &s))
+        .collect();
     page(all, &paging)
 }
 

@@ -880,7 +880,10 @@ pub fn atlas_restore(o: &backup_engine::mongo::atlas::AtlasRestoreOutcome, as_js
     }
 }
 
-pub fn atlas_snapshots(listing: &[backup_engine::mongo::atlas::AtlasSnapshotListing], as_json: bool) {
+pub fn atlas_snapshots(
+    listing: &[backup_engine::mongo::atlas::AtlasSnapshotListing],
+    as_json: bool,
+) {
     if as_json {
         return json(listing);
     }

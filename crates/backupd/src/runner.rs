@@ -195,18 +195,27 @@ impl Runner {
                         {
                             Ok(true) => {}
                             Ok(false) => {
-                                tracing::error!(source, "oplog archiving taken over by another replica; stopping here");
+                                tracing::error!(
+                                    source,
+                                    "oplog archiving taken over by another replica; stopping here"
+                                );
                                 lost.cancel();
                                 break;
                             }
-                            Err(e) => tracing::warn!(source, error = %e, "renewing the oplog archiving lease failed"),
+                            Err(e) => {
+                                tracing::warn!(source, error = %e, "renewing the oplog archiving lease failed")
+                            }
                         }
                     }
                 })
             };
-            let result =
-                backup_engine::mongo::archive::run_oplog_archive(&self.engine, &source, false, &lost)
-                    .await;
+            let result = backup_engine::mongo::archive::run_oplog_archive(
+                &self.engine,
+                &source,
+                false,
+                &lost,
+            )
+            .await;
             lost.cancel();
             let _ = keeper.await;
             match result {

@@ -1,5 +1,5 @@
-//! Continuous oplog archiving: `backupctl oplog-archive SOURCE` (and backupd) tails
-//! `local.oplog.rs` and writes what it read as sealed slices (`oplog/<source>/<after>-<last>.bkpd`,
+//! Continuous oplog archiving: `backupctl oplog-archive SOURCE` (and backupd) follows
+//! `local.oplog.rs` (bounded range reads every 200 ms) and writes what it read as sealed slices (`oplog/<source>/<after>-<last>.bkpd`,
 //! each the entries after `after` up to `last`) every `oplog-interval`.
 //!
 //! The position is the catalog itself: archiving resumes after the newest recorded slice
@@ -21,7 +21,7 @@ use backup_core::sealed::{open_sealed, seal};
 use backup_sinks::{put_bytes, read_object, Sink};
 use backup_sources::mongodb::backup::oplog_entry_covered;
 use backup_sources::mongodb::bson::{doc, Document, RawDocumentBuf};
-use backup_sources::mongodb::mongodb::options::{CursorType, ReadPreference, SelectionCriteria};
+use backup_sources::mongodb::mongodb::options::{ReadPreference, SelectionCriteria};
 use backup_sources::mongodb::{self as mongo, MongoError, NamespaceFilter, OpTime};
 
 use super::{mongo_error, mongo_source};
@@ -204,8 +204,13 @@ struct Slice {
     last: OpTime,
 }
 
-/// Reads the entries after `after`: up to `upto` when given (then returns), else tailing
-/// until `deadline` or `MAX_SLICE_BYTES`.
+/// Reads the entries after `after`: up to `upto` when given (then returns), else every
+/// entry that appears until `deadline` or `MAX_SLICE_BYTES`.
+///
+/// Each read is a bounded range `(position, newest]` where `newest` was the oplog's newest
+/// entry just before, not a tailable cursor: a tailing cursor that resumes after a getMore
+/// can miss entries a server makes visible out of order (seen on SecantusDB under a steady
+/// write load), while a range read either sees an entry or leaves the position before it.
 async fn read_slice(
     client: &mongo::mongodb::Client,
     after: OpTime,
@@ -214,43 +219,66 @@ async fn read_slice(
     filter: &NamespaceFilter,
     cancel: &CancellationToken,
 ) -> std::result::Result<Slice, Step> {
-    let oplog = client
-        .database("local")
-        .collection::<RawDocumentBuf>("oplog.rs");
-    let query = match upto {
-        Some(upto) => doc! { "ts": { "$gt": after.0, "$lte": upto.0 } },
-        None => doc! { "ts": { "$gt": after.0 } },
-    };
-    let mut find = oplog
-        .find(query)
-        .sort(doc! { "$natural": 1 })
-        .batch_size(1000)
-        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-    if upto.is_none() {
-        find = find
-            .cursor_type(CursorType::TailableAwait)
-            .max_await_time(Duration::from_secs(1));
-    }
-    let what = format!("tailing the oplog after {after}");
-    let mut cursor = find
-        .await
-        .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?;
     let mut slice = Slice {
         bytes: Vec::new(),
         entries: 0,
         last: after,
     };
-    let sleep = tokio::time::sleep_until(deadline.into());
-    tokio::pin!(sleep);
     loop {
-        let more = tokio::select! {
-            _ = &mut sleep, if upto.is_none() => break,
-            _ = cancel.cancelled() => break,
-            more = cursor.advance() => more.map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?,
+        let newest = match upto {
+            Some(upto) => upto,
+            None => mongo::oplog_last(client).await.map_err(Step::Mongo)?,
         };
-        if !more {
-            break;
+        if newest > slice.last {
+            read_range(client, slice.last, newest, filter, &mut slice, cancel).await?;
+            // Entries the filter left out still moved the position.
+            if slice.bytes.len() < MAX_SLICE_BYTES {
+                slice.last = slice.last.max(newest);
+            }
         }
+        if upto.is_some() || slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
+            return Ok(slice);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(slice);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL.min(deadline - now)) => {}
+            _ = cancel.cancelled() => return Ok(slice),
+        }
+    }
+}
+
+/// How often a slice being filled asks for new entries.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Appends the covered entries in `(after, upto]` to `slice` (stopping early at
+/// `MAX_SLICE_BYTES`), moving `slice.last` to each entry read.
+async fn read_range(
+    client: &mongo::mongodb::Client,
+    after: OpTime,
+    upto: OpTime,
+    filter: &NamespaceFilter,
+    slice: &mut Slice,
+    cancel: &CancellationToken,
+) -> std::result::Result<(), Step> {
+    let oplog = client
+        .database("local")
+        .collection::<RawDocumentBuf>("oplog.rs");
+    let what = format!("reading the oplog after {after}");
+    let mut cursor = oplog
+        .find(doc! { "ts": { "$gt": after.0, "$lte": upto.0 } })
+        .sort(doc! { "$natural": 1 })
+        .batch_size(1000)
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .await
+        .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?;
+    while cursor
+        .advance()
+        .await
+        .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?
+    {
         let raw = cursor.current();
         let entry = Document::try_from(raw).map_err(|e| {
             Step::Engine(EngineError::Failed(format!(
@@ -258,20 +286,23 @@ async fn read_slice(
             )))
         })?;
         let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+        if ts <= slice.last {
+            return Err(Step::Engine(EngineError::Failed(format!(
+                "{what}: the server returned entry {ts} after {}, out of order; archiving \
+                 stops rather than store a slice with a gap",
+                slice.last
+            ))));
+        }
         if oplog_entry_covered(&entry, filter) {
             slice.bytes.extend_from_slice(raw.as_bytes());
             slice.entries += 1;
         }
         slice.last = ts;
-        if slice.bytes.len() >= MAX_SLICE_BYTES {
+        if slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
             break;
         }
     }
-    if let Some(upto) = upto {
-        // Entries the filter left out still moved the position.
-        slice.last = slice.last.max(upto);
-    }
-    Ok(slice)
+    Ok(())
 }
 
 /// Seals and stores one slice, checks the stored checksum, then records it.

@@ -139,19 +139,25 @@ pub async fn take_snapshot(
     };
     engine.catalog.record_atlas_snapshot(&record).await?;
     let what = format!("Atlas snapshot {} of cluster {}", taken.id, a.cluster);
-    let snapshot = poll(&what, a.poll_interval, a.snapshot_timeout, cancel, || async {
-        let s = client
-            .snapshot(&taken.id)
-            .await
-            .map_err(|e| atlas_error(name, e))?;
-        if s.has_failed() {
-            return Err(EngineError::Failed(format!(
-                "source {name}: {what} ended `failed` in Atlas (see the cluster's Backup page \
+    let snapshot = poll(
+        &what,
+        a.poll_interval,
+        a.snapshot_timeout,
+        cancel,
+        || async {
+            let s = client
+                .snapshot(&taken.id)
+                .await
+                .map_err(|e| atlas_error(name, e))?;
+            if s.has_failed() {
+                return Err(EngineError::Failed(format!(
+                    "source {name}: {what} ended `failed` in Atlas (see the cluster's Backup page \
                  for why); the backup is not complete"
-            )));
-        }
-        Ok(s.is_done().then_some(s))
-    })
+                )));
+            }
+            Ok(s.is_done().then_some(s))
+        },
+    )
     .await?;
     record.storage_size = snapshot.storage_size_bytes.unwrap_or(0);
     if let Some(created) = parse_time(snapshot.created_at.as_deref()) {
@@ -170,14 +176,20 @@ pub async fn take_snapshot(
             .await
             .map_err(|e| atlas_error(name, e))?;
         let what = format!("the download of Atlas snapshot {}", snapshot.id);
-        let url = poll(&what, a.poll_interval, a.snapshot_timeout, cancel, || async {
-            let j = client
-                .restore_job(&job.id)
-                .await
-                .map_err(|e| atlas_error(name, e))?;
-            job_failure(name, &what, &j)?;
-            Ok(j.delivery_url.first().cloned())
-        })
+        let url = poll(
+            &what,
+            a.poll_interval,
+            a.snapshot_timeout,
+            cancel,
+            || async {
+                let j = client
+                    .restore_job(&job.id)
+                    .await
+                    .map_err(|e| atlas_error(name, e))?;
+                job_failure(name, &what, &j)?;
+                Ok(j.delivery_url.first().cloned())
+            },
+        )
         .await?;
         Some(
             client
@@ -292,7 +304,11 @@ impl Read for BlockingBody {
 }
 
 /// The catalog row of a backup's snapshot, from its manifest footer (catalog rebuild).
-pub fn atlas_record(backup_id: BackupId, r: &AtlasSnapshotRef, started: DateTime<Utc>) -> AtlasSnapshotRecord {
+pub fn atlas_record(
+    backup_id: BackupId,
+    r: &AtlasSnapshotRef,
+    started: DateTime<Utc>,
+) -> AtlasSnapshotRecord {
     AtlasSnapshotRecord {
         backup_id,
         project_id: r.project_id.clone(),
@@ -307,7 +323,11 @@ pub fn atlas_record(backup_id: BackupId, r: &AtlasSnapshotRef, started: DateTime
 /// Deletes the Atlas snapshot of backup `backup_id` of `source` (if it took one) and forgets
 /// it. A snapshot Atlas no longer has counts as deleted. Used when a backup fails, is
 /// reaped as interrupted, or is deleted by retention.
-pub async fn delete_backup_snapshot(engine: &Engine, source: &str, backup_id: BackupId) -> Result<()> {
+pub async fn delete_backup_snapshot(
+    engine: &Engine,
+    source: &str,
+    backup_id: BackupId,
+) -> Result<()> {
     let Some(record) = engine.catalog.atlas_snapshot(backup_id).await? else {
         return Ok(());
     };
@@ -437,12 +457,16 @@ pub async fn run_atlas_restore(
                     backup.id, backup.source
                 )));
             }
-            let record = engine.catalog.atlas_snapshot(backup.id).await?.ok_or_else(|| {
-                EngineError::Usage(format!(
-                    "backup {} records no Atlas snapshot; was it taken by an atlas source?",
-                    backup.id
-                ))
-            })?;
+            let record = engine
+                .catalog
+                .atlas_snapshot(backup.id)
+                .await?
+                .ok_or_else(|| {
+                    EngineError::Usage(format!(
+                        "backup {} records no Atlas snapshot; was it taken by an atlas source?",
+                        backup.id
+                    ))
+                })?;
             (
                 RestoreRequest {
                     delivery_type: "automated".into(),
@@ -472,14 +496,20 @@ pub async fn run_atlas_restore(
             "Atlas restore job {} into cluster {}",
             job.id, options.target_cluster
         );
-        poll(&what, a.poll_interval, a.snapshot_timeout, cancel, || async {
-            let j = client
-                .restore_job(&job.id)
-                .await
-                .map_err(|e| atlas_error(source, e))?;
-            job_failure(source, &what, &j)?;
-            Ok(j.finished_at.is_some().then_some(()))
-        })
+        poll(
+            &what,
+            a.poll_interval,
+            a.snapshot_timeout,
+            cancel,
+            || async {
+                let j = client
+                    .restore_job(&job.id)
+                    .await
+                    .map_err(|e| atlas_error(source, e))?;
+                job_failure(source, &what, &j)?;
+                Ok(j.finished_at.is_some().then_some(()))
+            },
+        )
         .await?;
         finished = true;
     }
