@@ -390,10 +390,10 @@ fn split_params(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The cluster's snapshots resource exists: the right project and cluster.
-fn check_cluster(s: &AtlasState, group: &str, cluster: &str) -> Result<(), Response> {
+/// Atlas's answer when the project or cluster named in the path does not exist.
+fn cluster_error(s: &AtlasState, group: &str, cluster: &str) -> Option<Response> {
     if group != s.project_id {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "GROUP_NOT_FOUND",
             &format!("No group with ID {group} exists."),
@@ -401,14 +401,14 @@ fn check_cluster(s: &AtlasState, group: &str, cluster: &str) -> Result<(), Respo
         ));
     }
     if cluster != s.cluster {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "CLUSTER_NOT_FOUND",
             &format!("No cluster named {cluster} exists in group {group}."),
             vec![json!(cluster), json!(group)],
         ));
     }
-    Ok(())
+    None
 }
 
 fn snapshot_json(s: &AtlasSnapshot) -> Value {
@@ -437,7 +437,7 @@ async fn take_snapshot(
     body: String,
 ) -> Response {
     let mut s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
@@ -492,7 +492,7 @@ async fn get_snapshot(
     Path((group, cluster, id)): Path<(String, String, String)>,
 ) -> Response {
     let mut s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let stuck = s.stuck_snapshots;
@@ -534,7 +534,7 @@ async fn list_snapshots(
     Query(paging): Query<Paging>,
 ) -> Response {
     let s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let all: Vec<Value> = s.snapshots.values().map(snapshot_json).collect();
@@ -557,7 +557,7 @@ async fn delete_snapshot(
     Path((group, cluster, id)): Path<(String, String, String)>,
 ) -> Response {
     let mut s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     match s.snapshots.remove(&id) {
@@ -605,7 +605,7 @@ async fn create_restore_job(
     body: String,
 ) -> Response {
     let mut s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
@@ -713,7 +713,7 @@ async fn get_restore_job(
     headers: HeaderMap,
 ) -> Response {
     let mut s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let Some(job) = s.restore_jobs.get_mut(&id) else {
@@ -739,7 +739,7 @@ async fn list_restore_jobs(
     headers: HeaderMap,
 ) -> Response {
     let s = state.lock().expect("state");
-    if let Err(r) = check_cluster(&s, &group, &cluster) {
+    if let Some(r) = cluster_error(&s, &group, &cluster) {
         return r;
     }
     let base = base_url(&headers);
