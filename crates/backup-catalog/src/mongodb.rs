@@ -282,9 +282,8 @@ impl Catalog {
     ) -> Result<bool> {
         let now = micros(now);
         let expires = crate::jobs::lease_expiry(now, lease)?;
-        let rows =
-            with_pool!(self, |pool| {
-                sqlx::query(
+        let rows = with_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO oplog_archivers (source, owner, lease_expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (source) DO UPDATE SET owner = excluded.owner, \
              lease_expires_at = excluded.lease_expires_at \
@@ -297,10 +296,10 @@ impl Catalog {
         .execute(pool)
         .await
         .map(|r| r.rows_affected())
-            })
-            .map_err(db(format!(
-                "claiming the oplog archiving of {source} for {owner:?}"
-            )))?;
+        })
+        .map_err(db(format!(
+            "claiming the oplog archiving of {source} for {owner:?}"
+        )))?;
         Ok(rows == 1)
     }
 

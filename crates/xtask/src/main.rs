@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+mod mongo_bench;
 mod pg_bench;
 mod s3_bench;
 mod scheduler_bench;
@@ -20,9 +21,10 @@ fn main() -> Result<()> {
         Some("bench-scheduler") => scheduler_bench::run(&args[1..]),
         Some("bench-s3") => s3_bench::run(&args[1..]),
         Some("bench-pg") => pg_bench::run(&args[1..]),
+        Some("bench-mongo") => mongo_bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-pg [--scale S | --corpus DIR | --pgbench-scale N] [--rounds N] [--segments N] [--load-seconds S] [--clients N] [--no-docs] | bench-scheduler [--postgres URL]"
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-pg [--scale S | --corpus DIR | --pgbench-scale N] [--rounds N] [--segments N] [--load-seconds S] [--clients N] [--no-docs] | bench-mongo [--mb N] [--rate DOCS_PER_S] [--load-seconds S] [--no-docs] | bench-scheduler [--postgres URL]"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,361 @@
+//! `cargo xtask bench-mongo`: backupd's MongoDB source against a plain driver-level export
+//! and import (this file's `plain_export` / `plain_import`: every collection read with one
+//! cursor and written as concatenated BSON, then inserted back in batches of 1000; the floor
+//! backupd must not fall below), on SecantusDB servers started here, in one run.
+//!
+//! Measures backup and restore MB/s (BSON bytes / wall time) and documents/s of a collection
+//! set of `--mb` MB (default 1024) in 4 collections, and the oplog archiving lag under a
+//! steady insert load: `backupctl oplog-archive` with `oplog-interval = 1s` while inserts run
+//! at `--rate` documents/s for `--load-seconds`, sampling the age of the newest archived
+//! entry every second.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use backup_sources::mongodb::backup::BsonFileReader;
+use backup_testing::servers::SecantusDb;
+use mongodb::bson::{doc, Binary, Document, RawDocumentBuf};
+use mongodb::Client;
+
+use crate::{machine, timed};
+
+const HEADING: &str = "## MongoDB: backupd vs a plain driver export";
+const COLLECTIONS: [&str; 4] = ["orders", "events", "users", "audit"];
+
+struct Options {
+    mb: u64,
+    rate: u64,
+    load_seconds: u64,
+    write_docs: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        mb: 1024,
+        rate: 1000,
+        load_seconds: 20,
+        write_docs: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || -> Result<u64> {
+            Ok(it
+                .next()
+                .with_context(|| format!("{a} needs a value"))?
+                .parse()?)
+        };
+        match a.as_str() {
+            "--mb" => o.mb = value()?,
+            "--rate" => o.rate = value()?,
+            "--load-seconds" => o.load_seconds = value()?,
+            "--no-docs" => o.write_docs = false,
+            other => bail!(
+                "unknown option {other}; usage: bench-mongo [--mb N] [--rate DOCS_PER_S] \
+                 [--load-seconds S] [--no-docs]"
+            ),
+        }
+    }
+    Ok(o)
+}
+
+/// One document of about 1 KiB: scalar fields, a nested array, 600 bytes of text (it
+/// compresses, like real data) and 200 random bytes (they do not).
+fn document(i: u64, coll: usize) -> Document {
+    let words = [
+        "alpha", "beta", "gamma", "delta", "order", "shipped", "paid", "eu-west",
+    ];
+    let text: String = (0..100)
+        .map(|k| words[((i * 7 + k * 13 + coll as u64) % 8) as usize])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut noise = vec![0u8; 200];
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ coll as u64;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    doc! {
+        "_id": i as i64,
+        "customer": format!("c{}", i % 5000),
+        "total": (i % 10_000) as f64 / 7.0,
+        "at": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + i as i64),
+        "lines": (0..3).map(|l| doc! { "sku": format!("s{}", (i + l) % 977), "qty": l as i32 + 1 }).collect::<Vec<_>>(),
+        "note": text,
+        "blob": Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: noise },
+    }
+}
+
+async fn load(client: &Client, mb: u64) -> Result<(u64, u64)> {
+    let per_collection = mb * 1024 * 1024 / COLLECTIONS.len() as u64;
+    let (mut docs, mut bytes) = (0u64, 0u64);
+    for (c, name) in COLLECTIONS.iter().enumerate() {
+        let coll = client.database("bench").collection::<Document>(name);
+        let mut written = 0u64;
+        let mut i = 0u64;
+        while written < per_collection {
+            let batch: Vec<Document> = (i..i + 1000).map(|k| document(k, c)).collect();
+            for d in &batch {
+                written += mongodb::bson::to_vec(d)?.len() as u64;
+            }
+            coll.insert_many(batch).await?;
+            i += 1000;
+        }
+        docs += i;
+        bytes += written;
+    }
+    Ok((docs, bytes))
+}
+
+/// Every collection of `bench` to `DIR/NAME.bson`; returns (documents, bytes).
+async fn plain_export(client: &Client, dir: &Path) -> Result<(u64, u64)> {
+    fs::create_dir_all(dir)?;
+    let (mut docs, mut bytes) = (0, 0);
+    for name in COLLECTIONS {
+        let mut out =
+            BufWriter::with_capacity(1 << 20, fs::File::create(dir.join(format!("{name}.bson")))?);
+        let mut cursor = client
+            .database("bench")
+            .collection::<RawDocumentBuf>(name)
+            .find(doc! {})
+            .batch_size(1000)
+            .await?;
+        while cursor.advance().await? {
+            let raw = cursor.current().as_bytes();
+            out.write_all(raw)?;
+            bytes += raw.len() as u64;
+            docs += 1;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    Ok((docs, bytes))
+}
+
+/// The files of [`plain_export`] inserted back in batches of 1000.
+async fn plain_import(client: &Client, dir: &Path) -> Result<u64> {
+    let mut docs = 0;
+    for name in COLLECTIONS {
+        let file = fs::File::open(dir.join(format!("{name}.bson")))?;
+        let mut reader = BsonFileReader::new(std::io::BufReader::with_capacity(1 << 20, file));
+        let coll = client.database("bench").collection::<RawDocumentBuf>(name);
+        let mut batch = Vec::with_capacity(1000);
+        loop {
+            let next = reader.next_raw()?;
+            let done = next.is_none();
+            if let Some(d) = next {
+                batch.push(d);
+            }
+            if batch.len() == 1000 || (done && !batch.is_empty()) {
+                docs += batch.len() as u64;
+                coll.insert_many(std::mem::take(&mut batch)).await?;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(docs)
+}
+
+async fn drop_bench(client: &Client) -> Result<()> {
+    client.database("bench").drop().await?;
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = crate::cargo_build_backupctl(true)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let work = crate::tempdir("bench-mongo")?;
+    let source = SecantusDb::start();
+    let target = SecantusDb::start();
+    let src = rt.block_on(Client::with_uri_str(source.uri()))?;
+    let dst = rt.block_on(Client::with_uri_str(target.uri()))?;
+    println!("loading {} MB into SecantusDB", o.mb);
+    let started = Instant::now();
+    let (docs, bytes) = rt.block_on(load(&src, o.mb))?;
+    println!(
+        "loaded {docs} documents, {bytes} bytes in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    fs::write(work.join("uri"), format!("{}\n", source.uri()))?;
+    fs::write(work.join("target-uri"), format!("{}\n", target.uri()))?;
+    fs::write(
+        work.join("bench.toml"),
+        "[catalog]\nurl = \"sqlite://var/catalog.db\"\n[encryption]\nkey-file = \"var/keys/repo.key\"\n\
+         [[repository]]\nname = \"bench\"\nkind = \"local\"\npath = \"var/repo\"\n\
+         [[source]]\nname = \"mongo\"\nkind = \"mongodb\"\nuri-file = \"uri\"\nrepository = \"bench\"\n\
+         oplog-interval = \"1s\"\n",
+    )?;
+    let cfg = ["--config", "bench.toml"];
+    crate::run(&work, &bin, &[&cfg[..], &["init"]].concat())?;
+
+    // Plain export, then backupd's backup of the same data.
+    let t = Instant::now();
+    let (plain_docs, plain_bytes) = rt.block_on(plain_export(&src, &work.join("plain")))?;
+    let plain_export_s = t.elapsed().as_secs_f64();
+    crate::sync();
+    let backup = timed(&work, &bin, &[&cfg[..], &["backup", "mongo"]].concat(), &[])?;
+    let stored = crate::du_bytes(&work.join("var/repo"))?;
+
+    // Plain import into the empty target, then backupd's restore into it.
+    let t = Instant::now();
+    let imported = rt.block_on(plain_import(&dst, &work.join("plain")))?;
+    let plain_import_s = t.elapsed().as_secs_f64();
+    rt.block_on(drop_bench(&dst))?;
+    let restore = timed(
+        &work,
+        &bin,
+        &[
+            &cfg[..],
+            &[
+                "restore",
+                "mongo",
+                "--latest",
+                "--target-uri-file",
+                "target-uri",
+                "--drop",
+            ],
+        ]
+        .concat(),
+        &[],
+    )?;
+    let restored: u64 = rt.block_on(async {
+        let mut n = 0;
+        for name in COLLECTIONS {
+            n += dst
+                .database("bench")
+                .collection::<Document>(name)
+                .count_documents(doc! {})
+                .await?;
+        }
+        Ok::<_, mongodb::error::Error>(n)
+    })?;
+    if restored != plain_docs || imported != plain_docs {
+        bail!("restored {restored} and imported {imported} documents of {plain_docs}");
+    }
+
+    // Oplog lag under a steady insert load.
+    let mut archiver = Command::new(&bin)
+        .current_dir(&work)
+        .args(cfg)
+        .args(["oplog-archive", "mongo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let lags = rt.block_on(async {
+        let coll = src.database("bench").collection::<Document>("live");
+        let load_until = Instant::now() + Duration::from_secs(o.load_seconds);
+        let inserter = tokio::spawn(async move {
+            let mut i = 0u64;
+            let tick = Duration::from_millis(100);
+            while Instant::now() < load_until {
+                let n = (o.rate / 10).max(1);
+                let batch: Vec<Document> = (i..i + n).map(|k| document(k, 9)).collect();
+                coll.insert_many(batch).await?;
+                i += n;
+                tokio::time::sleep(tick).await;
+            }
+            Ok::<u64, mongodb::error::Error>(i)
+        });
+        let mut lags = Vec::new();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        while Instant::now() < load_until {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let out = Command::new(&bin)
+                .current_dir(&work)
+                .args(cfg)
+                .args(["oplog-status", "mongo", "--json"])
+                .output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(to) = status[0]["to_time"].as_str() {
+                let to = chrono::DateTime::parse_from_rfc3339(to)?;
+                lags.push(
+                    (chrono::Utc::now() - to.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                        / 1000.0,
+                );
+            }
+        }
+        let inserted = inserter.await??;
+        Ok::<_, anyhow::Error>((lags, inserted))
+    })?;
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(archiver.id().to_string())
+        .status();
+    let _ = archiver.wait();
+    let (mut lags, inserted) = lags;
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+
+    let mb = plain_bytes as f64 / 1e6;
+    let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
+    let (cores, cpu) = machine();
+    let section = format!(
+        "{HEADING} ({})\n\n\
+         Data: {plain_docs} documents of about 1 KiB (scalars, a nested array, 600 bytes of text, \
+         200 random bytes) in 4 collections, {mb:.0} MB of BSON, on SecantusDB 0.7.0b3 (a MongoDB \
+         wire-protocol server; the same one serves both tools). Plain driver: this benchmark's own \
+         `plain_export` (one cursor per collection, concatenated BSON to a file, fsync) and \
+         `plain_import` (insert_many of 1000); backupd: `backupctl backup mongo` (zstd-3, \
+         AES-256-GCM, local repository, oplog range included) and `backupctl restore mongo --latest \
+         --target-uri-file F --drop` (staging, indexes, oplog replay), release build. MB/s = BSON \
+         bytes / wall time. Oplog lag: `backupctl oplog-archive` (oplog-interval 1s) while {} \
+         documents/s were inserted for {} s; lag = now minus the time of the newest archived \
+         entry, sampled every second ({} samples). Machine: {cores} cores, {cpu}. Generated by \
+         `cargo xtask bench-mongo --mb {}`.\n\n\
+         | measure | backupd | plain driver | backupd / plain |\n|---|---:|---:|---:|\n\
+         | backup, MB/s | {:.1} | {:.1} | **{}** |\n\
+         | backup, documents/s | {:.0} | {:.0} | {} |\n\
+         | backup peak RSS | {:.0} MiB | | |\n\
+         | stored | {:.1} MB | {:.1} MB (uncompressed BSON) | {} |\n\
+         | restore, MB/s | {:.1} | {:.1} | **{}** |\n\
+         | restore, documents/s | {:.0} | {:.0} | {} |\n\
+         | restore peak RSS | {:.0} MiB | | |\n\
+         | oplog archiving lag, p50 / max | {:.1} s / {:.1} s | | |\n\
+         | documents inserted during the lag run | {inserted} | | |\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        o.rate,
+        o.load_seconds,
+        lags.len(),
+        o.mb,
+        mb / backup.seconds,
+        mb / plain_export_s,
+        ratio(plain_export_s, backup.seconds),
+        plain_docs as f64 / backup.seconds,
+        plain_docs as f64 / plain_export_s,
+        ratio(plain_export_s, backup.seconds),
+        backup.peak_rss_kib as f64 / 1024.0,
+        stored as f64 / 1e6,
+        plain_bytes as f64 / 1e6,
+        ratio(stored as f64, plain_bytes as f64),
+        mb / restore.seconds,
+        mb / plain_import_s,
+        ratio(plain_import_s, restore.seconds),
+        plain_docs as f64 / restore.seconds,
+        plain_docs as f64 / plain_import_s,
+        ratio(plain_import_s, restore.seconds),
+        restore.peak_rss_kib as f64 / 1024.0,
+        pct(0.5),
+        lags.last().copied().unwrap_or(f64::NAN),
+    );
+    println!("{section}");
+    if o.write_docs {
+        crate::write_bench_section(HEADING, &section)?;
+    }
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
