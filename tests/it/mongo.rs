@@ -418,7 +418,10 @@ fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
     let source = SecantusDb::start();
     let src = client(&rt, &source.uri());
     rt.block_on(seed(&src));
-    let work = mongo_work(&source.uri(), "exclude = [\"app.orders\"]");
+    let work = mongo_work(
+        &source.uri(),
+        "exclude = [\"app.orders\"]\nkeep = { last = 1 }",
+    );
     let id = backup_id(&work.ok(&["backup", "mongo"]));
 
     rt.block_on(workload(&src, 1));
@@ -488,6 +491,20 @@ fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
     ])
     .expect_code(EXIT_USAGE)
     .expect_mentions(&["outside the restorable range"]);
+
+    // Retention: once a newer backup is the only one kept, the slice before it goes (no
+    // kept backup can replay it), the backup's own range stays restorable.
+    let slices_before = files_below(&work.path("var/repo/region-a/oplog"));
+    assert_eq!(slices_before.len(), 1, "{slices_before:?}");
+    let newer = backup_id(&work.ok(&["backup", "mongo"]));
+    work.ok(&["prune", "--dry-run"])
+        .expect_mentions(&["1 archived oplog slices"]);
+    assert_eq!(files_below(&work.path("var/repo/region-a/oplog")).len(), 1);
+    work.ok(&["prune"]);
+    assert!(files_below(&work.path("var/repo/region-a/oplog")).is_empty());
+    let status = work.ok(&["oplog-status", "mongo", "--json"]).json();
+    assert_eq!(status.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(status[0]["backup_id"].as_str(), Some(newer.as_str()));
 }
 
 /// A running `oplog-archive`, killed if the test fails before it is interrupted.
