@@ -41,24 +41,13 @@ repository = "region-a"
     work
 }
 
-/// `backup` prints the new backup's id alone on stdout.
-fn backup_id(out: &Out) -> String {
-    let id = out.stdout.trim().to_owned();
-    assert!(
-        !id.is_empty() && !id.contains(char::is_whitespace),
-        "{}",
-        out.dump()
-    );
-    id
-}
-
 #[test]
 fn atlas_snapshots_are_taken_exported_restored_and_deleted_by_retention() {
     let atlas = AtlasDouble::start(PROJECT, "Cluster0", PUBLIC_KEY, PRIVATE_KEY);
     let scheduled = atlas.add_scheduled_snapshot();
     let work = atlas_work(&atlas, "export = true\nkeep = { last = 1 }");
 
-    let first = backup_id(&work.ok(&["backup", "atlas"]));
+    let first = work.backup_of("atlas");
     let snapshot = {
         let s = atlas.state();
         let ours: Vec<_> = s
@@ -152,7 +141,7 @@ fn atlas_snapshots_are_taken_exported_restored_and_deleted_by_retention() {
 
     // Retention keeps the last one: the first backup's snapshot is deleted in Atlas too, but
     // not while it is under legal hold.
-    let second = backup_id(&work.ok(&["backup", "atlas"]));
+    let second = work.backup_of("atlas");
     work.ok(&["hold", &first]);
     work.ok(&["prune"]);
     assert!(atlas.state().snapshots.contains_key(&snapshot));

@@ -269,16 +269,6 @@ async fn last_ts(client: &Client) -> String {
     format!("{}.{}", ts.time, ts.increment)
 }
 
-fn backup_id(out: &Out) -> String {
-    let id = out.stdout.trim().to_owned();
-    assert!(
-        !id.is_empty() && !id.contains(char::is_whitespace),
-        "{}",
-        out.dump()
-    );
-    id
-}
-
 #[test]
 fn logical_backup_restores_every_document_index_and_option_exactly() {
     if skip_mongo_tests() {
@@ -293,8 +283,7 @@ fn logical_backup_restores_every_document_index_and_option_exactly() {
     assert_eq!(expected["app.users"].0, 500);
 
     let work = mongo_work(&source.uri(), "");
-    let out = work.ok(&["backup", "mongo"]);
-    let id = backup_id(&out);
+    let id = work.backup_of("mongo");
     // The URI is a secret: it never shows, not even without a password.
     assert!(!work
         .ok(&["show", &id, "--json"])
@@ -422,7 +411,7 @@ fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
         &source.uri(),
         "exclude = [\"app.orders\"]\nkeep = { last = 1 }",
     );
-    let id = backup_id(&work.ok(&["backup", "mongo"]));
+    let id = work.backup_of("mongo");
 
     rt.block_on(workload(&src, 1));
     let ts = rt.block_on(last_ts(&src));
@@ -496,7 +485,7 @@ fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
     // kept backup can replay it), the backup's own range stays restorable.
     let slices_before = files_below(&work.path("var/repo/region-a/oplog"));
     assert_eq!(slices_before.len(), 1, "{slices_before:?}");
-    let newer = backup_id(&work.ok(&["backup", "mongo"]));
+    let newer = work.backup_of("mongo");
     work.ok(&["prune", "--dry-run"])
         .expect_mentions(&["1 archived oplog slices"]);
     assert_eq!(files_below(&work.path("var/repo/region-a/oplog")).len(), 1);

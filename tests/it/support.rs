@@ -311,7 +311,13 @@ impl Work {
     /// `backup files`; returns the id printed on stdout.
     #[track_caller]
     pub fn backup(&self) -> String {
-        let out = self.ok(&["backup", "files"]);
+        self.backup_of("files")
+    }
+
+    /// `backup SOURCE`; returns the id printed on stdout.
+    #[track_caller]
+    pub fn backup_of(&self, source: &str) -> String {
+        let out = self.ok(&["backup", source]);
         let id = out.stdout.trim().to_owned();
         assert!(
             !id.is_empty() && !id.contains(char::is_whitespace),

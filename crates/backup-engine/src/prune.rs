@@ -220,37 +220,32 @@ pub async fn run_prune(
             pruned.backups.push(planned);
         }
         report.early_deletion_charge_usd += pruned.early_deletion_charge_usd;
-        if matches!(
-            source.kind,
-            crate::config::SourceKindConfig::Postgres { .. }
-        ) {
-            let kept: Vec<BackupId> = pruned
-                .backups
-                .iter()
-                .filter(|b| b.action == Action::Keep || b.error.is_some())
-                .map(|b| b.backup_id)
-                .collect();
-            match expire_wal(engine, source, &kept, options.dry_run, cancel).await {
-                Ok(n) => pruned.wal_files_expired = n,
+        // The source's continuous archive (WAL, oplog) is kept as far as kept backups need it.
+        let kept: Vec<BackupId> = pruned
+            .backups
+            .iter()
+            .filter(|b| b.action == Action::Keep || b.error.is_some())
+            .map(|b| b.backup_id)
+            .collect();
+        let archive = match source.kind {
+            crate::config::SourceKindConfig::Postgres { .. } => Some((
+                "WAL",
+                expire_wal(engine, source, &kept, options.dry_run, cancel).await,
+                &mut pruned.wal_files_expired,
+            )),
+            crate::config::SourceKindConfig::Mongodb(_) => Some((
+                "oplog slices",
+                expire_oplog(engine, source, &kept, options.dry_run, cancel).await,
+                &mut pruned.oplog_slices_expired,
+            )),
+            _ => None,
+        };
+        if let Some((what, result, expired)) = archive {
+            match result {
+                Ok(n) => *expired = n,
                 Err(e) if cancel.is_cancelled() => return Err(e),
                 Err(e) => {
-                    tracing::error!(source = %source.name, "expiring WAL failed: {e}");
-                    report.failed += 1;
-                }
-            }
-        }
-        if matches!(source.kind, crate::config::SourceKindConfig::Mongodb(_)) {
-            let kept: Vec<BackupId> = pruned
-                .backups
-                .iter()
-                .filter(|b| b.action == Action::Keep || b.error.is_some())
-                .map(|b| b.backup_id)
-                .collect();
-            match expire_oplog(engine, source, &kept, options.dry_run, cancel).await {
-                Ok(n) => pruned.oplog_slices_expired = n,
-                Err(e) if cancel.is_cancelled() => return Err(e),
-                Err(e) => {
-                    tracing::error!(source = %source.name, "expiring oplog slices failed: {e}");
+                    tracing::error!(source = %source.name, "expiring {what} failed: {e}");
                     report.failed += 1;
                 }
             }
@@ -323,14 +318,7 @@ async fn expire_wal(
         .catalog
         .forget_wal_files(&source.name, &names)
         .await?;
-    let mut repos: HashMap<String, Repository> = HashMap::new();
-    for (repository, object_key) in &objects {
-        if !repos.contains_key(repository) {
-            let repo = Repository::open_named(&engine.config, repository).await?;
-            repos.insert(repository.clone(), repo);
-        }
-        repos[repository].sink.delete(object_key, cancel).await?;
-    }
+    delete_objects(engine, &objects, cancel).await?;
     tracing::info!(source = %source.name, files = expired.len(), oldest_needed = %oldest.file_name(size), "WAL expired");
     Ok(expired.len() as u64)
 }
@@ -373,19 +361,30 @@ async fn expire_oplog(
         .catalog
         .forget_oplog_slices(&source.name, &ends)
         .await?;
-    let mut repos: HashMap<String, Repository> = HashMap::new();
-    for slice in &expired {
-        if !repos.contains_key(&slice.repository) {
-            let repo = Repository::open_named(&engine.config, &slice.repository).await?;
-            repos.insert(slice.repository.clone(), repo);
-        }
-        repos[&slice.repository]
-            .sink
-            .delete(&slice.object_key, cancel)
-            .await?;
-    }
+    let objects: Vec<(String, String)> = expired
+        .iter()
+        .map(|s| (s.repository.clone(), s.object_key.clone()))
+        .collect();
+    delete_objects(engine, &objects, cancel).await?;
     tracing::info!(source = %source.name, slices = expired.len(), "oplog slices expired");
     Ok(expired.len() as u64)
+}
+
+/// Deletes `(repository, object key)` pairs, opening each repository once.
+async fn delete_objects(
+    engine: &Engine,
+    objects: &[(String, String)],
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut repos: HashMap<String, Repository> = HashMap::new();
+    for (repository, object_key) in objects {
+        if !repos.contains_key(repository) {
+            let repo = Repository::open_named(&engine.config, repository).await?;
+            repos.insert(repository.clone(), repo);
+        }
+        repos[repository].sink.delete(object_key, cancel).await?;
+    }
+    Ok(())
 }
 
 /// A copy that a copy rule's `keep` no longer keeps.

@@ -176,20 +176,9 @@ pub async fn take_snapshot(
             .await
             .map_err(|e| atlas_error(name, e))?;
         let what = format!("the download of Atlas snapshot {}", snapshot.id);
-        let url = poll(
-            &what,
-            a.poll_interval,
-            a.snapshot_timeout,
-            cancel,
-            || async {
-                let j = client
-                    .restore_job(&job.id)
-                    .await
-                    .map_err(|e| atlas_error(name, e))?;
-                job_failure(name, &what, &j)?;
-                Ok(j.delivery_url.first().cloned())
-            },
-        )
+        let url = wait_for_job(&client, name, a, &what, &job.id, cancel, |j| {
+            j.delivery_url.first().cloned()
+        })
         .await?;
         Some(
             client
@@ -208,6 +197,34 @@ pub async fn take_snapshot(
         download,
         handle: tokio::runtime::Handle::current(),
     })
+}
+
+/// Polls restore job `job_id` until `ready` gives a value, failing when Atlas says the job
+/// failed, was cancelled or expired.
+async fn wait_for_job<T>(
+    client: &AtlasClient,
+    source: &str,
+    a: &AtlasSourceConfig,
+    what: &str,
+    job_id: &str,
+    cancel: &CancellationToken,
+    ready: impl Fn(&RestoreJob) -> Option<T>,
+) -> Result<T> {
+    poll(
+        what,
+        a.poll_interval,
+        a.snapshot_timeout,
+        cancel,
+        || async {
+            let job = client
+                .restore_job(job_id)
+                .await
+                .map_err(|e| atlas_error(source, e))?;
+            job_failure(source, what, &job)?;
+            Ok(ready(&job))
+        },
+    )
+    .await
 }
 
 fn job_failure(source: &str, what: &str, job: &RestoreJob) -> Result<()> {
@@ -496,20 +513,9 @@ pub async fn run_atlas_restore(
             "Atlas restore job {} into cluster {}",
             job.id, options.target_cluster
         );
-        poll(
-            &what,
-            a.poll_interval,
-            a.snapshot_timeout,
-            cancel,
-            || async {
-                let j = client
-                    .restore_job(&job.id)
-                    .await
-                    .map_err(|e| atlas_error(source, e))?;
-                job_failure(source, &what, &j)?;
-                Ok(j.finished_at.is_some().then_some(()))
-            },
-        )
+        wait_for_job(&client, source, a, &what, &job.id, cancel, |j| {
+            j.finished_at.is_some().then_some(())
+        })
         .await?;
         finished = true;
     }
