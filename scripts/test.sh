@@ -20,6 +20,14 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 
+# The mysql source tests use the local MariaDB on 127.0.0.1:3306 and start scratch mariadbd
+# servers: scripts/mysql-test-server.sh installs mariadb-server (apt-get, as root) when it is
+# missing and starts the local server when it does not answer.
+if [ "${BACKUPD_SKIP_MYSQL_TESTS:-}" != 1 ]; then
+  scripts/mysql-test-server.sh \
+    || echo "MariaDB is not ready (see above): the mysql tests will fail; BACKUPD_SKIP_MYSQL_TESTS=1 skips them" >&2
+fi
+
 # The S3 sink tests start SeaweedFS and moto, the MongoDB tests SecantusDB, installed once
 # into a venv under ~/.cache.
 if [ "${BACKUPD_SKIP_S3_TESTS:-}" != 1 ] || [ "${BACKUPD_SKIP_MONGO_TESTS:-}" != 1 ]; then

@@ -12,6 +12,7 @@
 mod atlas;
 mod catalog;
 mod drills;
+mod elasticsearch;
 mod error;
 mod jobs;
 mod model;
@@ -25,6 +26,7 @@ mod usage;
 pub use atlas::AtlasSnapshotRecord;
 pub use catalog::{Backend, Catalog};
 pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
+pub use elasticsearch::ElasticsearchSnapshotRecord;
 pub use error::{redact_url, CatalogError, ErrorKind, Result};
 pub use jobs::*;
 pub use model::{

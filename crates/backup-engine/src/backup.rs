@@ -191,6 +191,9 @@ pub async fn run_backup_with_id(
             {
                 tracing::warn!(%backup_id, error = %e, "could not delete the failed backup's Atlas snapshot; `backupctl gc` retries");
             }
+            // A snapshot this backup made is not kept without it.
+            let _ =
+                crate::elasticsearch::delete_backup_snapshot(engine, source_name, backup_id).await;
             Err(err)
         }
     }
@@ -258,6 +261,36 @@ async fn write_and_record(
             crate::mongo::atlas::take_snapshot(engine, source_config, backup_id, cancel).await?,
         ),
         _ => None,
+    };
+    // MySQL and Elasticsearch: the dump (or the snapshot's record) comes from a task of its
+    // own and feeds the producer through a bounded channel.
+    let (dump_task, dump_rx) = match source {
+        SourceKindConfig::Mysql(mysql) => {
+            let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
+            let (mysql, cancel) = (mysql.clone(), cancel.clone());
+            // On a runtime of its own: sqlx's borrowed executors make the dump's future
+            // not provably `Send`, so it cannot be a task of the shared runtime.
+            let task = tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| EngineError::Failed(format!("starting the MySQL dump: {e}")))?
+                    .block_on(crate::mysql::dump(&mysql, tx, &cancel))
+                    .map(Dumped::Mysql)
+            });
+            (Some(task), Some(rx))
+        }
+        SourceKindConfig::Elasticsearch(es) => {
+            let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
+            let (es, cancel) = (es.clone(), cancel.clone());
+            let task = tokio::spawn(async move {
+                crate::elasticsearch::snapshot(&es, backup_id, tx, &cancel)
+                    .await
+                    .map(Dumped::Elasticsearch)
+            });
+            (Some(task), Some(rx))
+        }
+        _ => (None, None),
     };
     let (handshake, stop_parts) = match session.take() {
         Some(session) => {
@@ -333,6 +366,7 @@ async fn write_and_record(
         previous: previous.map(|p| p.files),
         mongo,
         atlas,
+        mysql: dump_rx,
     };
     let producer = tokio::task::spawn_blocking(move || job.run());
     let (data_put, manifest_put, produced, position) = tokio::join!(
@@ -344,6 +378,20 @@ async fn write_and_record(
     let position = position?;
     let produced =
         produced.map_err(|e| EngineError::Failed(format!("backup pipeline crashed: {e}")))?;
+    let mut dumped = None;
+    if let Some(task) = dump_task {
+        let result = task.await.map_err(|e| {
+            EngineError::Failed(format!("{} dump crashed: {e}", source.kind_name()))
+        })?;
+        match result {
+            // The dump's own failure is the cause of whatever the pipeline saw.
+            Err(e) if !crate::mysql::is_pipeline_gone(&e) => return Err(e),
+            // The pipeline stopped first: its error (below) says why.
+            Err(e) if produced.is_ok() => return Err(e),
+            Err(_) => {}
+            Ok(d) => dumped = Some(d),
+        }
+    }
     // Either side failing breaks the other: report the cause. A sink that failed only
     // because the pipeline abandoned its stream (`Body`) is a consequence, not a cause.
     let sink_failure = |r: &Result<PutReceipt, SinkError>| matches!(r, Err(e) if !matches!(e, SinkError::Body { .. }));
@@ -416,6 +464,21 @@ async fn write_and_record(
             .catalog
             .record_atlas_snapshot(&crate::mongo::atlas::atlas_record(backup_id, a, Utc::now()))
             .await?;
+    }
+    match &dumped {
+        Some(Dumped::Elasticsearch(snapshot)) => {
+            engine
+                .catalog
+                .record_elasticsearch_snapshot(&snapshot.catalog_record(backup_id))
+                .await?
+        }
+        Some(Dumped::Mysql(summary)) => tracing::info!(
+            %backup_id,
+            tables = summary.tables.len(),
+            rows = summary.tables.iter().map(|t| t.rows).sum::<u64>(),
+            "MySQL dump stored"
+        ),
+        None => {}
     }
     // Queued before completion: a complete backup always has its copies queued.
     engine
@@ -513,6 +576,14 @@ struct ProduceJob {
     mongo: Option<crate::mongo::MongoSnapshot>,
     /// For Atlas: the completed snapshot (and its download, when exported).
     atlas: Option<crate::mongo::atlas::AtlasSnapshotTaken>,
+    /// MySQL and Elasticsearch: the dump's entries.
+    mysql: Option<mpsc::Receiver<crate::mysql::DumpEvent>>,
+}
+
+/// What a dump task produced, recorded with the backup.
+enum Dumped {
+    Mysql(backup_sources::mysql::DumpSummary),
+    Elasticsearch(crate::elasticsearch::SnapshotRecord),
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -707,6 +778,14 @@ impl ProduceJob {
                 }
                 postgres_position = Some(stop.position);
                 tree.finish()
+            }
+            SourceKindConfig::Mysql(_) | SourceKindConfig::Elasticsearch(_) => {
+                let rx = self.mysql.expect("dump sources come with their dump");
+                let last = match &self.source {
+                    SourceKindConfig::Mysql(_) => backup_sources::mysql::SUMMARY_PATH,
+                    _ => crate::elasticsearch::RECORD_PATH,
+                };
+                crate::mysql::write_dump(rx, last, &mut data, &mut recorder, &mut on_bytes)?
             }
         };
         let (data_out, data_summary) = data.finish().map_err(|e| fmt("data artifact", e))?;

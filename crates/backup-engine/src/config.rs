@@ -338,6 +338,14 @@ pub enum SourceKindConfig {
     /// (docs/sources/atlas.md).
     #[serde(rename = "atlas")]
     Atlas(AtlasSourceConfig),
+    /// A MariaDB/MySQL server: consistent logical backups (one snapshot transaction) of
+    /// its databases. See docs/sources/mysql.md.
+    #[serde(rename = "mysql")]
+    Mysql(crate::mysql::MysqlSourceConfig),
+    /// An Elasticsearch (or OpenSearch) cluster: snapshots in its snapshot repository,
+    /// driven and recorded by backupd. See docs/sources/elasticsearch.md.
+    #[serde(rename = "elasticsearch")]
+    Elasticsearch(crate::elasticsearch::ElasticsearchSourceConfig),
 }
 
 /// A `kind = "atlas"` source.
@@ -530,6 +538,8 @@ impl SourceKindConfig {
             Self::Postgres { .. } => "postgres",
             Self::Mongodb(_) => "mongodb",
             Self::Atlas(_) => "atlas",
+            Self::Mysql(_) => "mysql",
+            Self::Elasticsearch(_) => "elasticsearch",
         }
     }
 }
@@ -598,8 +608,14 @@ impl Config {
         let Some(drill) = &s.drill else {
             return Ok(None);
         };
-        crate::drill::validate(s, drill)
-            .map_err(|(key, message)| self.invalid(format!("source[{i}].drill.{key}"), message))?;
+        crate::drill::validate(s, drill).map_err(|(key, message)| {
+            let key = if key.is_empty() {
+                format!("source[{i}].drill")
+            } else {
+                format!("source[{i}].drill.{key}")
+            };
+            self.invalid(key, message)
+        })?;
         let tz = parse_timezone(&s.timezone)
             .map_err(|e| self.invalid(format!("source[{i}].timezone"), e.to_string()))?;
         CronSchedule::parse(&drill.cron, tz).map(Some).map_err(|e| {
@@ -796,6 +812,12 @@ impl Config {
                     }
                 }
                 SourceKindConfig::Atlas(a) => self.validate_atlas(i, a)?,
+                SourceKindConfig::Mysql(m) => m.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
+                SourceKindConfig::Elasticsearch(e) => e.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
             }
         }
         Ok(())
@@ -969,14 +991,17 @@ impl Config {
                     ));
                 }
             }
-            SourceKindConfig::Mongodb(_) | SourceKindConfig::Atlas(_) => {}
+            SourceKindConfig::Mongodb(_)
+            | SourceKindConfig::Atlas(_)
+            | SourceKindConfig::Mysql(_)
+            | SourceKindConfig::Elasticsearch(_) => {}
         }
         Ok(())
     }
 }
 
 /// Whether a `scheme://user:password@host` URL carries a password.
-fn url_has_password(url: &str) -> bool {
+pub(crate) fn url_has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     authority

@@ -183,6 +183,9 @@ fn drill_checks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DrillCheck
 
 /// Checks a drill config against its source; `Err((key suffix, message))`.
 pub(crate) fn validate(source: &SourceConfig, drill: &DrillConfig) -> Result<(), (String, String)> {
+    if let Some(message) = unsupported(source) {
+        return Err((String::new(), message));
+    }
     if !(0.0..=1.0).contains(&drill.row_count_tolerance) {
         return Err((
             "row-count-tolerance".into(),
@@ -250,6 +253,9 @@ pub async fn run_drill(
     cancel: &CancellationToken,
 ) -> Result<DrillReport> {
     let (_, source) = engine.config.source(source_name)?;
+    if let Some(message) = unsupported(source) {
+        return Err(EngineError::Usage(message));
+    }
     let config = source.drill.clone().unwrap_or_default();
     let pick = options.pick.unwrap_or(config.pick);
     let base = config.target.clone().unwrap_or_else(std::env::temp_dir);
@@ -404,7 +410,10 @@ impl DrillRun<'_> {
                 self.restore_postgres(&backup, restore, cancel).await?;
                 self.check_postgres(&backup).await?;
             }
-            SourceKindConfig::Mongodb(_) | SourceKindConfig::Atlas(_) => {
+            SourceKindConfig::Mongodb(_)
+            | SourceKindConfig::Atlas(_)
+            | SourceKindConfig::Mysql(_)
+            | SourceKindConfig::Elasticsearch(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
             }
@@ -684,6 +693,13 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
             source.name, source.name
+        )),
+        SourceKindConfig::Mysql(_) | SourceKindConfig::Elasticsearch(_) => Some(format!(
+            "source {}: drills of {} sources are not available yet; test a restore by hand \
+             (docs/sources/{}.md)",
+            source.name,
+            source.kind.kind_name(),
+            source.kind.kind_name()
         )),
     }
 }

@@ -7,12 +7,14 @@
 pub mod backup;
 pub mod config;
 pub mod drill;
+pub mod elasticsearch;
 pub mod error;
 pub mod gc;
 pub mod init;
 pub mod keyfile;
 pub mod keys;
 pub mod mongo;
+pub mod mysql;
 pub mod pgbackup;
 pub mod pitr;
 pub mod policy;

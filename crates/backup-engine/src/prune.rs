@@ -690,6 +690,17 @@ pub async fn finish_deletion(
     }
     // An Atlas source's snapshot goes with its backup (retried while Atlas cannot be reached).
     crate::mongo::atlas::delete_backup_snapshot(engine, &record.source, id).await?;
+    // Elasticsearch: the snapshot in the cluster goes first (its record below still names it).
+    if engine.catalog.elasticsearch_snapshot(id).await?.is_some() {
+        crate::elasticsearch::delete_backup_snapshot(engine, &record.source, id)
+            .await
+            .map_err(|e| {
+                EngineError::Failed(format!(
+                    "backup {id}: deleting its Elasticsearch snapshot failed ({e}); it stays \
+                     `deleting` until a prune or gc can reach the cluster"
+                ))
+            })?;
+    }
     for repo in &repos {
         crate::keys::delete_envelopes(repo, id, cancel)
             .await

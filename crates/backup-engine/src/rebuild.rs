@@ -107,6 +107,15 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
                 ))
                 .await?;
         }
+        // Elasticsearch: the snapshot's record is the backup's data; read it back.
+        if imported.source_kind == "elasticsearch" {
+            if let Err(e) = crate::elasticsearch::reimport_record(engine, backup_id, cancel).await {
+                report.incomplete.push((
+                    backup_id.to_string(),
+                    format!("its Elasticsearch snapshot record could not be read: {e}"),
+                ));
+            }
+        }
         // Copies the config asks for and no repository holds yet are queued again.
         if let Ok((_, source)) = engine.config.source(&imported.backup.source) {
             let targets: Vec<_> =

@@ -44,6 +44,9 @@ pub struct BackupCheck {
     pub archived_size_only: u64,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
+    /// What the check covered beyond the artifacts (e.g. an Elasticsearch snapshot).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -100,6 +103,7 @@ pub async fn run_verify(
             archived_size_only: 0,
             bytes_read: 0,
             problems: Vec::new(),
+            notes: Vec::new(),
         };
         let artifacts = engine.catalog.backup_artifacts(record.id).await?;
         let locations = complete_copies(engine, &record, &artifacts);
@@ -131,6 +135,13 @@ pub async fn run_verify(
                         check.artifacts_checked += 1;
                     }
                 }
+            }
+        }
+        // Elasticsearch: the artifacts are the snapshot's record; the snapshot is in the cluster.
+        if let Some(snapshot) = engine.catalog.elasticsearch_snapshot(record.id).await? {
+            match crate::elasticsearch::check_snapshot(engine, &record.source, &snapshot).await {
+                Ok(note) => check.notes.push(note),
+                Err(e) => check.problems.push(problem(e)),
             }
         }
         check.ok = check.problems.is_empty();

@@ -8,4 +8,5 @@ pub mod atlas;
 pub mod files;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;
+pub mod mysql;
 pub mod postgres;

@@ -41,6 +41,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     usage::usage_conformance(catalog).await;
     drills::drills_conformance(catalog).await;
     mongodb::mongodb_conformance(catalog).await;
+    elasticsearch::elasticsearch_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -230,6 +231,7 @@ async fn list(
 
 // The job queue checks (after the helpers: they use `assert_err!`).
 pub mod drills;
+pub mod elasticsearch;
 pub mod jobs;
 pub mod mongodb;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).

@@ -4,6 +4,8 @@
 
 pub mod atlas;
 pub mod catalog;
+pub mod elasticsearch;
+pub mod mysql;
 pub mod postgres;
 pub mod proxy;
 pub mod s3;

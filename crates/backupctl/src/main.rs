@@ -186,14 +186,15 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Restore a backup into a directory (MongoDB: into a server, `restore SOURCE
-    /// --latest|--backup ID|--point-in-time TS --target-uri URI`).
+    /// Restore a backup into a directory (MongoDB and MySQL: into a server, `restore SOURCE
+    /// --latest|--backup ID|--point-in-time TS --target-uri URI` or `--target-url URL`;
+    /// Elasticsearch: a snapshot in the cluster, `restore SOURCE --snapshot NAME`).
     Restore {
         /// Backup id (or unique prefix); omit with --source S --latest or --source S
-        /// --point-in-time T. MongoDB (with --target-uri): the source's name.
+        /// --point-in-time T. MongoDB, MySQL, Elasticsearch: the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot"])]
         target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
@@ -204,6 +205,10 @@ enum Command {
         mongo: MongoRestoreArgs,
         #[command(flatten)]
         atlas: AtlasRestoreArgs,
+        #[command(flatten)]
+        mysql: MysqlRestoreArgs,
+        #[command(flatten)]
+        elasticsearch: EsRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -410,7 +415,7 @@ struct MongoRestoreArgs {
     /// MongoDB: read the target URI (a secret) from this file.
     #[arg(long, value_name = "PATH", conflicts_with = "target")]
     target_uri_file: Option<PathBuf>,
-    /// MongoDB: restore this backup (id or unique prefix) of SOURCE.
+    /// MongoDB, MySQL: restore this backup (id or unique prefix) of SOURCE.
     #[arg(long = "backup", value_name = "ID", conflicts_with = "latest")]
     backup: Option<String>,
     /// MongoDB: only these namespaces (`db`, `db.*` or `db.coll`; repeat or comma-separate).
@@ -419,7 +424,8 @@ struct MongoRestoreArgs {
     /// MongoDB: restore under this database name.
     #[arg(long, value_name = "DB")]
     rename_to: Option<String>,
-    /// MongoDB: drop target collections that exist (otherwise a non-empty target is refused).
+    /// MongoDB: drop target collections that exist; MySQL: drop and recreate target databases
+    /// that are not empty (otherwise a non-empty target is refused).
     #[arg(long)]
     drop: bool,
     /// MongoDB: stage the backup's files here (default: a temp dir, removed afterwards).
@@ -455,6 +461,42 @@ impl MongoRestoreArgs {
         };
         Ok(uri)
     }
+}
+
+/// `restore` options of a mysql source (`--backup`, `--drop` are shared with MongoDB).
+#[derive(Args)]
+struct MysqlRestoreArgs {
+    /// MySQL: load the backup into this server (`mysql://user@host:port/`, no password).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["target", "target_uri", "target_uri_file"])]
+    target_url: Option<String>,
+    /// MySQL: environment variable holding the target server's password.
+    #[arg(long, value_name = "VAR", requires = "target_url")]
+    target_password_env: Option<String>,
+    /// MySQL: restore a single-database backup under this database name.
+    #[arg(long, value_name = "NAME", requires = "target_url")]
+    database: Option<String>,
+}
+
+/// `restore` options of an elasticsearch source.
+#[derive(Args)]
+struct EsRestoreArgs {
+    /// Elasticsearch: restore this snapshot (of a complete backup of SOURCE) in the cluster.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "target_url", "target_uri", "target_uri_file"])]
+    snapshot: Option<String>,
+    /// Elasticsearch: only these indices (comma-separated; wildcards allowed).
+    #[arg(
+        long,
+        value_name = "INDICES",
+        value_delimiter = ',',
+        requires = "snapshot"
+    )]
+    indices: Vec<String>,
+    /// Elasticsearch: rename restored indices matching this regex...
+    #[arg(long, value_name = "REGEX", requires_all = ["snapshot", "rename_replacement"])]
+    rename_pattern: Option<String>,
+    /// ...to this replacement ($1 for the first group).
+    #[arg(long, value_name = "REPLACEMENT", requires_all = ["snapshot", "rename_pattern"])]
+    rename_replacement: Option<String>,
 }
 
 /// How archived copies are restored.
@@ -834,7 +876,8 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
         Command::Show { backup_id, json } => {
             let record = engine.catalog.find_backup_by_prefix(&backup_id).await?;
             let artifacts = engine.catalog.backup_artifacts(record.id).await?;
-            output::show(&record, &artifacts, json.json);
+            let snapshot = engine.catalog.elasticsearch_snapshot(record.id).await?;
+            output::show(&record, &artifacts, snapshot.as_ref(), json.json);
         }
         Command::Restore {
             backup_id,
@@ -843,6 +886,8 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             latest,
             mongo,
             atlas,
+            mysql,
+            elasticsearch,
             force,
             from,
             thaw,
@@ -853,6 +898,58 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             start,
             json,
         } => {
+            if let Some(snapshot) = elasticsearch.snapshot {
+                let name = backup_id.or(source).ok_or_else(|| {
+                    EngineError::Usage("give the elasticsearch SOURCE to restore".into())
+                })?;
+                let options = backup_engine::elasticsearch::EsRestoreOptions {
+                    source: name,
+                    snapshot: Some(snapshot),
+                    indices: elasticsearch.indices,
+                    rename_pattern: elasticsearch.rename_pattern,
+                    rename_replacement: elasticsearch.rename_replacement,
+                };
+                let outcome =
+                    backup_engine::elasticsearch::run_es_restore(&engine, &options).await?;
+                output::es_restore(&outcome, json.json);
+                return Ok(exit::OK);
+            }
+            if let Some(target_url) = mysql.target_url {
+                let name = backup_id
+                    .or(source)
+                    .ok_or_else(|| EngineError::Usage("give the mysql SOURCE to restore".into()))?;
+                let selector = match (&mongo.backup, latest) {
+                    (Some(id), _) => BackupSelector::Id(id.clone()),
+                    (None, true) => BackupSelector::Latest(name.clone()),
+                    (None, false) => {
+                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
+                    }
+                };
+                let options = backup_engine::mysql::MysqlRestoreOptions {
+                    source: name,
+                    target_url,
+                    password: backup_engine::mysql::read_password(
+                        mysql.target_password_env.as_deref(),
+                        None,
+                    )?,
+                    database: mysql.database,
+                    drop: mongo.drop,
+                    restore: backup_engine::restore::RestoreOptions {
+                        force: false,
+                        from,
+                        thaw: thaw.options(),
+                    },
+                };
+                let progress = Arc::new(Progress::default());
+                let bar = progress::start(progress.clone(), "restoring");
+                let outcome = backup_engine::mysql::run_mysql_restore(
+                    &engine, &selector, &options, progress, cancel,
+                )
+                .await;
+                progress::finish(bar);
+                output::mysql_restore(&outcome?, json.json);
+                return Ok(exit::OK);
+            }
             if let Some(target_cluster) = atlas.target_cluster {
                 let source = source.or(backup_id.clone()).ok_or_else(|| {
                     EngineError::Usage(

@@ -299,17 +299,38 @@ pub fn list(backups: &[BackupRecord], places: &HashMap<BackupId, Vec<CopyPlace>>
     }
 }
 
-pub fn show(b: &BackupRecord, artifacts: &[ArtifactWithCopies], as_json: bool) {
+pub fn show(
+    b: &BackupRecord,
+    artifacts: &[ArtifactWithCopies],
+    snapshot: Option<&backup_catalog::ElasticsearchSnapshotRecord>,
+    as_json: bool,
+) {
     if as_json {
         #[derive(Serialize)]
         struct Show<'a> {
             backup: &'a BackupRecord,
             artifacts: &'a [ArtifactWithCopies],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            elasticsearch_snapshot: Option<&'a backup_catalog::ElasticsearchSnapshotRecord>,
         }
         return json(&Show {
             backup: b,
             artifacts,
+            elasticsearch_snapshot: snapshot,
         });
+    }
+    if let Some(s) = snapshot {
+        println!(
+            "snapshot    {}:{} ({}; {} indices: {}; {} shards, {} failed; {}) in the cluster; the artifacts below are its record",
+            s.es_repository,
+            s.snapshot,
+            s.state,
+            s.indices.len(),
+            s.indices.join(", "),
+            s.shards_total,
+            s.shards_failed,
+            human_bytes(s.size_bytes)
+        );
     }
     println!("backup      {}", b.id);
     println!("source      {} ({})", b.source, b.backup_type);
@@ -388,6 +409,39 @@ pub fn restore(o: &RestoreOutcome, as_json: bool) {
     for f in &o.failovers {
         eprintln!("  not used: {f}");
     }
+}
+
+pub fn mysql_restore(o: &backup_engine::mysql::MysqlRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    println!(
+        "restored backup {} of {} into {} (databases {}): {} tables, {} rows in {:.1}s; row counts and CHECKSUM TABLE match the backup",
+        o.backup_id,
+        o.source,
+        o.target,
+        o.databases.join(", "),
+        o.tables.len(),
+        o.rows,
+        o.seconds
+    );
+    eprintln!("restored from repository {}", o.repository);
+}
+
+pub fn es_restore(o: &backup_engine::elasticsearch::EsRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    println!(
+        "restored snapshot {}:{} (backup {} of {}): indices {}, {} shards in {:.1}s",
+        o.es_repository,
+        o.snapshot,
+        o.backup_id,
+        o.source,
+        o.indices.join(", "),
+        o.shards_total,
+        o.seconds
+    );
 }
 
 pub fn archive_check(c: &backup_engine::wal::ArchiveCheck, as_json: bool) {
@@ -476,6 +530,9 @@ pub fn verify(r: &VerifyReport, as_json: bool) {
                     String::new()
                 }
             );
+            for note in &b.notes {
+                println!("        {note}");
+            }
         } else {
             println!("FAILED  {} ({}):", b.backup_id, b.source);
             for p in &b.problems {

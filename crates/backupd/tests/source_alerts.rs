@@ -1,0 +1,142 @@
+//! Database sources that fail under backupd alert: a MySQL source whose server is unreachable
+//! and an Elasticsearch source whose snapshot ends PARTIAL each give a `job-failed` alert
+//! naming the cause, and leave no complete backup.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backup_testing::elasticsearch::EsDouble;
+use support::*;
+
+/// The JSON bodies POSTed to a webhook receiver.
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+fn webhook_receiver() -> (u16, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            if let Ok(value) = serde_json::from_slice(&body) {
+                sink.lock().unwrap().push(value);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn failing_mysql_and_elasticsearch_backups_alert_with_their_cause() {
+    let (hook, seen) = webhook_receiver();
+    let es = EsDouble::start();
+    es.add_index("logs-1", 2, 10);
+    es.add_index("logs-2", 1, 10);
+    es.add_repository(
+        "nightly",
+        serde_json::json!({ "location": "/mnt/snapshots" }),
+    );
+    es.state().failing_indices.insert(
+        "logs-2".into(),
+        "IndexShardSnapshotFailedException[disk full]".into(),
+    );
+    let dead_port = free_port();
+    let sources = format!(
+        r#"[[source]]
+name = "shop"
+kind = "mysql"
+url = "mysql://root@127.0.0.1:{dead_port}/"
+repository = "local"
+[[source]]
+name = "search"
+kind = "elasticsearch"
+url = "{}"
+snapshot-repository = "nightly"
+poll-interval = "20ms"
+repository = "local"
+"#,
+        es.url()
+    );
+    let service = format!(
+        "max-attempts = 1\n[alerts]\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/json\"\n{}",
+        tokens_config()
+    );
+    let work = Work::new(&format!(
+        "{}{sources}",
+        config("sqlite://var/catalog.db", "", &service)
+    ));
+    std::fs::write(work.path("data/a.txt"), b"a").unwrap();
+    work.init();
+    let mut d = work.start(free_port(), "alerts");
+    d.wait_healthy();
+    for source in ["shop", "search"] {
+        let (status, body) = json(
+            "POST",
+            &d.url(&format!("/api/v1/sources/{source}/backup")),
+            Some(OPERATE_TOKEN),
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+    let alert_of = |source: &'static str| {
+        wait_for(
+            &format!("the job-failed alert of {source}"),
+            Duration::from_secs(60),
+            || {
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .find(|b| b["event"] == "job-failed" && b["source"] == source)
+                    .cloned()
+            },
+        )
+    };
+    let shop = alert_of("shop");
+    let summary = shop["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("server unreachable") && summary.contains(&dead_port.to_string()),
+        "{shop:#}"
+    );
+    let search = alert_of("search");
+    let summary = search["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("ended PARTIAL")
+            && summary.contains("[logs-2][0]: IndexShardSnapshotFailedException[disk full]"),
+        "{search:#}"
+    );
+    let (status, backups) = json("GET", &d.url("/api/v1/backups"), Some(READ_TOKEN));
+    assert_eq!(status, 200);
+    let backups = backups
+        .as_array()
+        .or_else(|| backups["backups"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        backups.iter().all(|b| b["status"] != "complete"),
+        "a failed source left a complete backup: {backups:#?}"
+    );
+    assert!(
+        es.snapshot_names("nightly").is_empty(),
+        "the PARTIAL snapshot was kept"
+    );
+    assert!(d.terminate().success());
+}
