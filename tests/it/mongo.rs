@@ -589,3 +589,101 @@ fn oplog_archiving_resumes_across_a_server_restart_without_losing_an_entry() {
         }
     }
 }
+
+/// The databases of `client` a drill made (their names start with its scratch prefix).
+async fn drill_databases(client: &Client) -> Vec<String> {
+    client
+        .list_database_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("backupd_drill_"))
+        .collect()
+}
+
+#[test]
+fn a_mongodb_drill_restores_into_scratch_databases_counts_them_and_drops_them() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let expected = rt.block_on(content_hashes(&src, &["app", "crm"]));
+    let work = mongo_work(&source.uri(), "[source.drill]\ntarget = \"./scratch\"\n");
+    let id = work.backup_of("mongo");
+
+    // Into the source's own server under the scratch prefix: counted, then dropped.
+    let out = work.ok(&["drill", "mongo", "--now", "--json"]);
+    let drill = out.json();
+    assert_eq!(drill["status"], "passed", "{}", out.dump());
+    assert_eq!(drill["backup_id"], id.as_str());
+    let checks = drill["checks"].as_array().unwrap();
+    let counts = checks.iter().find(|c| c["name"] == "counts").unwrap();
+    assert_eq!(counts["passed"], true, "{drill:#}");
+    // Every collection but the view was counted.
+    let collections = expected.len() - 1;
+    assert!(
+        counts["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{collections} collections")),
+        "{drill:#}"
+    );
+    assert!(drill["restored_bytes"].as_u64().unwrap() > 0, "{drill:#}");
+    assert!(rt.block_on(drill_databases(&src)).is_empty());
+    assert_eq!(rt.block_on(content_hashes(&src, &["app", "crm"])), expected);
+
+    // Into another server named by the drill (--keep leaves the scratch databases there):
+    // the same documents, under the prefix.
+    let scratch = SecantusDb::start();
+    let uri_file = work.path("scratch-uri");
+    std::fs::write(&uri_file, scratch.uri()).unwrap();
+    let config = std::fs::read_to_string(work.path("backupd.toml")).unwrap();
+    work.write_config(&format!(
+        "{config}server-uri-file = \"{}\"\n",
+        uri_file.display()
+    ));
+    let kept = work
+        .ok(&["drill", "mongo", "--now", "--keep", "--json"])
+        .json();
+    assert_eq!(kept["status"], "passed", "{kept:#}");
+    let dst = client(&rt, &scratch.uri());
+    let made = rt.block_on(drill_databases(&dst));
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(rt.block_on(drill_databases(&src)).is_empty());
+    let prefix = made[0].strip_suffix("app").expect("app first").to_owned();
+    let users = rt.block_on(content_hashes(&dst, &[&format!("{prefix}app")]));
+    assert_eq!(
+        users[&format!("{prefix}app.users")],
+        expected["app.users"],
+        "the drill restored other documents"
+    );
+
+    // A damaged backup fails its drill (exit 1) and leaves no scratch database.
+    for entry in std::fs::read_dir(work.repo().join("backups").join(&id)).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("data-")
+        {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    rt.block_on(async {
+        for db in drill_databases(&dst).await {
+            dst.database(&db).drop().await.unwrap();
+        }
+    });
+    let out = work.run(&["drill", "mongo", "--now", "--json"]);
+    out.expect_code(EXIT_FAILED);
+    assert_eq!(out.json()["status"], "failed", "{}", out.dump());
+    assert!(rt.block_on(drill_databases(&dst)).is_empty());
+}

@@ -332,3 +332,119 @@ fn rand_suffix() -> u32 {
         .subsec_nanos()
         ^ std::process::id()
 }
+
+/// Databases on the local server whose names start with a drill's scratch prefix.
+fn drill_databases() -> String {
+    mysql::sql(
+        3306,
+        None,
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA \
+         WHERE LEFT(SCHEMA_NAME, 14) = 'backupd_drill_'",
+    )
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn mysql_drill_restores_into_scratch_databases_checks_them_and_drops_them() {
+    if mysql::skip("mysql_drill_restores_into_scratch_databases_checks_them_and_drops_them") {
+        return;
+    }
+    let db = FreshDb::local("drill");
+    fill(&db);
+    let work = Work::new();
+    work.write_config(&mysql_config(
+        "mysql://root@127.0.0.1:3306/",
+        &db.name,
+        "[source.drill]\ntarget = \"./scratch\"\nchecks = [\"integrity\", \"counts\", \
+         { query = \"SELECT COUNT(*) FROM orders\", expect = \"20000\" }]\n",
+    ));
+    work.init();
+    let id = work.backup_of("shop");
+
+    // Restored under a scratch prefix on the source's own server, checked, dropped.
+    let out = work.ok(&["drill", "shop", "--now", "--json"]);
+    let drill = out.json();
+    assert_eq!(drill["status"], "passed", "{}", out.dump());
+    assert_eq!(drill["backup_id"], id.as_str());
+    let checks = drill["checks"].as_array().unwrap();
+    let named = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} check: {drill:#}"))
+    };
+    assert_eq!(named("integrity")["passed"], true, "{drill:#}");
+    assert_eq!(named("counts")["passed"], true, "{drill:#}");
+    assert!(
+        named("counts")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("3 tables"),
+        "{drill:#}"
+    );
+    assert_eq!(named("query")["passed"], true, "{drill:#}");
+    assert!(drill["rto_millis"].as_u64().unwrap() > 0, "{drill:#}");
+    assert_eq!(
+        drill_databases(),
+        "0",
+        "the scratch databases were not dropped"
+    );
+    // The source's own database is untouched.
+    assert_eq!(db.sql("SELECT COUNT(*) FROM orders").trim(), "20000");
+
+    // --keep leaves the scratch database for inspection, with the backup's rows in it.
+    let kept = work
+        .ok(&["drill", "shop", "--now", "--keep", "--json"])
+        .json();
+    assert_eq!(kept["status"], "passed", "{kept:#}");
+    let scratch = mysql::sql(
+        3306,
+        None,
+        &format!(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA \
+             WHERE SCHEMA_NAME LIKE 'backupd\\_drill\\_%\\_{}'",
+            db.name
+        ),
+    )
+    .trim()
+    .to_owned();
+    assert!(!scratch.is_empty(), "--keep dropped the scratch database");
+    assert_eq!(
+        mysql::sql(3306, Some(&scratch), "SELECT COUNT(*) FROM orders").trim(),
+        "20000"
+    );
+    mysql::sql(3306, None, &format!("DROP DATABASE `{scratch}`"));
+
+    // A query that does not return what is expected fails the drill (exit 1), and the
+    // scratch databases still go.
+    let mut config = mysql_config(
+        "mysql://root@127.0.0.1:3306/",
+        &db.name,
+        "[source.drill]\nchecks = [{ query = \"SELECT COUNT(*) FROM orders\", expect = \"7\" }]\n",
+    );
+    config.push('\n');
+    work.write_config(&config);
+    let out = work.run(&["drill", "shop", "--now", "--json"]);
+    out.expect_code(EXIT_FAILED);
+    let failed = out.json();
+    assert_eq!(failed["status"], "failed", "{}", out.dump());
+    assert!(
+        failed["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("returned \"20000\", expected \"7\""),
+        "{failed:#}"
+    );
+    assert_eq!(drill_databases(), "0");
+
+    // Drill keys of another kind are named.
+    work.write_config(&mysql_config(
+        "mysql://root@127.0.0.1:3306/",
+        &db.name,
+        "[source.drill]\nserver-uri-env = \"X\"\n",
+    ));
+    work.run(&["drill", "shop", "--now"])
+        .expect_code(EXIT_USAGE)
+        .expect_mentions(&["drill.server-uri-env", "MongoDB"]);
+}

@@ -171,6 +171,10 @@ pub struct MongoPosition {
     pub collections: u64,
     pub documents: u64,
     pub oplog_entries: u64,
+    /// Documents per `db.collection` counted at the end (only when the source's drills
+    /// check counts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub document_counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// The WAL position of a PostgreSQL base backup.

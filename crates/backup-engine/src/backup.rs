@@ -458,6 +458,12 @@ async fn write_and_record(
             .catalog
             .record_mongo_backup(&crate::mongo::mongo_record(backup_id, p)?)
             .await?;
+        if !p.document_counts.is_empty() {
+            engine
+                .catalog
+                .record_row_counts(backup_id, &p.document_counts)
+                .await?;
+        }
     }
     if let Some(a) = &produced.atlas {
         engine

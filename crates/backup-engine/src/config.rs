@@ -413,7 +413,7 @@ impl AtlasSourceConfig {
 }
 
 /// A secret from an environment variable (first) or a file, trimmed, with where it came from.
-fn read_secret(
+pub(crate) fn read_secret(
     env: Option<&str>,
     file: Option<&Path>,
     what: &str,

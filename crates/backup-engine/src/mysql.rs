@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,7 @@ impl MysqlSourceConfig {
         Ok(())
     }
 
-    fn password(&self) -> Result<Option<String>> {
+    pub(crate) fn password(&self) -> Result<Option<String>> {
         read_password(self.password_env.as_deref(), self.password_file.as_deref())
     }
 }
@@ -187,7 +187,7 @@ pub async fn connect(url: &str, password: Option<&str>) -> Result<MySqlConnectio
 }
 
 /// A column as text (the text protocol sends every value as bytes).
-fn text(row: &MySqlRow, index: usize) -> Option<String> {
+pub(crate) fn text(row: &MySqlRow, index: usize) -> Option<String> {
     row.try_get_unchecked::<Option<Vec<u8>>, _>(index)
         .ok()
         .flatten()
@@ -327,22 +327,27 @@ pub async fn dump(
     result
 }
 
-async fn exec(conn: &mut MySqlConnection, url: &str, sql: &str, what: &str) -> Result<()> {
-    sqlx::raw_sql(sql)
-        .execute(&mut *conn)
+pub(crate) async fn exec(
+    conn: &mut MySqlConnection,
+    url: &str,
+    sql: &str,
+    what: &str,
+) -> Result<()> {
+    // Through the connection (not `raw_sql(..).execute(conn)`): that form's future is not
+    // provably `Send`, and drills run restores on spawned tasks.
+    conn.execute(sqlx::raw_sql(sql))
         .await
         .map(|_| ())
         .map_err(|e| sql_error(url, what, e))
 }
 
-async fn rows(
+pub(crate) async fn rows(
     conn: &mut MySqlConnection,
     url: &str,
     sql: &str,
     what: &str,
 ) -> Result<Vec<MySqlRow>> {
-    sqlx::raw_sql(sql)
-        .fetch_all(&mut *conn)
+    conn.fetch_all(sqlx::raw_sql(sql))
         .await
         .map_err(|e| sql_error(url, what, e))
 }
@@ -738,6 +743,8 @@ pub struct MysqlRestoreOptions {
     pub password: Option<String>,
     /// Restore a single-database backup under this name.
     pub database: Option<String>,
+    /// Restore each database `db` as `{prefix}{db}` (a drill's scratch databases).
+    pub database_prefix: Option<String>,
     /// Drop and recreate target databases that are not empty.
     pub drop: bool,
     pub restore: crate::restore::RestoreOptions,
@@ -752,6 +759,8 @@ pub struct MysqlRestoreOutcome {
     pub databases: Vec<String>,
     pub tables: Vec<TableSummary>,
     pub rows: u64,
+    /// Bytes of the backup fetched and staged.
+    pub bytes: u64,
     pub seconds: f64,
 }
 
@@ -856,7 +865,13 @@ pub async fn run_mysql_restore(
         None => summary
             .databases
             .iter()
-            .map(|d| (d.clone(), d.clone()))
+            .map(|d| {
+                let to = match &options.database_prefix {
+                    Some(prefix) => format!("{prefix}{d}"),
+                    None => d.clone(),
+                };
+                (d.clone(), to)
+            })
             .collect(),
     };
     // Refuse before changing anything.
@@ -1042,6 +1057,7 @@ pub async fn run_mysql_restore(
         backup_id: record.id,
         source: record.source.clone(),
         repository: fetched.repository,
+        bytes: fetched.bytes,
         target: redact_url(target),
         databases: renames.into_iter().map(|(_, to)| to).collect(),
         tables,
@@ -1102,8 +1118,8 @@ async fn load_table(
                     query = query.bind(value);
                 }
             }
-            let n = query
-                .execute(&mut *conn)
+            let n = conn
+                .execute(query)
                 .await
                 .map_err(|e| sql_error(url, &format!("loading rows into {db}.{table}"), e))?;
             loaded += n.rows_affected();

@@ -96,6 +96,12 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
                 .catalog
                 .record_mongo_backup(&crate::mongo::mongo_record(backup_id, position)?)
                 .await?;
+            if !position.document_counts.is_empty() {
+                engine
+                    .catalog
+                    .record_row_counts(backup_id, &position.document_counts)
+                    .await?;
+            }
         }
         if let Some(snapshot) = footer.and_then(|f| f.atlas.as_ref()) {
             engine

@@ -933,6 +933,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                         None,
                     )?,
                     database: mysql.database,
+                    database_prefix: None,
                     drop: mongo.drop,
                     restore: backup_engine::restore::RestoreOptions {
                         force: false,
@@ -1010,6 +1011,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                     target_uri: mongo.uri()?,
                     namespaces: mongo.namespace.clone(),
                     rename_to: mongo.rename_to.clone(),
+                    database_prefix: None,
                     drop: mongo.drop,
                     staging: mongo.staging.clone(),
                     restore: backup_engine::restore::RestoreOptions {

@@ -105,6 +105,8 @@ pub struct MongoSnapshot {
     start: OpTime,
     start_time: DateTime<Utc>,
     collections: Vec<CollectionSpec>,
+    /// Count each collection's documents at the end (the source's drill checks counts).
+    count_documents: bool,
 }
 
 impl MongoSnapshot {
@@ -126,6 +128,7 @@ impl MongoSnapshot {
             start,
             start_time,
             collections,
+            count_documents: source.drill.as_ref().is_some_and(|d| d.wants_row_counts()),
         })
     }
 
@@ -177,7 +180,24 @@ impl MongoSnapshot {
                 oldest,
             }));
         }
+        // Right after the end position, so the counts match the backup's end as closely as
+        // a live server allows (a drill restores to exactly that end).
+        let mut document_counts = std::collections::BTreeMap::new();
+        if self.count_documents {
+            for spec in self.collections.iter().filter(|s| s.kind != "view") {
+                let n = self
+                    .handle
+                    .block_on(mongo::restore::count_documents(
+                        &self.client,
+                        &spec.db,
+                        &spec.name,
+                    ))
+                    .map_err(mongo_error)?;
+                document_counts.insert(spec.namespace(), n);
+            }
+        }
         let position = MongoPosition {
+            document_counts,
             start: self.start.to_string(),
             end: end.to_string(),
             start_time: self.start_time,
@@ -213,6 +233,8 @@ pub struct MongoRestoreOptions {
     /// Restore under this database name (the backup, or the namespaces chosen, must be of
     /// one database).
     pub rename_to: Option<String>,
+    /// Restore each database `db` as `{prefix}{db}` (a drill's scratch databases).
+    pub database_prefix: Option<String>,
     /// Drop target collections that exist instead of refusing.
     pub drop: bool,
     /// Where the backup's files are staged (default: a temp dir, removed afterwards).
@@ -229,6 +251,10 @@ pub struct MongoRestoreOutcome {
     pub documents: u64,
     pub indexes: u64,
     pub oplog_entries_applied: u64,
+    /// Bytes of the backup fetched and staged.
+    pub bytes: u64,
+    /// The databases written to, as named in the target.
+    pub databases: Vec<String>,
     /// The oplog position the target now reflects.
     pub restored_to: String,
     pub restored_to_time: DateTime<Utc>,
@@ -375,6 +401,7 @@ async fn restore_inner(
             exclude: vec![],
         },
         rename_to: options.rename_to.clone(),
+        prefix: options.database_prefix.clone(),
     };
     target
         .only
@@ -482,6 +509,13 @@ async fn restore_inner(
         documents,
         indexes,
         oplog_entries_applied: applied,
+        bytes: staged.bytes,
+        databases: mapped
+            .iter()
+            .map(|(db, _)| db.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         restored_to: reached.to_string(),
         restored_to_time: optime_time(reached),
         seconds: started.elapsed().as_secs_f64(),

@@ -25,6 +25,8 @@ pub struct RestoreTarget {
     pub only: NamespaceFilter,
     /// Restore every database under this name instead (with a one-database subset).
     pub rename_to: Option<String>,
+    /// Restore each database `db` as `{prefix}{db}` (a drill's scratch databases).
+    pub prefix: Option<String>,
 }
 
 impl RestoreTarget {
@@ -32,7 +34,11 @@ impl RestoreTarget {
     pub fn map(&self, db: &str, coll: &str) -> Option<(String, String)> {
         self.only.covers(db, coll).then(|| {
             (
-                self.rename_to.clone().unwrap_or_else(|| db.to_owned()),
+                match (&self.rename_to, &self.prefix) {
+                    (Some(name), _) => name.clone(),
+                    (None, Some(prefix)) => format!("{prefix}{db}"),
+                    (None, None) => db.to_owned(),
+                },
                 coll.to_owned(),
             )
         })
@@ -482,12 +488,25 @@ mod tests {
                 exclude: vec![],
             },
             rename_to: Some("app2".into()),
+            prefix: None,
         };
         assert_eq!(t.map("app", "users"), Some(("app2".into(), "users".into())));
         assert_eq!(t.map("app", "orders"), None);
         assert_eq!(t.map_ns("app.users"), Some(("app2".into(), "users".into())));
         let all = RestoreTarget::default();
         assert_eq!(all.map("crm", "x"), Some(("crm".into(), "x".into())));
+        let drill = RestoreTarget {
+            prefix: Some("drill_".into()),
+            ..RestoreTarget::default()
+        };
+        assert_eq!(
+            drill.map("crm", "x"),
+            Some(("drill_crm".into(), "x".into()))
+        );
+        assert_eq!(
+            drill.map_ns("app.users"),
+            Some(("drill_app".into(), "users".into()))
+        );
     }
 
     #[test]

@@ -17,6 +17,27 @@ const BATCH_DOCUMENTS: usize = 1000;
 /// Bytes per insert (the server takes at most 48 MB in one message).
 const BATCH_BYTES: usize = 8 << 20;
 
+/// The documents `db.coll` holds now (a drill's counts check).
+pub async fn count_documents(client: &Client, db: &str, coll: &str) -> Result<u64> {
+    client
+        .database(db)
+        .collection::<mongodb::bson::Document>(coll)
+        .count_documents(doc! {})
+        .await
+        .map_err(MongoError::driver(format!(
+            "counting the documents of {db}.{coll}"
+        )))
+}
+
+/// Drops database `db` (a drill's scratch database); dropping one that is gone is no error.
+pub async fn drop_database(client: &Client, db: &str) -> Result<()> {
+    client
+        .database(db)
+        .drop()
+        .await
+        .map_err(MongoError::driver(format!("dropping database {db}")))
+}
+
 /// Refuses a target namespace that holds documents (or is a view) unless `drop`, which
 /// drops every target namespace that exists instead. Checks every namespace before changing any.
 pub async fn prepare_targets(

@@ -31,6 +31,8 @@ use crate::restore::{BackupSelector, RestoreOptions};
 use crate::verify::VerifyScope;
 use crate::{Engine, Progress};
 
+mod databases;
+
 /// A source's `drill = { ... }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -55,6 +57,20 @@ pub struct DrillConfig {
     /// from what the backup counted (rows written between the backup's end and the count).
     #[serde(default)]
     pub row_count_tolerance: f64,
+    /// MongoDB: the server drills restore into, by the environment variable or file holding
+    /// its URI (a secret). Default: the source's own server, under scratch database names.
+    #[serde(default)]
+    pub server_uri_env: Option<String>,
+    #[serde(default)]
+    pub server_uri_file: Option<PathBuf>,
+    /// MySQL: the server drills restore into (`mysql://user@host:port/`, no password).
+    /// Default: the source's own server, under scratch database names.
+    #[serde(default)]
+    pub server_url: Option<String>,
+    #[serde(default)]
+    pub server_password_env: Option<String>,
+    #[serde(default)]
+    pub server_password_file: Option<PathBuf>,
     /// The parsed `cron` (filled in by validation).
     #[serde(skip)]
     pub schedule: Option<CronSchedule>,
@@ -69,6 +85,11 @@ impl Default for DrillConfig {
             checks: default_checks(),
             timeout: default_timeout(),
             row_count_tolerance: 0.0,
+            server_uri_env: None,
+            server_uri_file: None,
+            server_url: None,
+            server_password_env: None,
+            server_password_file: None,
             schedule: None,
         }
     }
@@ -200,7 +221,10 @@ pub(crate) fn validate(source: &SourceConfig, drill: &DrillConfig) -> Result<(),
     }
     for (k, check) in drill.checks.iter().enumerate() {
         if let DrillCheck::Query { query, .. } = check {
-            if !matches!(source.kind, SourceKindConfig::Postgres { .. }) {
+            if !matches!(
+                source.kind,
+                SourceKindConfig::Postgres { .. } | SourceKindConfig::Mysql(_)
+            ) {
                 return Err((
                     format!("checks[{k}]"),
                     format!(
@@ -214,7 +238,7 @@ pub(crate) fn validate(source: &SourceConfig, drill: &DrillConfig) -> Result<(),
             }
         }
     }
-    Ok(())
+    databases::validate(source, drill)
 }
 
 /// What `backupctl drill` (or the API) asks for beyond the source's config.
@@ -290,11 +314,23 @@ pub async fn run_drill(
             error: None,
         },
         server: None,
+        databases: None,
+        prefix: databases::scratch_prefix(&id),
     };
     if let Err(e) = run.run(pick, options, cancel).await {
         run.completion.error = Some(e.to_string());
     }
     if !options.keep {
+        if let Some(scratch) = run.databases.take() {
+            match scratch.drop_all().await {
+                Ok(dropped) => {
+                    tracing::debug!(drill = %id, ?dropped, "dropped the drill's scratch databases")
+                }
+                Err(e) => {
+                    tracing::warn!(drill = %id, prefix = %run.prefix, error = %e, "dropping the drill's scratch databases failed; drop the databases named with this prefix by hand")
+                }
+            }
+        }
         if let Some((data_dir, _)) = run.server.take() {
             let bin = crate::pitr::postgres_parts(source).ok().flatten();
             if let Err(e) = crate::pitr::stop_server(bin.map(PathBuf::as_path), &data_dir) {
@@ -348,6 +384,10 @@ struct DrillRun<'a> {
     completion: DrillCompletion,
     /// The data directory and port of a scratch server that was started (and may run).
     server: Option<(PathBuf, u16)>,
+    /// MongoDB, MySQL: the scratch databases' server (dropped by their prefix).
+    databases: Option<databases::ScratchDatabases>,
+    /// What the names of this drill's scratch databases start with.
+    prefix: String,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -410,10 +450,9 @@ impl DrillRun<'_> {
                 self.restore_postgres(&backup, restore, cancel).await?;
                 self.check_postgres(&backup).await?;
             }
-            SourceKindConfig::Mongodb(_)
-            | SourceKindConfig::Atlas(_)
-            | SourceKindConfig::Mysql(_)
-            | SourceKindConfig::Elasticsearch(_) => {
+            SourceKindConfig::Mongodb(_) => self.drill_mongo(&backup, restore, cancel).await?,
+            SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
+            SourceKindConfig::Atlas(_) | SourceKindConfig::Elasticsearch(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
             }
@@ -573,14 +612,7 @@ impl DrillRun<'_> {
         if self.config.checks.contains(&DrillCheck::Counts) {
             let recorded = self.engine.catalog.row_counts(backup.id).await?;
             let check = if recorded.is_empty() {
-                DrillCheckResult {
-                    name: "counts".into(),
-                    passed: false,
-                    detail: format!(
-                        "backup {} recorded no row counts (it was made before `counts` was among the source's drill checks); drill a newer backup",
-                        backup.id
-                    ),
-                }
+                databases::no_counts(backup)
             } else {
                 self.compare_counts(&recorded, port, &user, &mut connections)
                     .await
@@ -601,20 +633,11 @@ impl DrillRun<'_> {
                 Ok(conn) => first_value(conn, query).await,
                 Err(e) => Err(e),
             };
-            let (passed, detail) = match result {
-                Ok(Some(value)) if value == *expect => (true, format!("returned {value:?}")),
-                Ok(Some(value)) => (false, format!("returned {value:?}, expected {expect:?}")),
-                Ok(None) => (
-                    false,
-                    format!("returned no row (or NULL), expected {expect:?}"),
-                ),
-                Err(e) => (false, e),
-            };
-            self.completion.checks.push(DrillCheckResult {
-                name: format!("query ({db}): {query}"),
-                passed,
-                detail,
-            });
+            self.completion.checks.push(query_result(
+                format!("query ({db}): {query}"),
+                result,
+                expect,
+            ));
         }
         Ok(())
     }
@@ -647,60 +670,61 @@ impl DrillRun<'_> {
                 Err(e) => Err(e),
             };
             match found {
-                Ok(Some(text)) => {
-                    let rows: u64 = text.parse().unwrap_or(u64::MAX);
-                    let allowed = (*expected as f64 * tolerance).floor() as u64;
-                    if rows.abs_diff(*expected) > allowed {
-                        differences.push(format!(
-                            "{relation}: {rows} rows, the backup counted {expected}"
-                        ));
-                    }
-                }
+                Ok(Some(text)) => differences.extend(databases::count_difference(
+                    relation,
+                    text.parse().unwrap_or(u64::MAX),
+                    *expected,
+                    tolerance,
+                    "rows",
+                )),
                 Ok(None) => differences.push(format!("{relation}: count returned nothing")),
                 Err(e) => differences.push(format!("{relation}: {e}")),
             }
         }
-        DrillCheckResult {
-            name: "counts".into(),
-            passed: differences.is_empty(),
-            detail: if differences.is_empty() {
-                format!(
-                    "{} tables have the rows the backup counted{}",
-                    recorded.len(),
-                    if tolerance > 0.0 {
-                        format!(" (within {:.2}%)", tolerance * 100.0)
-                    } else {
-                        String::new()
-                    }
-                )
-            } else {
-                differences.join("; ")
-            },
-        }
+        databases::counts_result(recorded.len(), differences, tolerance, "tables", "rows")
     }
 }
 
 /// Why `source` cannot be drilled, for kinds without a scratch target yet.
 fn unsupported(source: &SourceConfig) -> Option<String> {
     match &source.kind {
-        SourceKindConfig::Files { .. } | SourceKindConfig::Postgres { .. } => None,
-        SourceKindConfig::Mongodb(_) => Some(format!(
-            "source {}: drills of mongodb sources are not available yet; test a restore with \
-             `backupctl restore {} --latest --target-uri-file FILE` into a scratch server",
-            source.name, source.name
-        )),
+        SourceKindConfig::Files { .. }
+        | SourceKindConfig::Postgres { .. }
+        | SourceKindConfig::Mongodb(_)
+        | SourceKindConfig::Mysql(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
             source.name, source.name
         )),
-        SourceKindConfig::Mysql(_) | SourceKindConfig::Elasticsearch(_) => Some(format!(
-            "source {}: drills of {} sources are not available yet; test a restore by hand \
-             (docs/sources/{}.md)",
-            source.name,
-            source.kind.kind_name(),
-            source.kind.kind_name()
+        SourceKindConfig::Elasticsearch(_) => Some(format!(
+            "source {}: drills of elasticsearch sources are not available yet; test a restore \
+             with `backupctl restore {} --snapshot NAME --rename-pattern '(.+)' \
+             --rename-replacement 'drill-$1'` (docs/sources/elasticsearch.md)",
+            source.name, source.name
         )),
+    }
+}
+
+/// A query check's result from the value its query returned.
+fn query_result(
+    name: String,
+    result: std::result::Result<Option<String>, String>,
+    expect: &str,
+) -> DrillCheckResult {
+    let (passed, detail) = match result {
+        Ok(Some(value)) if value == expect => (true, format!("returned {value:?}")),
+        Ok(Some(value)) => (false, format!("returned {value:?}, expected {expect:?}")),
+        Ok(None) => (
+            false,
+            format!("returned no row (or NULL), expected {expect:?}"),
+        ),
+        Err(e) => (false, e),
+    };
+    DrillCheckResult {
+        name,
+        passed,
+        detail,
     }
 }
 
