@@ -382,3 +382,81 @@ fn elasticsearch_real_cluster_round_trip() {
     http("DELETE", "/backupd-it-logs", "");
     http("DELETE", &format!("/_snapshot/nightly/{name}"), "");
 }
+
+#[test]
+fn an_elasticsearch_drill_restores_renamed_indices_counts_them_and_deletes_them() {
+    let es = double();
+    let work = Work::new();
+    work.write_config(&es_config(
+        &es.url(),
+        &format!("{AUTH}[source.drill]\ntarget = \"./scratch\"\n"),
+    ));
+    work.init();
+    let backup = run_with_password(&work, PASSWORD, &["backup", "search"]);
+    backup.expect_code(EXIT_OK);
+    let id = backup.stdout.trim().to_owned();
+    // Documents written after the snapshot do not change what the drill expects.
+    es.state().indices.get_mut("logs-1").unwrap().docs = 150;
+
+    let out = run_with_password(&work, PASSWORD, &["drill", "search", "--now", "--json"]);
+    out.expect_code(EXIT_OK);
+    let drill = out.json();
+    assert_eq!(drill["status"], "passed", "{}", out.dump());
+    assert_eq!(drill["backup_id"], id.as_str());
+    let counts = drill["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "counts")
+        .unwrap()
+        .clone();
+    assert_eq!(counts["passed"], true, "{drill:#}");
+    assert!(
+        counts["detail"].as_str().unwrap().starts_with("2 indices"),
+        "{drill:#}"
+    );
+    let requests = es.requests();
+    let restore = requests
+        .iter()
+        .find(|r| r.contains("/_restore"))
+        .expect("a restore request");
+    assert!(restore.starts_with("POST /_snapshot/nightly/"), "{restore}");
+    // Restored under the prefix, then deleted one by one; the real indices are untouched.
+    let deletes: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("DELETE /backupd-drill-"))
+        .collect();
+    assert_eq!(deletes.len(), 2, "{requests:#?}");
+    let left: Vec<String> = es.state().indices.keys().cloned().collect();
+    assert_eq!(left, ["logs-1", "logs-2", "metrics"]);
+
+    // A restored index with other documents than the backup counted fails the drill: here
+    // the snapshot itself is changed behind backupd's back.
+    {
+        let mut state = es.state();
+        for snapshots in state.snapshots.values_mut() {
+            for snapshot in snapshots.values_mut() {
+                snapshot.indices.get_mut("logs-2").unwrap().docs = 1;
+            }
+        }
+    }
+    let out = run_with_password(&work, PASSWORD, &["drill", "search", "--now", "--json"]);
+    out.expect_code(EXIT_FAILED);
+    let failed = out.json();
+    assert_eq!(failed["status"], "failed", "{}", out.dump());
+    let detail = failed["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "counts")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("logs-2: 1 documents, the backup counted 40"),
+        "{detail}"
+    );
+    let left: Vec<String> = es.state().indices.keys().cloned().collect();
+    assert_eq!(left, ["logs-1", "logs-2", "metrics"]);
+}

@@ -283,8 +283,12 @@ async fn write_and_record(
         SourceKindConfig::Elasticsearch(es) => {
             let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
             let (es, cancel) = (es.clone(), cancel.clone());
+            let count_documents = source_config
+                .drill
+                .as_ref()
+                .is_some_and(|d| d.wants_row_counts());
             let task = tokio::spawn(async move {
-                crate::elasticsearch::snapshot(&es, backup_id, tx, &cancel)
+                crate::elasticsearch::snapshot(&es, backup_id, count_documents, tx, &cancel)
                     .await
                     .map(Dumped::Elasticsearch)
             });
@@ -476,7 +480,13 @@ async fn write_and_record(
             engine
                 .catalog
                 .record_elasticsearch_snapshot(&snapshot.catalog_record(backup_id))
-                .await?
+                .await?;
+            if !snapshot.doc_counts.is_empty() {
+                engine
+                    .catalog
+                    .record_row_counts(backup_id, &snapshot.doc_counts)
+                    .await?;
+            }
         }
         Some(Dumped::Mysql(summary)) => tracing::info!(
             %backup_id,

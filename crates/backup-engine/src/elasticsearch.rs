@@ -367,6 +367,50 @@ impl EsClient {
     }
 
     /// Deletes a snapshot; a missing one counts as deleted.
+    /// Documents per index (`GET _cat/indices`).
+    pub async fn doc_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let rows = self
+            .call(
+                reqwest::Method::GET,
+                "/_cat/indices?format=json&h=index,docs.count&expand_wildcards=all",
+                None,
+            )
+            .await?
+            .map_err(|f| {
+                EngineError::Failed(format!(
+                    "Elasticsearch at {}: listing indices: {f}",
+                    self.shown()
+                ))
+            })?;
+        Ok(rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| {
+                let index = row.get("index")?.as_str()?.to_owned();
+                // `_cat` gives numbers as strings; a closed index has none.
+                let docs = row.get("docs.count")?.as_str()?.parse().ok()?;
+                Some((index, docs))
+            })
+            .collect())
+    }
+
+    /// Deletes `index` (by name: clusters refuse wildcard deletes by default); `Ok(false)`
+    /// when it was gone.
+    pub async fn delete_index(&self, index: &str) -> Result<bool> {
+        match self
+            .call(reqwest::Method::DELETE, &format!("/{index}"), None)
+            .await?
+        {
+            Ok(_) => Ok(true),
+            Err(f) if f.kind == "index_not_found_exception" => Ok(false),
+            Err(f) => Err(EngineError::Failed(format!(
+                "Elasticsearch at {}: deleting index {index}: {f}",
+                self.shown()
+            ))),
+        }
+    }
+
     pub async fn delete_snapshot(&self, repo: &str, snapshot: &str) -> Result<bool> {
         match self
             .call(
@@ -400,6 +444,10 @@ pub struct SnapshotRecord {
     /// Failed shards, `[index][shard]: reason` (empty for SUCCESS).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// Documents per index just before the snapshot (only when the source's drills check
+    /// counts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub doc_counts: std::collections::BTreeMap<String, u64>,
 }
 
 impl SnapshotRecord {
@@ -429,11 +477,18 @@ fn millis(v: Option<&Value>) -> Option<DateTime<Utc>> {
 pub async fn snapshot(
     cfg: &ElasticsearchSourceConfig,
     backup_id: BackupId,
+    count_documents: bool,
     tx: mpsc::Sender<DumpEvent>,
     cancel: &CancellationToken,
 ) -> Result<SnapshotRecord> {
     let client = EsClient::new(cfg)?;
     client.prepare_repository(cfg).await?;
+    // Just before the snapshot, which holds each index as it is when it starts.
+    let counts = if count_documents {
+        client.doc_counts().await?
+    } else {
+        Default::default()
+    };
     let repo = &cfg.snapshot_repository;
     let name = cfg.snapshot_name(backup_id);
     let path = format!("/_snapshot/{repo}/{name}");
@@ -464,7 +519,7 @@ pub async fn snapshot(
         });
     }
     let result = wait_for(&client, cfg, &name, started, cancel).await;
-    let record = match result {
+    let mut record = match result {
         Ok(record) if record.state == "SUCCESS" => record,
         Ok(record) => {
             let _ = client.delete_snapshot(repo, &name).await;
@@ -476,6 +531,10 @@ pub async fn snapshot(
             return Err(e);
         }
     };
+    record.doc_counts = counts
+        .into_iter()
+        .filter(|(index, _)| record.indices.contains(index))
+        .collect();
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| EngineError::Failed(format!("encoding the snapshot record: {e}")))?;
     for event in [
@@ -619,6 +678,7 @@ async fn wait_for(
         finished_at: millis(s.get("end_time_in_millis")).unwrap_or_else(Utc::now),
         failures,
         state,
+        doc_counts: Default::default(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! An HTTP double of Elasticsearch's snapshot API, written from the documented REST API
 //! (no Elasticsearch can run here): repositories (`PUT/GET/DELETE _snapshot/{repo}`,
 //! `POST _snapshot/{repo}/_verify`), snapshots (`PUT/GET/DELETE _snapshot/{repo}/{snap}`,
-//! `GET .../_status`, `POST .../_restore`), `GET _cat/indices`, `PUT /{index}`, with the
+//! `GET .../_status`, `POST .../_restore`), `GET _cat/indices`, `PUT` and `DELETE /{index}`, with the
 //! error bodies Elasticsearch 8 returns (`repository_missing_exception`,
 //! `repository_verification_exception`, `repository_exception` for read-only repositories,
 //! `snapshot_missing_exception`, `invalid_snapshot_name_exception`,
@@ -271,7 +271,7 @@ fn router(state: Shared) -> Router {
         )
         .route("/_snapshot/{repo}/{snap}/_status", get(snapshot_status))
         .route("/_snapshot/{repo}/{snap}/_restore", post(restore_snapshot))
-        .route("/{index}", put(create_index))
+        .route("/{index}", put(create_index).delete(delete_index))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -408,6 +408,28 @@ async fn create_index(
     );
     Json(json!({ "acknowledged": true, "shards_acknowledged": true, "index": index }))
         .into_response()
+}
+
+/// `DELETE /{index}` by name (wildcards are refused, as `action.destructive_requires_name`
+/// makes Elasticsearch 8 do by default).
+async fn delete_index(State(state): State<Shared>, Path(index): Path<String>) -> Response {
+    if index.contains('*') || index == "_all" {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            "Wildcard expressions or all indices are not allowed",
+        );
+    }
+    let mut s = lock(&state);
+    if s.indices.remove(&index).is_none() {
+        return es_error(
+            StatusCode::NOT_FOUND,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        );
+    }
+    s.closed.remove(&index);
+    Json(json!({ "acknowledged": true })).into_response()
 }
 
 fn verification_failure(repo: &str, location: &str) -> Response {

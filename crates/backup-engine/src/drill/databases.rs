@@ -1,7 +1,8 @@
-//! Drills of MongoDB and MySQL sources. They restore into scratch databases on a server
-//! (the source's own by default, or the drill's `server-*`): every database `db` of the
-//! backup comes back as `backupd_drill_<drill>_<db>`, is checked, and is dropped again. A
-//! drill that fails half way is torn down the same way, by that prefix.
+//! Drills of MongoDB, MySQL and Elasticsearch sources. They restore into scratch databases on
+//! a server (the source's own by default, or the drill's `server-*`): every database `db` of
+//! the backup comes back as `backupd_drill_<drill>_<db>` (an Elasticsearch index `i` as
+//! `backupd-drill-<drill>-i`, through the snapshot restore's rename), is checked, and is
+//! dropped again. A drill that fails half way is torn down the same way, by that prefix.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,6 +83,10 @@ pub(super) enum ScratchDatabases {
         password: Option<String>,
         prefix: String,
     },
+    Elasticsearch {
+        client: crate::elasticsearch::EsClient,
+        prefix: String,
+    },
 }
 
 impl ScratchDatabases {
@@ -141,8 +146,22 @@ impl ScratchDatabases {
                 }
                 Ok(names)
             }
+            ScratchDatabases::Elasticsearch { client, prefix } => {
+                let mut deleted = Vec::new();
+                for index in client.doc_counts().await?.into_keys() {
+                    if index.starts_with(prefix.as_str()) && client.delete_index(&index).await? {
+                        deleted.push(index);
+                    }
+                }
+                Ok(deleted)
+            }
         }
     }
+}
+
+/// The prefix of a drill's restored Elasticsearch indices (index names are lower case).
+pub(super) fn index_prefix(database_prefix: &str) -> String {
+    database_prefix.replace('_', "-")
 }
 
 /// `found` against `expected` within `tolerance` (a fraction of `expected`); the
@@ -387,6 +406,81 @@ impl DrillRun<'_> {
                 expect,
             ));
         }
+        Ok(())
+    }
+}
+
+impl DrillRun<'_> {
+    /// Elasticsearch: restores the backup's snapshot with every index renamed under the
+    /// scratch prefix, then counts each index's documents against what the backup counted
+    /// just before its snapshot.
+    pub(super) async fn drill_elasticsearch(&mut self, backup: &BackupRecord) -> Result<()> {
+        let SourceKindConfig::Elasticsearch(cfg) = &self.source.kind else {
+            unreachable!("drill_elasticsearch runs for elasticsearch sources")
+        };
+        let snapshot = self
+            .engine
+            .catalog
+            .elasticsearch_snapshot(backup.id)
+            .await?
+            .ok_or_else(|| {
+                EngineError::Integrity(format!(
+                    "backup {} has no Elasticsearch snapshot recorded; drill another backup",
+                    backup.id
+                ))
+            })?;
+        let prefix = index_prefix(&self.prefix);
+        let client = crate::elasticsearch::EsClient::new(cfg)?;
+        self.databases = Some(ScratchDatabases::Elasticsearch {
+            client: crate::elasticsearch::EsClient::new(cfg)?,
+            prefix: prefix.clone(),
+        });
+        let options = crate::elasticsearch::EsRestoreOptions {
+            source: self.source.name.clone(),
+            snapshot: Some(snapshot.snapshot.clone()),
+            indices: Vec::new(),
+            rename_pattern: Some("(.+)".into()),
+            rename_replacement: Some(format!("{prefix}$1")),
+        };
+        let started = Instant::now();
+        let outcome = crate::elasticsearch::run_es_restore(self.engine, &options).await?;
+        let took = millis(started.elapsed());
+        self.completion.restore_millis = Some(took);
+        self.completion.rto_millis = Some(took);
+        self.completion.restored_bytes = Some(snapshot.size_bytes);
+        if !self.config.checks.contains(&DrillCheck::Counts) {
+            return Ok(());
+        }
+        let recorded = self.engine.catalog.row_counts(backup.id).await?;
+        if recorded.is_empty() {
+            self.completion.checks.push(no_counts(backup));
+            return Ok(());
+        }
+        let found = client.doc_counts().await?;
+        let tolerance = self.config.row_count_tolerance;
+        let mut differences = Vec::new();
+        for (index, expected) in &recorded {
+            match found.get(&format!("{prefix}{index}")) {
+                Some(docs) => differences.extend(count_difference(
+                    index,
+                    *docs,
+                    *expected,
+                    tolerance,
+                    "documents",
+                )),
+                None => differences.push(format!(
+                    "{index}: not restored (the restore returned {:?})",
+                    outcome.indices
+                )),
+            }
+        }
+        self.completion.checks.push(counts_result(
+            recorded.len(),
+            differences,
+            tolerance,
+            "indices",
+            "documents",
+        ));
         Ok(())
     }
 }

@@ -452,7 +452,8 @@ impl DrillRun<'_> {
             }
             SourceKindConfig::Mongodb(_) => self.drill_mongo(&backup, restore, cancel).await?,
             SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
-            SourceKindConfig::Atlas(_) | SourceKindConfig::Elasticsearch(_) => {
+            SourceKindConfig::Elasticsearch(_) => self.drill_elasticsearch(&backup).await?,
+            SourceKindConfig::Atlas(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
             }
@@ -691,16 +692,11 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
         SourceKindConfig::Files { .. }
         | SourceKindConfig::Postgres { .. }
         | SourceKindConfig::Mongodb(_)
-        | SourceKindConfig::Mysql(_) => None,
+        | SourceKindConfig::Mysql(_)
+        | SourceKindConfig::Elasticsearch(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
-            source.name, source.name
-        )),
-        SourceKindConfig::Elasticsearch(_) => Some(format!(
-            "source {}: drills of elasticsearch sources are not available yet; test a restore \
-             with `backupctl restore {} --snapshot NAME --rename-pattern '(.+)' \
-             --rename-replacement 'drill-$1'` (docs/sources/elasticsearch.md)",
             source.name, source.name
         )),
     }
