@@ -389,7 +389,9 @@ fn an_elasticsearch_drill_restores_renamed_indices_counts_them_and_deletes_them(
     let work = Work::new();
     work.write_config(&es_config(
         &es.url(),
-        &format!("{AUTH}[source.drill]\ntarget = \"./scratch\"\n"),
+        &format!(
+            "{AUTH}repository-type = \"fs\"\nrepository-settings = {{ location = \"/mnt/snapshots\" }}\n[source.drill]\ntarget = \"./scratch\"\n"
+        ),
     ));
     work.init();
     let backup = run_with_password(&work, PASSWORD, &["backup", "search"]);
