@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use backup_catalog::{BackupRecord, DrillCheckResult};
 
-use super::{millis, DrillCheck, DrillConfig, DrillRun};
+use super::{DrillCheck, DrillConfig, DrillRun};
 use crate::config::{SourceConfig, SourceKindConfig};
 use crate::error::{EngineError, Result};
 use crate::restore::{BackupSelector, RestoreOptions};
@@ -262,10 +262,7 @@ impl DrillRun<'_> {
             cancel,
         )
         .await?;
-        let took = millis(started.elapsed());
-        self.completion.restore_millis = Some(took);
-        self.completion.rto_millis = Some(took);
-        self.completion.restored_bytes = Some(outcome.bytes);
+        self.restored(started, outcome.bytes);
         if !self.config.checks.contains(&DrillCheck::Counts) {
             return Ok(());
         }
@@ -364,10 +361,7 @@ impl DrillRun<'_> {
             }
             Err(e) => return Err(e),
         };
-        let took = millis(started.elapsed());
-        self.completion.restore_millis = Some(took);
-        self.completion.rto_millis = Some(took);
-        self.completion.restored_bytes = Some(outcome.bytes);
+        self.restored(started, outcome.bytes);
         if wants_counts {
             self.completion.checks.push(DrillCheckResult {
                 name: "counts".into(),
@@ -444,10 +438,7 @@ impl DrillRun<'_> {
         };
         let started = Instant::now();
         let outcome = crate::elasticsearch::run_es_restore(self.engine, &options).await?;
-        let took = millis(started.elapsed());
-        self.completion.restore_millis = Some(took);
-        self.completion.rto_millis = Some(took);
-        self.completion.restored_bytes = Some(snapshot.size_bytes);
+        self.restored(started, snapshot.size_bytes);
         if !self.config.checks.contains(&DrillCheck::Counts) {
             return Ok(());
         }

@@ -395,6 +395,14 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl DrillRun<'_> {
+    /// Records a restore without a separate recovery: its wall time is the RTO.
+    fn restored(&mut self, started: Instant, bytes: u64) {
+        let took = millis(started.elapsed());
+        self.completion.restore_millis = Some(took);
+        self.completion.rto_millis = Some(took);
+        self.completion.restored_bytes = Some(bytes);
+    }
+
     async fn run(
         &mut self,
         pick: DrillPick,
@@ -431,10 +439,7 @@ impl DrillRun<'_> {
                     cancel,
                 )
                 .await?;
-                let took = millis(started.elapsed());
-                self.completion.restore_millis = Some(took);
-                self.completion.rto_millis = Some(took);
-                self.completion.restored_bytes = Some(outcome.bytes);
+                self.restored(started, outcome.bytes);
                 if self.config.checks.contains(&DrillCheck::Counts) {
                     self.completion.checks.push(DrillCheckResult {
                         name: "counts".into(),
