@@ -590,6 +590,36 @@ fn oplog_archiving_resumes_across_a_server_restart_without_losing_an_entry() {
     }
 }
 
+#[test]
+fn oplog_archiving_stops_when_the_oplog_rolled_past_its_position_and_asks_for_a_full_backup() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    // An oplog of 1500 entries: pruned (every 1000 writes) well before 5000 inserts end.
+    let source = SecantusDb::start_with_args(&["--oplog-max-entries", "1500"]);
+    let uri = source.uri();
+    let src = client(&rt, &uri);
+    rt.block_on(seed(&src));
+    let work = mongo_work(&uri, "");
+    work.ok(&["backup", "mongo"]);
+    // Archiving right after the backup works: the position is still in the oplog.
+    work.ok(&["oplog-archive", "mongo", "--once"]);
+    let coll = src.database("app").collection::<Document>("burst");
+    rt.block_on(async {
+        for chunk in 0..50 {
+            let docs: Vec<Document> = (0..100).map(|i| doc! { "n": chunk * 100 + i }).collect();
+            coll.insert_many(docs).await.unwrap();
+        }
+    });
+    work.run(&["oplog-archive", "mongo", "--once"])
+        .expect_code(1)
+        .expect_mentions(&["rolled past", "take a new full backup"]);
+    // A new full backup starts a position archiving can continue from.
+    work.ok(&["backup", "mongo"]);
+    work.ok(&["oplog-archive", "mongo", "--once"]);
+}
+
 /// The databases of `client` a drill made (their names start with its scratch prefix).
 async fn drill_databases(client: &Client) -> Vec<String> {
     client

@@ -171,6 +171,8 @@ pub fn skip_mongo_tests() -> bool {
 /// test what survives a server restart.
 pub struct SecantusDb {
     server: Option<Server>,
+    /// Extra command-line options, kept for restarts.
+    args: Vec<String>,
     port: u16,
     storage: PathBuf,
     dir: Option<TempDir>,
@@ -179,6 +181,12 @@ pub struct SecantusDb {
 impl SecantusDb {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> SecantusDb {
+        SecantusDb::start_with_args(&[])
+    }
+
+    /// Like [`SecantusDb::start`], with these `secantusd-py` options too (e.g.
+    /// `--oplog-max-entries N`, a small oplog that rolls over soon).
+    pub fn start_with_args(args: &[&str]) -> SecantusDb {
         let dir = tempfile::Builder::new()
             .prefix("backupd-secantusdb-")
             .tempdir()
@@ -188,6 +196,7 @@ impl SecantusDb {
         let port = free_ports(1)[0];
         let mut db = SecantusDb {
             server: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
             port,
             storage,
             dir: Some(dir),
@@ -213,6 +222,7 @@ impl SecantusDb {
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--storage-path")
             .arg(&self.storage)
+            .args(&self.args)
             .current_dir(run_dir.path());
         let server = Server::spawn("SecantusDB", command, run_dir);
         server.wait_for_port(self.port);

@@ -1,13 +1,15 @@
 //! Continuous oplog archiving: `backupctl oplog-archive SOURCE` (and backupd) follows
-//! `local.oplog.rs` (bounded range reads every 200 ms) and writes what it read as sealed slices (`oplog/<source>/<after>-<last>.bkpd`,
-//! each the entries after `after` up to `last`) every `oplog-interval`.
+//! `local.oplog.rs` (range reads from the position on, every 200 ms or, when a read takes
+//! longer, as long again) and writes what it read as sealed slices
+//! (`oplog/<source>/<after>-<last>.bkpd`, each the entries after `after` up to `last`)
+//! every `oplog-interval`.
 //!
 //! The position is the catalog itself: archiving resumes after the newest recorded slice
 //! (or, for a source with none yet, at the end of its newest backup), so a restart or a
 //! network drop re-reads from there and never skips an entry; a slice is recorded only once
-//! stored and its checksum matched. Before each slice the oplog's oldest entry is checked:
-//! when the oplog has rolled past the position, the entries in between are lost and
-//! archiving stops with an error asking for a new full backup.
+//! stored and its checksum matched. Every read starts at the position's own entry: when the
+//! oplog no longer holds it, it has rolled past the position, the entries in between are
+//! lost, and archiving stops with an error asking for a new full backup.
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,22 @@ pub async fn resume_position(engine: &Engine, source: &SourceConfig) -> Result<O
     }
 }
 
+/// The end of the newest complete backup of `source` that ended after `position`.
+async fn newer_backup_end(
+    engine: &Engine,
+    source: &SourceConfig,
+    position: OpTime,
+) -> Result<Option<OpTime>> {
+    Ok(engine
+        .catalog
+        .mongo_backups(&source.name)
+        .await?
+        .into_iter()
+        .map(|b| from_ts(b.end))
+        .filter(|end| *end > position)
+        .max())
+}
+
 /// Archives `source_name`'s oplog: with `once`, everything up to the newest entry now, as
 /// one slice; otherwise a slice every `oplog-interval` until `cancel`.
 pub async fn run_oplog_archive(
@@ -135,13 +153,6 @@ pub async fn run_oplog_archive(
                 );
             }
             let c = client.as_ref().expect("connected above");
-            let oldest = mongo::oplog_first(c).await.map_err(Step::Mongo)?;
-            if oldest > after {
-                return Err(Step::Mongo(MongoError::OplogRolledOver {
-                    position: after,
-                    oldest,
-                }));
-            }
             let upto = if once {
                 Some(mongo::oplog_last(c).await.map_err(Step::Mongo)?)
             } else {
@@ -183,6 +194,29 @@ pub async fn run_oplog_archive(
                 }
                 retry = (retry * 2).min(RETRY_MAX);
             }
+            Err(Step::Mongo(MongoError::OplogRolledOver { position, oldest })) => {
+                // A full backup taken since (as the error asks) is a position to go on from;
+                // the time between the two stays without point-in-time cover.
+                match newer_backup_end(engine, source, position).await? {
+                    Some(end) => {
+                        tracing::warn!(source = %source.name, %position, %oldest, continue_at = %end, "the oplog rolled past the archived position; archiving continues at the end of a newer backup");
+                        eprintln!(
+                            "the oplog of {} rolled past {position} (oldest entry now {oldest}); \
+                             archiving continues at {end}, the end of a newer backup: there is \
+                             no point-in-time restore between the two",
+                            source.name
+                        );
+                        after = end;
+                        report.position = Some(after.to_string());
+                    }
+                    None => {
+                        return Err(mongo_error(MongoError::OplogRolledOver {
+                            position,
+                            oldest,
+                        }))
+                    }
+                }
+            }
             Err(Step::Mongo(e)) => return Err(mongo_error(e)),
             Err(Step::Engine(e)) => return Err(e),
         }
@@ -207,10 +241,12 @@ struct Slice {
 /// Reads the entries after `after`: up to `upto` when given (then returns), else every
 /// entry that appears until `deadline` or `MAX_SLICE_BYTES`.
 ///
-/// Each read is a bounded range `(position, newest]` where `newest` was the oplog's newest
-/// entry just before, not a tailable cursor: a tailing cursor that resumes after a getMore
-/// can miss entries a server makes visible out of order (seen on SecantusDB under a steady
-/// write load), while a range read either sees an entry or leaves the position before it.
+/// Each read is a plain range read from the position on, not a tailable cursor: a tailing
+/// cursor that resumes after a getMore can miss entries a server makes visible out of order
+/// (seen on SecantusDB under a steady write load), while a range read either sees an entry
+/// or leaves the position before it. A server that answers a range read by scanning its
+/// whole oplog (SecantusDB) is not asked again at once: the pause after a read is at least
+/// as long as the read, so its writers keep half of its time.
 async fn read_slice(
     client: &mongo::mongodb::Client,
     after: OpTime,
@@ -225,17 +261,8 @@ async fn read_slice(
         last: after,
     };
     loop {
-        let newest = match upto {
-            Some(upto) => upto,
-            None => mongo::oplog_last(client).await.map_err(Step::Mongo)?,
-        };
-        if newest > slice.last {
-            read_range(client, slice.last, newest, filter, &mut slice, cancel).await?;
-            // Entries the filter left out still moved the position.
-            if slice.bytes.len() < MAX_SLICE_BYTES {
-                slice.last = slice.last.max(newest);
-            }
-        }
+        let began = Instant::now();
+        read_range(client, slice.last, upto, filter, &mut slice, cancel).await?;
         if upto.is_some() || slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
             return Ok(slice);
         }
@@ -243,22 +270,28 @@ async fn read_slice(
         if now >= deadline {
             return Ok(slice);
         }
+        let pause = POLL.max(now - began).min(deadline - now);
         tokio::select! {
-            _ = tokio::time::sleep(POLL.min(deadline - now)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = cancel.cancelled() => return Ok(slice),
         }
     }
 }
 
-/// How often a slice being filled asks for new entries.
+/// How often a slice being filled asks for new entries (at most).
 const POLL: Duration = Duration::from_millis(200);
 
-/// Appends the covered entries in `(after, upto]` to `slice` (stopping early at
-/// `MAX_SLICE_BYTES`), moving `slice.last` to each entry read.
+/// Appends the covered entries after `after` (up to `upto` when given) to `slice`,
+/// stopping early at `MAX_SLICE_BYTES`, and moves `slice.last` to each entry read (entries
+/// the filter leaves out move it too).
+///
+/// The read starts at `after`'s own entry, which must still be there: that it is proves
+/// the oplog has not rolled past the position, without a read of the oplog's oldest entry
+/// (which costs a scan of the whole oplog on some servers).
 async fn read_range(
     client: &mongo::mongodb::Client,
     after: OpTime,
-    upto: OpTime,
+    upto: Option<OpTime>,
     filter: &NamespaceFilter,
     slice: &mut Slice,
     cancel: &CancellationToken,
@@ -267,13 +300,18 @@ async fn read_range(
         .database("local")
         .collection::<RawDocumentBuf>("oplog.rs");
     let what = format!("reading the oplog after {after}");
+    let mut range = doc! { "$gte": after.0 };
+    if let Some(upto) = upto {
+        range.insert("$lte", upto.0);
+    }
     let mut cursor = oplog
-        .find(doc! { "ts": { "$gt": after.0, "$lte": upto.0 } })
+        .find(doc! { "ts": range })
         .sort(doc! { "$natural": 1 })
         .batch_size(1000)
         .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
         .await
         .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?;
+    let mut position_seen = false;
     while cursor
         .advance()
         .await
@@ -286,6 +324,13 @@ async fn read_range(
             )))
         })?;
         let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+        if !position_seen {
+            if ts != after {
+                return Err(position_lost(client, after).await);
+            }
+            position_seen = true;
+            continue;
+        }
         if ts <= slice.last {
             return Err(Step::Engine(EngineError::Failed(format!(
                 "{what}: the server returned entry {ts} after {}, out of order; archiving \
@@ -302,7 +347,27 @@ async fn read_range(
             break;
         }
     }
+    if !position_seen {
+        return Err(position_lost(client, after).await);
+    }
     Ok(())
+}
+
+/// Why the oplog no longer holds the entry at `position`: it rolled past it (the usual
+/// case, with the oldest entry named), or it lost entries at its end (a rollback).
+async fn position_lost(client: &mongo::mongodb::Client, position: OpTime) -> Step {
+    match mongo::oplog_first(client).await {
+        Ok(oldest) if oldest > position => {
+            Step::Mongo(MongoError::OplogRolledOver { position, oldest })
+        }
+        Ok(oldest) => Step::Mongo(MongoError::Invalid(format!(
+            "the oplog no longer holds the entry at {position} although its oldest entry \
+             ({oldest}) is older: the server rolled back or lost writes, so what was archived \
+             after {position} may not match it; take a new full backup (`backupctl backup \
+             SOURCE`) and archiving continues from it"
+        ))),
+        Err(e) => Step::Mongo(e),
+    }
 }
 
 /// Seals and stores one slice, checks the stored checksum, then records it.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Utc};
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use backup_catalog::{MongoBackupRecord, OplogSliceRecord};
@@ -44,6 +45,8 @@ use crate::{Engine, Progress};
 pub const MONGODB_LABEL: &str = "mongodb";
 const POSITION_FILE: &str = "mongodb/position.json";
 const OPLOG_FILE: &str = "mongodb/oplog.bson";
+/// Collections a restore loads at once (mongorestore's default `--numParallelCollections`).
+const PARALLEL_COLLECTIONS: usize = 4;
 
 pub(crate) fn mongo_error(e: MongoError) -> EngineError {
     match e {
@@ -159,26 +162,35 @@ impl MongoSnapshot {
             .handle
             .block_on(mongo::oplog_last(&self.client))
             .map_err(mongo_error)?;
-        let mut oplog = DocumentStream::oplog(
-            self.handle.clone(),
-            &self.client,
-            self.start,
-            end,
-            self.filter.clone(),
-        )
-        .map_err(mongo_error)?;
-        tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
-        // Checked after reading: entries lost to a rollover during the copy would make the
-        // backup inconsistent.
-        let oldest = self
-            .handle
-            .block_on(mongo::oplog_first(&self.client))
+        // No write during the copy: the copy is consistent at `start` by itself, and the
+        // range read (a scan of the whole oplog on some servers) and the rollover check
+        // have nothing to cover.
+        let mut oplog_entries = 0;
+        if end > self.start {
+            let mut oplog = DocumentStream::oplog(
+                self.handle.clone(),
+                &self.client,
+                self.start,
+                end,
+                self.filter.clone(),
+            )
             .map_err(mongo_error)?;
-        if oldest > self.start {
-            return Err(mongo_error(MongoError::OplogRolledOver {
-                position: self.start,
-                oldest,
-            }));
+            tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
+            oplog_entries = oplog.documents();
+            // Checked after reading: entries lost to a rollover during the copy would make
+            // the backup inconsistent.
+            let oldest = self
+                .handle
+                .block_on(mongo::oplog_first(&self.client))
+                .map_err(mongo_error)?;
+            if oldest > self.start {
+                return Err(mongo_error(MongoError::OplogRolledOver {
+                    position: self.start,
+                    oldest,
+                }));
+            }
+        } else {
+            tree.add_file(OPLOG_FILE, &[], 0o600)?;
         }
         // Right after the end position, so the counts match the backup's end as closely as
         // a live server allows (a drill restores to exactly that end).
@@ -204,7 +216,7 @@ impl MongoSnapshot {
             end_time: Utc::now(),
             collections: self.collections.len() as u64,
             documents,
-            oplog_entries: oplog.documents(),
+            oplog_entries,
         };
         let mut json = serde_json::to_vec_pretty(&position).expect("positions serialise");
         json.push(b'\n');
@@ -468,27 +480,49 @@ async fn restore_inner(
             other => mongo_error(other),
         })?;
 
-    let mut documents = 0;
-    let mut indexes = 0;
-    for (spec, (db, coll)) in specs.iter().zip(&mapped) {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Failed("restore cancelled".into()));
-        }
+    // Collections are created first and views last (they may be on them); the documents
+    // and indexes of up to PARALLEL_COLLECTIONS collections go in at once, as mongorestore's
+    // --numParallelCollections does, so one collection's index build or a slow batch does
+    // not leave the server idle.
+    let targets: Vec<_> = specs.iter().zip(&mapped).collect();
+    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind != "view") {
         mongo::restore::create_collection(&client, spec, db, coll)
             .await
             .map_err(mongo_error)?;
-        if spec.kind != "view" {
-            let file = root
-                .join(&spec.db)
-                .join(format!("{}.bson", file_stem(&spec.name)));
-            documents += mongo::restore::insert_file(&client, file, db, coll)
-                .await
-                .map_err(mongo_error)?;
-            mongo::restore::create_indexes(&client, spec, db, coll)
-                .await
-                .map_err(mongo_error)?;
-            indexes += spec.indexes.len() as u64;
+    }
+    // Collected first: a lazy iterator of closures inside the stream would make this
+    // future not `Send` for every lifetime (rust-lang/rust#102211).
+    let mut loads = Vec::new();
+    for &(spec, (db, coll)) in &targets {
+        if spec.kind == "view" {
+            continue;
         }
+        let client = &client;
+        let file = root
+            .join(&spec.db)
+            .join(format!("{}.bson", file_stem(&spec.name)));
+        loads.push(async move {
+            let documents = mongo::restore::insert_file(client, file, db, coll).await?;
+            mongo::restore::create_indexes(client, spec, db, coll).await?;
+            Ok::<_, MongoError>((documents, spec.indexes.len() as u64))
+        });
+    }
+    let mut loads = futures_util::stream::iter(loads).buffer_unordered(PARALLEL_COLLECTIONS);
+    let mut documents = 0;
+    let mut indexes = 0;
+    while let Some(loaded) = loads.next().await {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Failed("restore cancelled".into()));
+        }
+        let (collection_documents, collection_indexes) = loaded.map_err(mongo_error)?;
+        documents += collection_documents;
+        indexes += collection_indexes;
+    }
+    drop(loads);
+    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind == "view") {
+        mongo::restore::create_collection(&client, spec, db, coll)
+            .await
+            .map_err(mongo_error)?;
     }
     let mut applied =
         replay_file(&client, &staging.join(OPLOG_FILE), upto, &target, cancel).await?;

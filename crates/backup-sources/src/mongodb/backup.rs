@@ -1,7 +1,9 @@
 //! Reading a collection's documents or a range of the oplog as one byte stream of
 //! concatenated BSON documents (the layout of mongodump's `.bson` files), for the blocking
 //! backup pipeline: [`DocumentStream`] implements [`std::io::Read`] over the driver's
-//! async cursor, holding one batch of documents at a time.
+//! async cursor. A task drains the cursor ahead of the reader into a few batches of about
+//! a MiB, so the server answers the next `getMore` while the pipeline compresses and seals
+//! the last one; memory stays bounded by the channel.
 
 use std::future::IntoFuture;
 use std::io::{self, Read};
@@ -10,21 +12,30 @@ use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::options::{ReadPreference, SelectionCriteria};
 use mongodb::{Client, Cursor};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 use super::{MongoError, NamespaceFilter, OpTime, Result};
 
+/// A prefetched batch is handed over once it holds this many bytes.
+const PREFETCH_BATCH_BYTES: usize = 1 << 20;
+/// Batches read ahead of the reader (about this many MiB in memory per stream).
+const PREFETCH_BATCHES: usize = 4;
+
+/// Concatenated documents read ahead, and how many.
+struct Batch {
+    bytes: Vec<u8>,
+    documents: u64,
+}
+
 /// Documents of a cursor as concatenated BSON, pulled as the reader asks for bytes.
 pub struct DocumentStream {
-    handle: Handle,
-    cursor: Cursor<RawDocumentBuf>,
-    /// The current document and how much of it has been read.
+    batches: mpsc::Receiver<Result<Batch>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// The current batch and how much of it has been read.
     current: Vec<u8>,
     pos: usize,
     done: bool,
     documents: u64,
-    what: String,
-    /// Oplog streams: only entries this filter covers.
-    oplog_filter: Option<NamespaceFilter>,
 }
 
 impl DocumentStream {
@@ -36,7 +47,7 @@ impl DocumentStream {
         let cursor = handle
             .block_on(collection.find(doc! {}).batch_size(1000).into_future())
             .map_err(MongoError::driver(what.clone()))?;
-        Ok(Self::new(handle, cursor, what, None))
+        Ok(Self::new(&handle, cursor, what, None))
     }
 
     /// The oplog entries after `after` up to and including `upto` that `filter` covers
@@ -61,24 +72,24 @@ impl DocumentStream {
                     .into_future(),
             )
             .map_err(MongoError::driver(what.clone()))?;
-        Ok(Self::new(handle, cursor, what, Some(filter)))
+        Ok(Self::new(&handle, cursor, what, Some(filter)))
     }
 
     fn new(
-        handle: Handle,
+        handle: &Handle,
         cursor: Cursor<RawDocumentBuf>,
         what: String,
         oplog_filter: Option<NamespaceFilter>,
     ) -> Self {
+        let (tx, batches) = mpsc::channel(PREFETCH_BATCHES);
+        let reader = handle.spawn(read_ahead(cursor, what, oplog_filter, tx));
         DocumentStream {
-            handle,
-            cursor,
+            batches,
+            reader,
             current: Vec::new(),
             pos: 0,
             done: false,
             documents: 0,
-            what,
-            oplog_filter,
         }
     }
 
@@ -87,29 +98,77 @@ impl DocumentStream {
         self.documents
     }
 
-    fn next_document(&mut self) -> Result<bool> {
-        loop {
-            let more = self
-                .handle
-                .block_on(self.cursor.advance())
-                .map_err(MongoError::driver(self.what.clone()))?;
-            if !more {
-                return Ok(false);
+    /// Moves to the next batch; false at the end of the cursor.
+    fn next_batch(&mut self) -> Result<bool> {
+        match self.batches.blocking_recv() {
+            Some(batch) => {
+                let batch = batch?;
+                self.documents += batch.documents;
+                self.current = batch.bytes;
+                self.pos = 0;
+                Ok(true)
             }
-            let raw = self.cursor.current();
-            if let Some(filter) = &self.oplog_filter {
-                let entry = Document::try_from(raw).map_err(|e| {
-                    MongoError::Invalid(format!("{}: an entry is not valid BSON: {e}", self.what))
-                })?;
+            None => Ok(false),
+        }
+    }
+}
+
+impl Drop for DocumentStream {
+    fn drop(&mut self) {
+        // A stream dropped early (an error downstream) stops reading; the cursor is
+        // killed when the task drops it.
+        self.reader.abort();
+    }
+}
+
+/// Drains `cursor` into `tx` in batches of about [`PREFETCH_BATCH_BYTES`], keeping only the
+/// oplog entries `oplog_filter` covers when given; a read error is sent as the last item.
+async fn read_ahead(
+    mut cursor: Cursor<RawDocumentBuf>,
+    what: String,
+    oplog_filter: Option<NamespaceFilter>,
+    tx: mpsc::Sender<Result<Batch>>,
+) {
+    loop {
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(PREFETCH_BATCH_BYTES + (64 << 10)),
+            documents: 0,
+        };
+        let mut finished = false;
+        while batch.bytes.len() < PREFETCH_BATCH_BYTES {
+            match cursor.advance().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    finished = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(MongoError::driver(what.clone())(e))).await;
+                    return;
+                }
+            }
+            let raw = cursor.current();
+            if let Some(filter) = &oplog_filter {
+                let entry = match Document::try_from(raw) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        let message = format!("{what}: an entry is not valid BSON: {e}");
+                        let _ = tx.send(Err(MongoError::Invalid(message))).await;
+                        return;
+                    }
+                };
                 if !oplog_entry_covered(&entry, filter) {
                     continue;
                 }
             }
-            self.current.clear();
-            self.current.extend_from_slice(raw.as_bytes());
-            self.pos = 0;
-            self.documents += 1;
-            return Ok(true);
+            batch.bytes.extend_from_slice(raw.as_bytes());
+            batch.documents += 1;
+        }
+        if batch.documents > 0 && tx.send(Ok(batch)).await.is_err() {
+            return;
+        }
+        if finished {
+            return;
         }
     }
 }
@@ -137,11 +196,11 @@ impl Read for DocumentStream {
         if out.is_empty() {
             return Ok(0);
         }
-        if self.pos == self.current.len() {
+        while self.pos == self.current.len() {
             if self.done {
                 return Ok(0);
             }
-            if !self.next_document().map_err(io::Error::other)? {
+            if !self.next_batch().map_err(io::Error::other)? {
                 self.done = true;
                 return Ok(0);
             }
