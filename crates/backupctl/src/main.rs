@@ -431,6 +431,9 @@ struct MongoRestoreArgs {
     /// MongoDB: stage the backup's files here (default: a temp dir, removed afterwards).
     #[arg(long, value_name = "DIR")]
     staging: Option<PathBuf>,
+    /// MongoDB: load this many collections at once (mongorestore loads 4; worth it on mongod).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel_collections: u16,
 }
 
 impl MongoRestoreArgs {
@@ -1013,6 +1016,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                     rename_to: mongo.rename_to.clone(),
                     database_prefix: None,
                     drop: mongo.drop,
+                    parallel_collections: usize::from(mongo.parallel_collections),
                     staging: mongo.staging.clone(),
                     restore: backup_engine::restore::RestoreOptions {
                         force: false,

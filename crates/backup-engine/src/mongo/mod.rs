@@ -45,8 +45,6 @@ use crate::{Engine, Progress};
 pub const MONGODB_LABEL: &str = "mongodb";
 const POSITION_FILE: &str = "mongodb/position.json";
 const OPLOG_FILE: &str = "mongodb/oplog.bson";
-/// Collections a restore loads at once (mongorestore's default `--numParallelCollections`).
-const PARALLEL_COLLECTIONS: usize = 4;
 
 pub(crate) fn mongo_error(e: MongoError) -> EngineError {
     match e {
@@ -249,6 +247,10 @@ pub struct MongoRestoreOptions {
     pub database_prefix: Option<String>,
     /// Drop target collections that exist instead of refusing.
     pub drop: bool,
+    /// Collections loaded at once (0 or 1: one after another). mongorestore loads 4, which
+    /// helps a server that inserts into several collections in parallel (mongod) and slows
+    /// one that does not (SecantusDB: a quarter of the speed in docs/benchmarks.md).
+    pub parallel_collections: usize,
     /// Where the backup's files are staged (default: a temp dir, removed afterwards).
     pub staging: Option<PathBuf>,
     pub restore: crate::restore::RestoreOptions,
@@ -481,9 +483,8 @@ async fn restore_inner(
         })?;
 
     // Collections are created first and views last (they may be on them); the documents
-    // and indexes of up to PARALLEL_COLLECTIONS collections go in at once, as mongorestore's
-    // --numParallelCollections does, so one collection's index build or a slow batch does
-    // not leave the server idle.
+    // and indexes of up to `parallel_collections` collections go in at once (mongorestore's
+    // --numParallelCollections).
     let targets: Vec<_> = specs.iter().zip(&mapped).collect();
     for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind != "view") {
         mongo::restore::create_collection(&client, spec, db, coll)
@@ -507,7 +508,8 @@ async fn restore_inner(
             Ok::<_, MongoError>((documents, spec.indexes.len() as u64))
         });
     }
-    let mut loads = futures_util::stream::iter(loads).buffer_unordered(PARALLEL_COLLECTIONS);
+    let mut loads =
+        futures_util::stream::iter(loads).buffer_unordered(options.parallel_collections.max(1));
     let mut documents = 0;
     let mut indexes = 0;
     while let Some(loaded) = loads.next().await {
