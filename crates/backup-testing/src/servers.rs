@@ -128,6 +128,12 @@ pub struct Moto {
 impl Moto {
     /// Starts a server and waits until it accepts connections (about a second).
     pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    /// Like [`Moto::start`], with these environment variables set for the server only, e.g.
+    /// moto's limits (`MOTO_RDS_SNAPSHOT_LIMIT`), which it reads from its environment.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
         let moto = find_binary("moto_server");
         let dir = tempfile::Builder::new()
             .prefix("backupd-moto-")
@@ -137,6 +143,7 @@ impl Moto {
         let mut command = Command::new(moto);
         command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .current_dir(dir.path());
         let server = Server::spawn("moto", command, dir);
         server.wait_for_port(port);
