@@ -256,6 +256,9 @@ mod tests {
         let debug = format!("{snapshots:?} {:?}", snapshots.in_region("us-east-1"));
         assert!(!debug.contains("AKIAEXAMPLEKEYID"), "{debug}");
         assert!(!debug.contains("very-secret"), "{debug}");
-        assert!(debug.contains("eu-west-1") && debug.contains("us-east-1"), "{debug}");
+        assert!(
+            debug.contains("eu-west-1") && debug.contains("us-east-1"),
+            "{debug}"
+        );
     }
 }

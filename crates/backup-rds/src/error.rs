@@ -149,8 +149,8 @@ pub enum RdsError {
     },
 
     #[error(
-        "snapshot {snapshot} in {region} still {status} after {waited}; it is left in place: \
-         wait longer (raise `snapshot-timeout`) or delete it",
+        "snapshot {snapshot} in {region} still {status} after {waited} (raise \
+         `snapshot-timeout` if RDS needs longer); the snapshot is not deleted here",
         waited = format_duration(*.waited)
     )]
     SnapshotTimedOut {
@@ -325,8 +325,23 @@ where
             }
         }
     }
-    let code = error.code().unwrap_or("unknown").to_owned();
-    let message = error.message().unwrap_or("no message").to_owned();
+    // Some RDS-compatible APIs (moto's signature checks) nest the error one level deeper
+    // (`<Errors><Error>`), which the SDK does not parse: read code and message from the body.
+    let body = error
+        .raw_response()
+        .and_then(|r| r.body().bytes())
+        .map(String::from_utf8_lossy);
+    let from_body = |tag: &str| body.as_deref().and_then(|b| xml_text(b, tag));
+    let code = error
+        .code()
+        .map(str::to_owned)
+        .or_else(|| from_body("Code"))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let message = error
+        .message()
+        .map(str::to_owned)
+        .or_else(|| from_body("Message"))
+        .unwrap_or_else(|| "no message".to_owned());
     let snapshot = subjects.iter().find_map(|s| match s {
         Subject::Snapshot(id) => Some(*id),
         _ => None,
@@ -438,6 +453,13 @@ where
     }
 }
 
+/// The text of the first `<tag>...</tag>` in `xml`.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + len].to_owned())
+}
+
 /// "error: cause: cause of the cause", without the SDK's debug dumps.
 fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
@@ -491,13 +513,25 @@ mod tests {
     #[test]
     fn codes_become_named_errors_with_advice() {
         let cases: &[(u16, &str, &str)] = &[
-            (404, "DBSnapshotNotFound", "snapshot snap-1 not found in eu-west-1"),
+            (
+                404,
+                "DBSnapshotNotFound",
+                "snapshot snap-1 not found in eu-west-1",
+            ),
             (404, "DBInstanceNotFound", "DB instance orders not found"),
             (400, "SnapshotQuotaExceeded", "delete old manual snapshots"),
-            (400, "InvalidDBInstanceState", "wait until it is `available`"),
+            (
+                400,
+                "InvalidDBInstanceState",
+                "wait until it is `available`",
+            ),
             (400, "KMSKeyNotAccessibleFault", "KMS key alias/backups"),
             (403, "AccessDenied", "allow rds:CreateDBSnapshot"),
-            (403, "InvalidClientTokenId", "check the source's access key id"),
+            (
+                403,
+                "InvalidClientTokenId",
+                "check the source's access key id",
+            ),
             (400, "DBSnapshotAlreadyExists", "pick another one"),
         ];
         for (status, code, advice) in cases {
@@ -512,15 +546,24 @@ mod tests {
             map(400, "SnapshotQuotaExceeded"),
             RdsError::QuotaExceeded { .. }
         ));
-        assert_eq!(map(400, "SnapshotQuotaExceeded").kind(), ErrorKind::Permanent);
-        assert_eq!(map(400, "InvalidDBInstanceState").kind(), ErrorKind::Temporary);
+        assert_eq!(
+            map(400, "SnapshotQuotaExceeded").kind(),
+            ErrorKind::Permanent
+        );
+        assert_eq!(
+            map(400, "InvalidDBInstanceState").kind(),
+            ErrorKind::Temporary
+        );
     }
 
     #[test]
     fn unknown_codes_keep_code_and_say_whether_to_retry() {
         let err = map(400, "SomethingNew");
         assert!(matches!(err, RdsError::Aws { .. }), "{err:?}");
-        assert!(err.to_string().contains("SomethingNew: AWS says no"), "{err}");
+        assert!(
+            err.to_string().contains("SomethingNew: AWS says no"),
+            "{err}"
+        );
         assert_eq!(err.kind(), ErrorKind::Permanent);
         assert_eq!(map(400, "Throttling").kind(), ErrorKind::Temporary);
         assert_eq!(map(503, "SomethingNew").kind(), ErrorKind::Temporary);
@@ -536,7 +579,7 @@ mod tests {
         };
         assert!(
             err.to_string()
-                .starts_with("snapshot snap-1 in eu-west-1 still creating after 30m; "),
+                .starts_with("snapshot snap-1 in eu-west-1 still creating after 30m (raise "),
             "{err}"
         );
     }

@@ -151,6 +151,69 @@ impl RdsSnapshots {
         }
     }
 
+    /// Deletes DB instance or DB cluster `resource` of this region without a final snapshot
+    /// (for the scratch databases of restore drills; a cluster's instances go first, as RDS
+    /// refuses to delete a cluster that has any). Idempotent: a missing database is no error.
+    #[tracing::instrument(skip_all, fields(region = %self.region, database = %resource))]
+    pub async fn delete_database(&self, resource: &RdsResource) -> Result<(), RdsError> {
+        let subjects = [Subject::Database(resource)];
+        let result = match resource {
+            RdsResource::Instance(id) => {
+                let operation = "DeleteDBInstance";
+                self.client
+                    .delete_db_instance()
+                    .db_instance_identifier(id)
+                    .skip_final_snapshot(true)
+                    .delete_automated_backups(true)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| rds_error(self.called(operation), &subjects, e))
+            }
+            RdsResource::Cluster(id) => {
+                let operation = "DescribeDBClusters";
+                let members: Vec<String> = match self
+                    .client
+                    .describe_db_clusters()
+                    .db_cluster_identifier(id)
+                    .send()
+                    .await
+                {
+                    Ok(out) => out
+                        .db_clusters()
+                        .iter()
+                        .flat_map(|c| c.db_cluster_members())
+                        .filter_map(|m| m.db_instance_identifier().map(str::to_owned))
+                        .collect(),
+                    Err(e) => match rds_error(self.called(operation), &subjects, e) {
+                        RdsError::ResourceNotFound { .. } => return Ok(()),
+                        e => return Err(e),
+                    },
+                };
+                for member in members {
+                    Box::pin(self.delete_database(&RdsResource::Instance(member))).await?;
+                }
+                let operation = "DeleteDBCluster";
+                self.client
+                    .delete_db_cluster()
+                    .db_cluster_identifier(id)
+                    .skip_final_snapshot(true)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| rds_error(self.called(operation), &subjects, e))
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!("RDS database deleted");
+                Ok(())
+            }
+            Err(RdsError::ResourceNotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until DB instance or DB cluster `resource` of this region is `available`.
     pub async fn wait_for_database(
         &self,

@@ -205,9 +205,8 @@ impl RdsSnapshots {
         policy.check()?;
         let tags = sdk_tags(&request.tags);
         let subjects = [Subject::Snapshot(id), Subject::Database(&self.resource)];
-        let left_behind = || {
-            format!("; snapshot {id} may have been requested already: delete it if it exists")
-        };
+        let left_behind =
+            || format!("; snapshot {id} may have been requested already: delete it if it exists");
         match &self.resource {
             RdsResource::Instance(instance) => {
                 let operation = "CreateDBSnapshot";
@@ -485,7 +484,9 @@ impl RdsSnapshots {
             }
         }
         tracing::info!(source_arn = %source.arn, "RDS snapshot copy requested");
-        let copy = destination.wait_for_snapshot(target, policy, cancel).await?;
+        let copy = destination
+            .wait_for_snapshot(target, policy, cancel)
+            .await?;
         tracing::info!(arn = %copy.arn, "RDS snapshot copy available");
         Ok(copy)
     }
@@ -499,7 +500,12 @@ pub(crate) fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
 
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
         .collect()
 }
 

@@ -62,7 +62,10 @@ pub(crate) enum Progress {
 /// What is waited for: says which statuses are final and names it in errors.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Awaited<'a> {
-    Snapshot { identifier: &'a str, region: &'a str },
+    Snapshot {
+        identifier: &'a str,
+        region: &'a str,
+    },
     Database {
         resource: &'a RdsResource,
         region: &'a str,
@@ -135,7 +138,11 @@ impl Awaited<'_> {
 fn snapshot_progress(status: &str) -> Progress {
     match status {
         "available" => Progress::Done,
-        "failed" | "error" | "deleted" | "deleting" | "incompatible-restore"
+        "failed"
+        | "error"
+        | "deleted"
+        | "deleting"
+        | "incompatible-restore"
         | "incompatible-parameters" => Progress::Failed,
         _ => Progress::Pending,
     }
@@ -269,8 +276,8 @@ mod tests {
         assert!(matches!(err, RdsError::SnapshotTimedOut { .. }), "{err:?}");
         assert!(
             err.to_string().starts_with(
-                "snapshot backupd-orders-1 in eu-west-1 still creating after 30m; it is left in \
-                 place"
+                "snapshot backupd-orders-1 in eu-west-1 still creating after 30m (raise \
+                 `snapshot-timeout` if RDS needs longer)"
             ),
             "{err}"
         );
@@ -302,7 +309,10 @@ mod tests {
             .await
             .unwrap_err();
             assert!(matches!(err, RdsError::SnapshotFailed { .. }), "{err:?}");
-            assert!(err.to_string().contains(&format!("went to `{status}`")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("went to `{status}`")),
+                "{err}"
+            );
             assert_eq!(fake.polls.get(), 2);
         }
     }
@@ -321,8 +331,9 @@ mod tests {
         .await
         .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("restored DB instance orders-restored in eu-west-1 still backing-up after 1m"),
+            err.to_string().starts_with(
+                "restored DB instance orders-restored in eu-west-1 still backing-up after 1m"
+            ),
             "{err}"
         );
         let fake = FakeStatuses::new(&["creating", "incompatible-network"]);
@@ -360,28 +371,35 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn errors_of_the_status_source_end_the_wait() {
         let polls = Cell::new(0);
-        let err = wait_until::<(), _, _>(SNAPSHOT, policy(1, 60), &CancellationToken::new(), || {
-            polls.set(polls.get() + 1);
-            async {
-                Err(RdsError::Config {
-                    problem: "boom".into(),
-                })
-            }
-        })
-        .await
-        .unwrap_err();
+        let err =
+            wait_until::<(), _, _>(SNAPSHOT, policy(1, 60), &CancellationToken::new(), || {
+                polls.set(polls.get() + 1);
+                async {
+                    Err(RdsError::Config {
+                        problem: "boom".into(),
+                    })
+                }
+            })
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         assert_eq!(polls.get(), 1);
     }
 
     #[tokio::test]
     async fn a_poll_interval_longer_than_the_timeout_is_refused() {
-        let err = wait_until(SNAPSHOT, policy(60, 30), &CancellationToken::new(), || async {
-            Ok(("available".to_owned(), ()))
-        })
+        let err = wait_until(
+            SNAPSHOT,
+            policy(60, 30),
+            &CancellationToken::new(),
+            || async { Ok(("available".to_owned(), ())) },
+        )
         .await
         .unwrap_err();
         assert!(matches!(err, RdsError::Config { .. }), "{err:?}");
-        assert!(err.to_string().contains("at most the timeout (30s)"), "{err}");
+        assert!(
+            err.to_string().contains("at most the timeout (30s)"),
+            "{err}"
+        );
     }
 }
