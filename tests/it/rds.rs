@@ -278,3 +278,60 @@ fn rds_config_mistakes_are_named_at_load() {
         .expect_code(EXIT_USAGE)
         .expect_mentions(&["unknown field"]);
 }
+
+#[test]
+fn rds_cluster_snapshots_restore_into_a_new_cluster_with_a_writer() {
+    let moto = Moto::start();
+    moto.create_db_cluster(SOURCE_REGION, "ledger");
+    let work = Work::new();
+    let config = rds_config(&work, &moto.endpoint(), "")
+        .replace("db-instance = \"orders\"", "db-cluster = \"ledger\"");
+    work.write_config(&config);
+    work.init();
+    let id = work.backup_of("orders");
+    let shown = work.ok(&["show", &id, "--json"]).json();
+    let snapshots = shown["rds_snapshots"].as_array().unwrap().clone();
+    assert_eq!(snapshots.len(), 1, "{shown:#}");
+    assert_eq!(snapshots[0]["resource_kind"], "cluster");
+    assert_eq!(snapshots[0]["resource"], "ledger");
+    assert!(
+        snapshots[0]["arn"]
+            .as_str()
+            .unwrap()
+            .contains(":cluster-snapshot:backupd-"),
+        "{shown:#}"
+    );
+    work.ok(&["verify", &id]).expect_mentions(&["available"]);
+
+    let restored = work
+        .ok(&[
+            "restore",
+            "orders",
+            "--latest",
+            "--target-instance",
+            "ledger-restored",
+            "--instance-class",
+            "db.r6g.large",
+            "--json",
+        ])
+        .json();
+    assert_eq!(restored["kind"], "cluster", "{restored:#}");
+    assert_eq!(restored["identifier"], "ledger-restored");
+    assert_eq!(restored["writer_instance"], "ledger-restored-1");
+    assert!(moto
+        .db_instance_ids(SOURCE_REGION)
+        .contains(&"ledger-restored-1".to_owned()));
+    // This source makes no copies: asking for one is named.
+    work.run(&[
+        "restore",
+        "orders",
+        "--backup",
+        &id,
+        "--target-instance",
+        "ledger-again",
+        "--from-region",
+        "copy",
+    ])
+    .expect_code(EXIT_USAGE)
+    .expect_mentions(&["has no copy in another region"]);
+}
