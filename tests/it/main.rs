@@ -17,6 +17,7 @@ mod mysql;
 mod postgres;
 mod postgres_async;
 mod privileged;
+mod rds;
 mod replication;
 mod retention;
 mod roundtrip;

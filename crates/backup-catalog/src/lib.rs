@@ -18,6 +18,7 @@ mod jobs;
 mod model;
 mod mongodb;
 mod postgres;
+mod rds;
 mod replication;
 mod retention;
 mod shreds;
@@ -35,6 +36,7 @@ pub use model::{
 };
 pub use mongodb::{MongoBackupRecord, OplogSliceRecord, OplogTs};
 pub use postgres::{PostgresBackupRecord, WalCopyLag, WalFileCopy, WalFileRecord, WalRecorded};
+pub use rds::{RdsSnapshotRecord, RDS_ROLE_COPY, RDS_ROLE_SOURCE};
 pub use replication::{CopyTarget, CopyTask, DestinationLag, ThawRequest};
 pub use retention::StoredCopy;
 pub use shreds::ShredRecord;

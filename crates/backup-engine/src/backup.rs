@@ -194,6 +194,12 @@ pub async fn run_backup_with_id(
             // A snapshot this backup made is not kept without it.
             let _ =
                 crate::elasticsearch::delete_backup_snapshot(engine, source_name, backup_id).await;
+            // RDS: nor are its snapshots (one still `creating` may refuse: it says so).
+            if let Err(e) =
+                crate::rds::delete_backup_snapshots(engine, source_name, backup_id).await
+            {
+                tracing::warn!(%backup_id, error = %e, "could not delete the failed backup's RDS snapshots; delete them by their backupd:backup-id tag");
+            }
             Err(err)
         }
     }
@@ -291,6 +297,16 @@ async fn write_and_record(
                 crate::elasticsearch::snapshot(&es, backup_id, count_documents, tx, &cancel)
                     .await
                     .map(Dumped::Elasticsearch)
+            });
+            (Some(task), Some(rx))
+        }
+        SourceKindConfig::Rds(rds) => {
+            let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
+            let (rds, cancel, source) = (rds.clone(), cancel.clone(), source_name.to_owned());
+            let task = tokio::spawn(async move {
+                crate::rds::snapshot(&rds, &source, backup_id, tx, &cancel)
+                    .await
+                    .map(Dumped::Rds)
             });
             (Some(task), Some(rx))
         }
@@ -488,6 +504,11 @@ async fn write_and_record(
                     .await?;
             }
         }
+        Some(Dumped::Rds(record)) => {
+            for row in record.catalog_records(backup_id) {
+                engine.catalog.record_rds_snapshot(&row).await?;
+            }
+        }
         Some(Dumped::Mysql(summary)) => tracing::info!(
             %backup_id,
             tables = summary.tables.len(),
@@ -600,6 +621,7 @@ struct ProduceJob {
 enum Dumped {
     Mysql(backup_sources::mysql::DumpSummary),
     Elasticsearch(crate::elasticsearch::SnapshotRecord),
+    Rds(crate::rds::SnapshotRecord),
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -795,10 +817,13 @@ impl ProduceJob {
                 postgres_position = Some(stop.position);
                 tree.finish()
             }
-            SourceKindConfig::Mysql(_) | SourceKindConfig::Elasticsearch(_) => {
+            SourceKindConfig::Mysql(_)
+            | SourceKindConfig::Elasticsearch(_)
+            | SourceKindConfig::Rds(_) => {
                 let rx = self.mysql.expect("dump sources come with their dump");
                 let last = match &self.source {
                     SourceKindConfig::Mysql(_) => backup_sources::mysql::SUMMARY_PATH,
+                    SourceKindConfig::Rds(_) => crate::rds::RECORD_PATH,
                     _ => crate::elasticsearch::RECORD_PATH,
                 };
                 crate::mysql::write_dump(rx, last, &mut data, &mut recorder, &mut on_bytes)?

@@ -346,6 +346,10 @@ pub enum SourceKindConfig {
     /// driven and recorded by backupd. See docs/sources/elasticsearch.md.
     #[serde(rename = "elasticsearch")]
     Elasticsearch(crate::elasticsearch::ElasticsearchSourceConfig),
+    /// An AWS RDS DB instance or Aurora cluster: RDS snapshots taken, copied to another
+    /// region, pruned and restored by backupd. See docs/sources/rds.md.
+    #[serde(rename = "rds")]
+    Rds(crate::rds::RdsSourceConfig),
 }
 
 /// A `kind = "atlas"` source.
@@ -540,6 +544,7 @@ impl SourceKindConfig {
             Self::Atlas(_) => "atlas",
             Self::Mysql(_) => "mysql",
             Self::Elasticsearch(_) => "elasticsearch",
+            Self::Rds(_) => "rds",
         }
     }
 }
@@ -818,6 +823,9 @@ impl Config {
                 SourceKindConfig::Elasticsearch(e) => e.validate().map_err(|(key, message)| {
                     self.invalid(format!("source[{i}].{key}"), message)
                 })?,
+                SourceKindConfig::Rds(r) => r.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
             }
         }
         Ok(())
@@ -994,7 +1002,8 @@ impl Config {
             SourceKindConfig::Mongodb(_)
             | SourceKindConfig::Atlas(_)
             | SourceKindConfig::Mysql(_)
-            | SourceKindConfig::Elasticsearch(_) => {}
+            | SourceKindConfig::Elasticsearch(_)
+            | SourceKindConfig::Rds(_) => {}
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod pgbackup;
 pub mod pitr;
 pub mod policy;
 pub mod prune;
+pub mod rds;
 pub mod rebuild;
 pub mod replicate;
 pub mod repo;

@@ -701,6 +701,17 @@ pub async fn finish_deletion(
                 ))
             })?;
     }
+    // RDS: both snapshots (the source region's and the copy) go first, as above.
+    if !engine.catalog.rds_snapshots(id).await?.is_empty() {
+        crate::rds::delete_backup_snapshots(engine, &record.source, id)
+            .await
+            .map_err(|e| {
+                EngineError::Failed(format!(
+                    "backup {id}: deleting its RDS snapshots failed ({e}); it stays \
+                     `deleting` until a prune or gc can reach RDS"
+                ))
+            })?;
+    }
     for repo in &repos {
         crate::keys::delete_envelopes(repo, id, cancel)
             .await

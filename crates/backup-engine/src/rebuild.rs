@@ -122,6 +122,15 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
                 ));
             }
         }
+        // RDS: likewise, the snapshots' record.
+        if imported.source_kind == "rds" {
+            if let Err(e) = crate::rds::reimport_record(engine, backup_id, cancel).await {
+                report.incomplete.push((
+                    backup_id.to_string(),
+                    format!("its RDS snapshot record could not be read: {e}"),
+                ));
+            }
+        }
         // Copies the config asks for and no repository holds yet are queued again.
         if let Ok((_, source)) = engine.config.source(&imported.backup.source) {
             let targets: Vec<_> =

@@ -144,6 +144,14 @@ pub async fn run_verify(
                 Err(e) => check.problems.push(problem(e)),
             }
         }
+        // RDS: the artifacts are the snapshots' record; the snapshots are in RDS.
+        let rds = engine.catalog.rds_snapshots(record.id).await?;
+        if !rds.is_empty() {
+            match crate::rds::check_snapshots(engine, &record.source, &rds).await {
+                Ok(note) => check.notes.push(note),
+                Err(e) => check.problems.push(problem(e)),
+            }
+        }
         check.ok = check.problems.is_empty();
         if !check.ok && matches!(scope, VerifyScope::All) {
             // A prune may have started deleting it while we read it: that is not damage.

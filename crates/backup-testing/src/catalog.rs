@@ -42,6 +42,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     drills::drills_conformance(catalog).await;
     mongodb::mongodb_conformance(catalog).await;
     elasticsearch::elasticsearch_conformance(catalog).await;
+    rds::rds_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ pub mod jobs;
 pub mod mongodb;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).
 pub mod postgres;
+pub mod rds;
 pub mod replication;
 pub mod retention;
 pub mod usage;

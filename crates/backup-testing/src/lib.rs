@@ -8,6 +8,7 @@ pub mod elasticsearch;
 pub mod mysql;
 pub mod postgres;
 pub mod proxy;
+pub mod rds;
 pub mod s3;
 pub mod servers;
 pub mod sink;

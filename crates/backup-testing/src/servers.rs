@@ -128,6 +128,12 @@ pub struct Moto {
 impl Moto {
     /// Starts a server and waits until it accepts connections (about a second).
     pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    /// Like [`Moto::start`], with these environment variables set for the server only, e.g.
+    /// moto's limits (`MOTO_RDS_SNAPSHOT_LIMIT`), which it reads from its environment.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
         let moto = find_binary("moto_server");
         let dir = tempfile::Builder::new()
             .prefix("backupd-moto-")
@@ -137,6 +143,7 @@ impl Moto {
         let mut command = Command::new(moto);
         command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .current_dir(dir.path());
         let server = Server::spawn("moto", command, dir);
         server.wait_for_port(port);
@@ -151,6 +158,148 @@ impl Moto {
     pub fn dir(&self) -> &Path {
         self.server.dir.path()
     }
+
+    /// Sends one request to moto and returns the status and body. moto takes the service and
+    /// region from the credential scope of the `Authorization` header, and checks no
+    /// signature (unless started with `INITIAL_NO_AUTH_ACTION_COUNT`).
+    fn request(
+        &self,
+        service: &str,
+        region: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        let mut head = format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/{region}/{service}/aws4_request, \
+             SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("read moto's answer");
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("an HTTP status line");
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        // Chunked answers are not expected from moto; the body is used as is.
+        (status, body.to_owned())
+    }
+
+    /// An RDS (query protocol) action in `region`, e.g. `("CreateDBInstance", [...])`;
+    /// panics unless moto answers 200. Returns the XML answer.
+    pub fn rds(&self, region: &str, action: &str, params: &[(&str, &str)]) -> String {
+        let mut body = format!("Action={action}&Version=2014-10-31");
+        for (name, value) in params {
+            body.push_str(&format!("&{}={}", form_escape(name), form_escape(value)));
+        }
+        let (status, answer) = self.request(
+            "rds",
+            region,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &body,
+        );
+        assert_eq!(status, 200, "moto {action}: {answer}");
+        answer
+    }
+
+    /// Creates a KMS key in `region` and returns its ARN.
+    pub fn create_kms_key(&self, region: &str) -> String {
+        let (status, answer) = self.request(
+            "kms",
+            region,
+            &[
+                ("Content-Type", "application/x-amz-json-1.1"),
+                ("X-Amz-Target", "TrentService.CreateKey"),
+            ],
+            "{}",
+        );
+        assert_eq!(status, 200, "moto CreateKey: {answer}");
+        let value: serde_json::Value = serde_json::from_str(&answer).expect("CreateKey JSON");
+        value["KeyMetadata"]["Arn"]
+            .as_str()
+            .expect("a key ARN")
+            .to_owned()
+    }
+
+    /// Creates a DB instance `id` (PostgreSQL, 20 GB, encrypted with `kms_key` if given).
+    pub fn create_db_instance(&self, region: &str, id: &str, kms_key: Option<&str>) {
+        let mut params = vec![
+            ("DBInstanceIdentifier", id),
+            ("DBInstanceClass", "db.t3.micro"),
+            ("Engine", "postgres"),
+            ("AllocatedStorage", "20"),
+            ("MasterUsername", "backupd"),
+            ("MasterUserPassword", "not-a-real-password"),
+        ];
+        if let Some(key) = kms_key {
+            params.extend([("StorageEncrypted", "true"), ("KmsKeyId", key)]);
+        }
+        self.rds(region, "CreateDBInstance", &params);
+    }
+
+    /// Creates an Aurora PostgreSQL DB cluster `id`.
+    pub fn create_db_cluster(&self, region: &str, id: &str) {
+        self.rds(
+            region,
+            "CreateDBCluster",
+            &[
+                ("DBClusterIdentifier", id),
+                ("Engine", "aurora-postgresql"),
+                ("MasterUsername", "backupd"),
+                ("MasterUserPassword", "not-a-real-password"),
+            ],
+        );
+    }
+
+    /// The identifiers of the manual DB snapshots in `region`.
+    pub fn db_snapshot_ids(&self, region: &str) -> Vec<String> {
+        xml_values(
+            &self.rds(region, "DescribeDBSnapshots", &[]),
+            "DBSnapshotIdentifier",
+        )
+    }
+
+    /// The identifiers of the DB instances in `region`.
+    pub fn db_instance_ids(&self, region: &str) -> Vec<String> {
+        xml_values(
+            &self.rds(region, "DescribeDBInstances", &[]),
+            "DBInstanceIdentifier",
+        )
+    }
+}
+
+/// `application/x-www-form-urlencoded` escaping.
+fn form_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text of every `<tag>...</tag>` in `xml`, in order.
+pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v.to_owned()))
+        .collect()
 }
 
 /// True, after saying so on stderr, when `BACKUPD_SKIP_MONGO_TESTS=1`: the calling test
@@ -351,7 +500,7 @@ impl Drop for Server {
 
 /// `count` distinct free loopback ports. All listeners stay open until every port is
 /// chosen, so they differ; another process may still take one before the server binds it.
-fn free_ports(count: usize) -> Vec<u16> {
+pub fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
         .collect();

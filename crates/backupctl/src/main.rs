@@ -188,13 +188,14 @@ enum Command {
     },
     /// Restore a backup into a directory (MongoDB and MySQL: into a server, `restore SOURCE
     /// --latest|--backup ID|--point-in-time TS --target-uri URI` or `--target-url URL`;
-    /// Elasticsearch: a snapshot in the cluster, `restore SOURCE --snapshot NAME`).
+    /// Elasticsearch: a snapshot in the cluster, `restore SOURCE --snapshot NAME`; RDS: a new
+    /// database, `restore SOURCE --backup ID|--latest --target-instance NAME`).
     Restore {
         /// Backup id (or unique prefix); omit with --source S --latest or --source S
         /// --point-in-time T. MongoDB, MySQL, Elasticsearch: the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot", "target_instance"])]
         target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
@@ -209,6 +210,8 @@ enum Command {
         mysql: MysqlRestoreArgs,
         #[command(flatten)]
         elasticsearch: EsRestoreArgs,
+        #[command(flatten)]
+        rds: RdsRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -500,6 +503,26 @@ struct EsRestoreArgs {
     /// ...to this replacement ($1 for the first group).
     #[arg(long, value_name = "REPLACEMENT", requires_all = ["snapshot", "rename_pattern"])]
     rename_replacement: Option<String>,
+}
+
+/// `restore` options of an rds source (`--backup` is shared with MongoDB and MySQL).
+#[derive(Args)]
+struct RdsRestoreArgs {
+    /// RDS: restore into a new DB instance (a new DB cluster for cluster sources) of this
+    /// identifier; RDS never restores over an existing database.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "target_url", "target_uri", "target_uri_file", "target_cluster", "snapshot"])]
+    target_instance: Option<String>,
+    /// RDS: DB instance class of the new instance (of a cluster's writer, which is only
+    /// created when given); default: the snapshot's.
+    #[arg(long, value_name = "CLASS", requires = "target_instance")]
+    instance_class: Option<String>,
+    /// RDS: DB subnet group (VPC) of the new database; default: the default VPC.
+    #[arg(long, value_name = "NAME", requires = "target_instance")]
+    subnet_group: Option<String>,
+    /// RDS: `source` restores the snapshot in the source's region, `copy` its copy in
+    /// `copy-region` (into that region).
+    #[arg(long, value_name = "source|copy", requires = "target_instance", value_parser = ["source", "copy"], default_value = "source")]
+    from_region: String,
 }
 
 /// How archived copies are restored.
@@ -880,7 +903,8 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             let record = engine.catalog.find_backup_by_prefix(&backup_id).await?;
             let artifacts = engine.catalog.backup_artifacts(record.id).await?;
             let snapshot = engine.catalog.elasticsearch_snapshot(record.id).await?;
-            output::show(&record, &artifacts, snapshot.as_ref(), json.json);
+            let rds = engine.catalog.rds_snapshots(record.id).await?;
+            output::show(&record, &artifacts, snapshot.as_ref(), &rds, json.json);
         }
         Command::Restore {
             backup_id,
@@ -891,6 +915,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             atlas,
             mysql,
             elasticsearch,
+            rds,
             force,
             from,
             thaw,
@@ -915,6 +940,30 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let outcome =
                     backup_engine::elasticsearch::run_es_restore(&engine, &options).await?;
                 output::es_restore(&outcome, json.json);
+                return Ok(exit::OK);
+            }
+            if let Some(target) = rds.target_instance {
+                let name = backup_id
+                    .or(source)
+                    .ok_or_else(|| EngineError::Usage("give the rds SOURCE to restore".into()))?;
+                let backup = match (&mongo.backup, latest) {
+                    (Some(id), _) => BackupSelector::Id(id.clone()),
+                    (None, true) => BackupSelector::Latest(name.clone()),
+                    (None, false) => {
+                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
+                    }
+                };
+                let options = backup_engine::rds::RdsRestoreOptions {
+                    source: name,
+                    backup,
+                    target,
+                    instance_class: rds.instance_class,
+                    subnet_group: rds.subnet_group,
+                    from_copy: rds.from_region == "copy",
+                };
+                let outcome =
+                    backup_engine::rds::run_rds_restore(&engine, &options, cancel).await?;
+                output::rds_restore(&outcome, json.json);
                 return Ok(exit::OK);
             }
             if let Some(target_url) = mysql.target_url {

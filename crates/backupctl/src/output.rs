@@ -303,6 +303,7 @@ pub fn show(
     b: &BackupRecord,
     artifacts: &[ArtifactWithCopies],
     snapshot: Option<&backup_catalog::ElasticsearchSnapshotRecord>,
+    rds: &[backup_catalog::RdsSnapshotRecord],
     as_json: bool,
 ) {
     if as_json {
@@ -312,12 +313,27 @@ pub fn show(
             artifacts: &'a [ArtifactWithCopies],
             #[serde(skip_serializing_if = "Option::is_none")]
             elasticsearch_snapshot: Option<&'a backup_catalog::ElasticsearchSnapshotRecord>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            rds_snapshots: &'a [backup_catalog::RdsSnapshotRecord],
         }
         return json(&Show {
             backup: b,
             artifacts,
             elasticsearch_snapshot: snapshot,
+            rds_snapshots: rds,
         });
+    }
+    for s in rds {
+        println!(
+            "snapshot    {} ({}, {} in {}{}) of DB {} {}; the artifacts below are its record",
+            s.arn,
+            s.role,
+            s.identifier,
+            s.region,
+            if s.encrypted { ", encrypted" } else { "" },
+            s.resource_kind,
+            s.resource
+        );
     }
     if let Some(s) = snapshot {
         println!(
@@ -441,6 +457,26 @@ pub fn es_restore(o: &backup_engine::elasticsearch::EsRestoreOutcome, as_json: b
         o.indices.join(", "),
         o.shards_total,
         o.seconds
+    );
+}
+
+pub fn rds_restore(o: &backup_engine::rds::RdsRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    let endpoint = match (&o.address, o.port) {
+        (Some(address), Some(port)) => format!(", endpoint {address}:{port}"),
+        (Some(address), None) => format!(", endpoint {address}"),
+        _ => String::new(),
+    };
+    let writer = o
+        .writer_instance
+        .as_ref()
+        .map(|w| format!(", writer instance {w}"))
+        .unwrap_or_default();
+    println!(
+        "restored backup {} of {} into DB {} {} in {} from {}{endpoint}{writer} in {:.1}s",
+        o.backup_id, o.source, o.kind, o.identifier, o.region, o.snapshot_arn, o.seconds
     );
 }
 

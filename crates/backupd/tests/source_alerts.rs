@@ -1,6 +1,6 @@
-//! Database sources that fail under backupd alert: a MySQL source whose server is unreachable
-//! and an Elasticsearch source whose snapshot ends PARTIAL each give a `job-failed` alert
-//! naming the cause, and leave no complete backup.
+//! Database sources that fail under backupd alert: a MySQL source whose server is unreachable,
+//! an Elasticsearch source whose snapshot ends PARTIAL and an RDS source whose endpoint is
+//! unreachable each give a `job-failed` alert naming the cause, and leave no complete backup.
 
 mod support;
 
@@ -47,7 +47,7 @@ fn webhook_receiver() -> (u16, Received) {
 }
 
 #[test]
-fn failing_mysql_and_elasticsearch_backups_alert_with_their_cause() {
+fn failing_mysql_elasticsearch_and_rds_backups_alert_with_their_cause() {
     let (hook, seen) = webhook_receiver();
     let es = EsDouble::start();
     es.add_index("logs-1", 2, 10);
@@ -61,6 +61,7 @@ fn failing_mysql_and_elasticsearch_backups_alert_with_their_cause() {
         "IndexShardSnapshotFailedException[disk full]".into(),
     );
     let dead_port = free_port();
+    let dead_rds = free_port();
     let sources = format!(
         r#"[[source]]
 name = "shop"
@@ -74,6 +75,16 @@ url = "{}"
 snapshot-repository = "nightly"
 poll-interval = "20ms"
 repository = "local"
+[[source]]
+name = "orders"
+kind = "rds"
+region = "eu-west-1"
+db-instance = "orders"
+endpoint = "http://127.0.0.1:{dead_rds}"
+access-key-id-file = "rds-key-id"
+secret-access-key-file = "rds-secret"
+max-attempts = 1
+repository = "local"
 "#,
         es.url()
     );
@@ -86,10 +97,13 @@ repository = "local"
         config("sqlite://var/catalog.db", "", &service)
     ));
     std::fs::write(work.path("data/a.txt"), b"a").unwrap();
+    // Static keys: the default AWS chain would look for an instance role off the machine.
+    std::fs::write(work.path("rds-key-id"), "AKIAIOSFODNN7EXAMPLE").unwrap();
+    std::fs::write(work.path("rds-secret"), "not-a-real-secret").unwrap();
     work.init();
     let mut d = work.start(free_port(), "alerts");
     d.wait_healthy();
-    for source in ["shop", "search"] {
+    for source in ["shop", "search", "orders"] {
         let (status, body) = json(
             "POST",
             &d.url(&format!("/api/v1/sources/{source}/backup")),
@@ -122,6 +136,13 @@ repository = "local"
         summary.contains("ended PARTIAL")
             && summary.contains("[logs-2][0]: IndexShardSnapshotFailedException[disk full]"),
         "{search:#}"
+    );
+    let orders = alert_of("orders");
+    let summary = orders["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("RDS source orders: cannot reach RDS at")
+            && summary.contains(&dead_rds.to_string()),
+        "{orders:#}"
     );
     let (status, backups) = json("GET", &d.url("/api/v1/backups"), Some(READ_TOKEN));
     assert_eq!(status, 200);

@@ -321,6 +321,20 @@ pub async fn run_drill(
         run.completion.error = Some(e.to_string());
     }
     if !options.keep {
+        if let Some(databases::ScratchDatabases::Rds {
+            source,
+            region,
+            kind,
+            identifier,
+        }) = &run.databases
+        {
+            if let Err(e) =
+                crate::rds::delete_restored(engine, source, region, kind, identifier).await
+            {
+                tracing::warn!(drill = %id, database = %identifier, %region, error = %e, "deleting the drill's scratch RDS database failed; delete it by hand");
+            }
+            run.databases = None;
+        }
         if let Some(scratch) = run.databases.take() {
             match scratch.drop_all().await {
                 Ok(dropped) => {
@@ -458,6 +472,7 @@ impl DrillRun<'_> {
             SourceKindConfig::Mongodb(_) => self.drill_mongo(&backup, restore, cancel).await?,
             SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
             SourceKindConfig::Elasticsearch(_) => self.drill_elasticsearch(&backup).await?,
+            SourceKindConfig::Rds(_) => self.drill_rds(&backup, cancel).await?,
             SourceKindConfig::Atlas(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
@@ -698,7 +713,8 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
         | SourceKindConfig::Postgres { .. }
         | SourceKindConfig::Mongodb(_)
         | SourceKindConfig::Mysql(_)
-        | SourceKindConfig::Elasticsearch(_) => None,
+        | SourceKindConfig::Elasticsearch(_)
+        | SourceKindConfig::Rds(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
