@@ -461,7 +461,14 @@ impl AtlasClient {
                 .lock()
                 .expect("challenge lock")
                 .as_mut()
-                .map(|c| c.authorize(method.as_str(), path, &self.public_key, self.private_key.expose()));
+                .map(|c| {
+                    c.authorize(
+                        method.as_str(),
+                        path,
+                        &self.public_key,
+                        self.private_key.expose(),
+                    )
+                });
             if let Some(value) = authorization {
                 let value = HeaderValue::from_str(&value).map_err(|_| AtlasError::Protocol {
                     what: "the API key".into(),

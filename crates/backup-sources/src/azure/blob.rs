@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use md5::{Digest as _, Md5};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -75,7 +75,9 @@ pub enum BlobError {
         code: String,
         message: String,
     },
-    #[error("the Blob service answered {operation} on {resource} with HTTP {status} {code}: {message}")]
+    #[error(
+        "the Blob service answered {operation} on {resource} with HTTP {status} {code}: {message}"
+    )]
     Api {
         operation: &'static str,
         resource: String,
@@ -89,7 +91,9 @@ pub enum BlobError {
         resource: String,
         reason: String,
     },
-    #[error("the download of {resource} was cut short after {received} of {expected} bytes: {reason}")]
+    #[error(
+        "the download of {resource} was cut short after {received} of {expected} bytes: {reason}"
+    )]
     Truncated {
         resource: String,
         received: u64,
@@ -545,6 +549,29 @@ impl BlobClient {
         }
     }
 
+    /// Deletes a container and every blob in it (Azure removes it in the background, and
+    /// refuses a new container of that name for about 30 s); `false` when there was none.
+    #[instrument(skip_all, fields(container = name))]
+    pub async fn delete_container(&self, name: &str) -> Result<bool, BlobError> {
+        let result = self
+            .send(Call {
+                operation: "Delete Container",
+                method: Method::DELETE,
+                path: format!("/{}", encode_path(name)),
+                query: vec![("restype", "container".into())],
+                headers: Vec::new(),
+                body: None,
+                resource: format!("container {name}"),
+                streaming: false,
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(BlobError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A container's properties and metadata (Get Container Properties).
     pub async fn container_properties(&self, name: &str) -> Result<ContainerInfo, BlobError> {
         let response = self
@@ -710,7 +737,10 @@ impl BlobClient {
             whole_sha256.update(&first);
             let md5 = BASE64.encode(Md5::digest(&first));
             let mut headers = property_headers;
-            headers.push((HeaderName::from_static("x-ms-blob-type"), "BlockBlob".into()));
+            headers.push((
+                HeaderName::from_static("x-ms-blob-type"),
+                "BlockBlob".into(),
+            ));
             headers.push((
                 HeaderName::from_static("x-ms-blob-content-type"),
                 content_type,
@@ -933,6 +963,15 @@ impl BlobClient {
             .map(|m| redact_sas(m.trim()))
             .unwrap_or_else(|| status.to_string());
         let status = status.as_u16();
+        // Azure says AuthenticationFailed for a bad signature; Azurite says
+        // AuthorizationFailure with the same "failed to authenticate" message.
+        let not_authenticated = code == "AuthenticationFailed"
+            || (code == "AuthorizationFailure" && message.contains("failed to authenticate"));
+        let code = if not_authenticated {
+            "AuthenticationFailed".to_owned()
+        } else {
+            code
+        };
         match (status, code.as_str()) {
             (403, "AuthenticationFailed") if matches!(self.auth, Auth::SharedKey(_)) => {
                 BlobError::AccountKeyRejected {
@@ -1078,7 +1117,10 @@ fn push_metadata(
                     .into(),
             });
         }
-        if !value.chars().all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic()) {
+        if !value
+            .chars()
+            .all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic())
+        {
             return Err(BlobError::InvalidMetadata {
                 name: name.clone(),
                 reason: "a metadata value is ASCII text (encode other characters first)".into(),
@@ -1330,13 +1372,7 @@ mod tests {
             ("comp", "list".to_owned()),
             ("include", "metadata".to_owned()),
         ];
-        let text = string_to_sign(
-            &Method::GET,
-            &headers,
-            "myaccount",
-            "/mycontainer",
-            &query,
-        );
+        let text = string_to_sign(&Method::GET, &headers, "myaccount", "/mycontainer", &query);
         assert_eq!(
             text,
             "GET\n\n\n\n\n\n\n\n\n\n\n\n\

@@ -83,6 +83,9 @@ mod tests {
             "url 'x?a=1&sig=REDACTED' and x?sig=REDACTED"
         );
         // Only a parameter named exactly `sig` is a signature.
-        assert_eq!(redact_sas("?xsig=keep&design=keep"), "?xsig=keep&design=keep");
+        assert_eq!(
+            redact_sas("?xsig=keep&design=keep"),
+            "?xsig=keep&design=keep"
+        );
     }
 }

@@ -44,7 +44,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15);
 pub enum SqlError {
     #[error("invalid Azure SQL settings: {reason}")]
     Config { reason: String },
-    #[error("cannot reach {service} at {url}: {reason}; check the endpoint settings and the network")]
+    #[error(
+        "cannot reach {service} at {url}: {reason}; check the endpoint settings and the network"
+    )]
     Unreachable {
         service: &'static str,
         url: String,
@@ -108,9 +110,7 @@ impl SqlError {
     /// The HTTP status of the answer, if there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            SqlError::TokenRejected { status, .. } | SqlError::Api { status, .. } => {
-                Some(*status)
-            }
+            SqlError::TokenRejected { status, .. } | SqlError::Api { status, .. } => Some(*status),
             SqlError::Unauthorized { .. } => Some(401),
             SqlError::Forbidden { .. } => Some(403),
             SqlError::NotFound { .. } => Some(404),
@@ -380,10 +380,7 @@ impl SqlClient {
     fn database_path(&self, database: &str) -> String {
         format!(
             "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Sql/servers/{}/databases/{}",
-            self.server.subscription_id,
-            self.server.resource_group,
-            self.server.server,
-            database
+            self.server.subscription_id, self.server.resource_group, self.server.server, database
         )
     }
 
@@ -415,7 +412,11 @@ impl SqlClient {
                     what: what.clone(),
                     reason: e.to_string(),
                 })?;
-            all.extend(list.value.into_iter().map(RestorePointJson::into_restore_point));
+            all.extend(
+                list.value
+                    .into_iter()
+                    .map(RestorePointJson::into_restore_point),
+            );
             // Resource Manager pages lists by `nextLink`, an absolute URL.
             match list.next_link {
                 Some(next) if !next.is_empty() => path = self.path_of(&next, &what)?,
@@ -598,9 +599,7 @@ impl SqlClient {
                             ),
                         });
                     }
-                    "Canceled" => {
-                        return Err(SqlError::OperationCanceled { what: what.clone() })
-                    }
+                    "Canceled" => return Err(SqlError::OperationCanceled { what: what.clone() }),
                     "" => {
                         return Err(SqlError::Protocol {
                             what: what.clone(),
@@ -798,7 +797,10 @@ impl SqlClient {
         let url = if path.contains("api-version=") {
             format!("{}{path}", self.management)
         } else {
-            format!("{}{path}{separator}api-version={API_VERSION}", self.management)
+            format!(
+                "{}{path}{separator}api-version={API_VERSION}",
+                self.management
+            )
         };
         let mut attempt = 0;
         let mut refreshed = false;
@@ -839,12 +841,10 @@ impl SqlClient {
                 let body = if text.trim().is_empty() {
                     None
                 } else {
-                    Some(
-                        serde_json::from_str(&text).map_err(|e| SqlError::Protocol {
-                            what: what.to_owned(),
-                            reason: format!("not JSON: {e}"),
-                        })?,
-                    )
+                    Some(serde_json::from_str(&text).map_err(|e| SqlError::Protocol {
+                        what: what.to_owned(),
+                        reason: format!("not JSON: {e}"),
+                    })?)
                 };
                 return Ok((status, headers, body));
             }
@@ -852,9 +852,9 @@ impl SqlClient {
                 .ok()
                 .and_then(|b| b.error)
                 .unwrap_or_default();
-            let code = error.code.unwrap_or_else(|| {
-                status.canonical_reason().unwrap_or("").replace(' ', "")
-            });
+            let code = error
+                .code
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("").replace(' ', ""));
             let message = redact_sas(&error.message.unwrap_or_else(|| status.to_string()));
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 // Revoked or expired early: one fresh token, then believe the answer.
@@ -863,8 +863,7 @@ impl SqlClient {
                 continue;
             }
             if (status.as_u16() == 429 || status.is_server_error()) && attempt <= RETRIES {
-                tokio::time::sleep(retry_after(&headers).unwrap_or_else(|| backoff(attempt)))
-                    .await;
+                tokio::time::sleep(retry_after(&headers).unwrap_or_else(|| backoff(attempt))).await;
                 continue;
             }
             return Err(match status.as_u16() {
@@ -1099,6 +1098,9 @@ mod tests {
             administrator_login_password: Secret::new("PASSWORD"),
         };
         let text = format!("{request:?}");
-        assert!(!text.contains("STORAGE-KEY") && !text.contains("PASSWORD"), "{text}");
+        assert!(
+            !text.contains("STORAGE-KEY") && !text.contains("PASSWORD"),
+            "{text}"
+        );
     }
 }
