@@ -346,6 +346,10 @@ pub enum SourceKindConfig {
     /// driven and recorded by backupd. See docs/sources/elasticsearch.md.
     #[serde(rename = "elasticsearch")]
     Elasticsearch(crate::elasticsearch::ElasticsearchSourceConfig),
+    /// Azure Blob Storage containers: blobs (names, metadata, content) copied into our
+    /// repositories. See docs/sources/azure-blob.md.
+    #[serde(rename = "azure-blob")]
+    AzureBlob(crate::azure_blob::AzureBlobSourceConfig),
 }
 
 /// A `kind = "atlas"` source.
@@ -540,6 +544,7 @@ impl SourceKindConfig {
             Self::Atlas(_) => "atlas",
             Self::Mysql(_) => "mysql",
             Self::Elasticsearch(_) => "elasticsearch",
+            Self::AzureBlob(_) => "azure-blob",
         }
     }
 }
@@ -818,6 +823,9 @@ impl Config {
                 SourceKindConfig::Elasticsearch(e) => e.validate().map_err(|(key, message)| {
                     self.invalid(format!("source[{i}].{key}"), message)
                 })?,
+                SourceKindConfig::AzureBlob(b) => b.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
             }
         }
         Ok(())
@@ -994,7 +1002,8 @@ impl Config {
             SourceKindConfig::Mongodb(_)
             | SourceKindConfig::Atlas(_)
             | SourceKindConfig::Mysql(_)
-            | SourceKindConfig::Elasticsearch(_) => {}
+            | SourceKindConfig::Elasticsearch(_)
+            | SourceKindConfig::AzureBlob(_) => {}
         }
         Ok(())
     }

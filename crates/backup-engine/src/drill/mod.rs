@@ -458,6 +458,9 @@ impl DrillRun<'_> {
             SourceKindConfig::Mongodb(_) => self.drill_mongo(&backup, restore, cancel).await?,
             SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
             SourceKindConfig::Elasticsearch(_) => self.drill_elasticsearch(&backup).await?,
+            SourceKindConfig::AzureBlob(_) => {
+                self.drill_azure_blob(&backup, restore, cancel).await?
+            }
             SourceKindConfig::Atlas(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
@@ -698,7 +701,8 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
         | SourceKindConfig::Postgres { .. }
         | SourceKindConfig::Mongodb(_)
         | SourceKindConfig::Mysql(_)
-        | SourceKindConfig::Elasticsearch(_) => None,
+        | SourceKindConfig::Elasticsearch(_)
+        | SourceKindConfig::AzureBlob(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
