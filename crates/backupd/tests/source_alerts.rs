@@ -1,6 +1,6 @@
-//! Database sources that fail under backupd alert: a MySQL source whose server is unreachable
-//! and an Elasticsearch source whose snapshot ends PARTIAL each give a `job-failed` alert
-//! naming the cause, and leave no complete backup.
+//! Database sources that fail under backupd alert: a MySQL source whose server is unreachable,
+//! an Elasticsearch source whose snapshot ends PARTIAL and an Azure Blob source whose endpoint
+//! is unreachable each give a `job-failed` alert naming the cause, and leave no complete backup.
 
 mod support;
 
@@ -47,7 +47,7 @@ fn webhook_receiver() -> (u16, Received) {
 }
 
 #[test]
-fn failing_mysql_and_elasticsearch_backups_alert_with_their_cause() {
+fn failing_mysql_elasticsearch_and_azure_blob_backups_alert_with_their_cause() {
     let (hook, seen) = webhook_receiver();
     let es = EsDouble::start();
     es.add_index("logs-1", 2, 10);
@@ -61,6 +61,10 @@ fn failing_mysql_and_elasticsearch_backups_alert_with_their_cause() {
         "IndexShardSnapshotFailedException[disk full]".into(),
     );
     let dead_port = free_port();
+    let dead_blob_port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let blob_key = keys.path().join("azure.key");
+    std::fs::write(&blob_key, "ZmFrZS1rZXk=").unwrap();
     let sources = format!(
         r#"[[source]]
 name = "shop"
@@ -74,8 +78,16 @@ url = "{}"
 snapshot-repository = "nightly"
 poll-interval = "20ms"
 repository = "local"
+[[source]]
+name = "blobs"
+kind = "azure-blob"
+account = "devstoreaccount1"
+endpoint = "http://127.0.0.1:{dead_blob_port}/devstoreaccount1"
+account-key-file = "{}"
+repository = "local"
 "#,
-        es.url()
+        es.url(),
+        blob_key.display()
     );
     let service = format!(
         "max-attempts = 1\n[alerts]\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/json\"\n{}",
@@ -89,7 +101,7 @@ repository = "local"
     work.init();
     let mut d = work.start(free_port(), "alerts");
     d.wait_healthy();
-    for source in ["shop", "search"] {
+    for source in ["shop", "search", "blobs"] {
         let (status, body) = json(
             "POST",
             &d.url(&format!("/api/v1/sources/{source}/backup")),
@@ -122,6 +134,13 @@ repository = "local"
         summary.contains("ended PARTIAL")
             && summary.contains("[logs-2][0]: IndexShardSnapshotFailedException[disk full]"),
         "{search:#}"
+    );
+    let blobs = alert_of("blobs");
+    let summary = blobs["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("cannot reach the Blob service")
+            && summary.contains(&dead_blob_port.to_string()),
+        "{blobs:#}"
     );
     let (status, backups) = json("GET", &d.url("/api/v1/backups"), Some(READ_TOKEN));
     assert_eq!(status, 200);
