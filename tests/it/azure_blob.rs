@@ -247,12 +247,50 @@ fn azure_blob_containers_are_backed_up_verified_and_restored() {
     .expect_code(EXIT_OK);
     assert_eq!(read(&c, "restored", ""), invoices);
 
+    // From the repository alone: the rebuilt catalog has the backup, and it restores.
+    for e in std::fs::read_dir(work.path("var")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("catalog.db") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    work.ok(&["catalog", "rebuild"]);
+    assert_eq!(work.status_of(&id), "complete");
+    run_with_key(
+        &work,
+        AZURITE_KEY,
+        &[
+            "restore",
+            "blobs",
+            "--backup",
+            &id,
+            "--target-container",
+            "rebuilt",
+            "--container",
+            "images",
+        ],
+    )
+    .expect_code(EXIT_OK);
+    assert_eq!(read(&c, "rebuilt", ""), images);
+
     // A restore into a file tree still works (the raw entries and the index).
     let out = work.path("raw");
     work.ok(&["restore", &id, "--target", out.to_str().unwrap()]);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("azure-blob/index.json")).unwrap()).unwrap();
     assert_eq!(index["containers"].as_array().unwrap().len(), 2);
+    assert_eq!(index["containers"][1]["metadata"]["owner"], "invoices");
+
+    // Retention applies as to any source: with keep.last = 1 the older backup goes.
+    work.write_config(&blob_config(&azurite.endpoint(), "keep = { last = 1 }\n"));
+    let second = run_with_key(&work, AZURITE_KEY, &["backup", "blobs"]);
+    second.expect_code(EXIT_OK);
+    work.ok(&["prune", "--source", "blobs"]);
+    assert!(
+        work.listed(&id).is_none(),
+        "the pruned backup is still listed"
+    );
+    assert_eq!(work.status_of(second.stdout.trim()), "complete");
 }
 
 #[test]
