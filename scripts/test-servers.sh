@@ -19,9 +19,12 @@ STAMP="$VENV/.backupd-test-servers"
 AZURITE_STAMP="$AZURITE_DIR/.backupd-test-servers"
 
 # Azurite first and on its own stamp: its install does not depend on the venv's.
-if [ "$(cat "$AZURITE_STAMP" 2>/dev/null)" != "$AZURITE" ] \
+# Without npm, the S3 and MongoDB servers still install; the Azure tests then say to run
+# this script again or set BACKUPD_SKIP_AZURE_TESTS=1.
+if ! command -v npm >/dev/null; then
+  echo "warning: npm (Node.js 20) is missing: Azurite is not installed" >&2
+elif [ "$(cat "$AZURITE_STAMP" 2>/dev/null)" != "$AZURITE" ] \
   || [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
-  command -v npm >/dev/null || { echo "error: npm (Node.js 20) is needed to install Azurite" >&2; exit 1; }
   echo "installing Azurite into $AZURITE_DIR" >&2
   mkdir -p "$AZURITE_DIR"
   npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" "$AZURITE"
