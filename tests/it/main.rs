@@ -5,6 +5,7 @@
 //! when not root unless BACKUPD_SKIP_PRIVILEGED_TESTS=1.
 
 mod atlas;
+mod azure_blob;
 mod catalog;
 mod config;
 mod corruption;

@@ -310,6 +310,16 @@ async fn write_and_record(
             });
             (Some(task), Some(rx))
         }
+        SourceKindConfig::AzureBlob(blob) => {
+            let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
+            let (blob, cancel) = (blob.clone(), cancel.clone());
+            let task = tokio::spawn(async move {
+                crate::azure_blob::dump(&blob, tx, &cancel)
+                    .await
+                    .map(Dumped::AzureBlob)
+            });
+            (Some(task), Some(rx))
+        }
         _ => (None, None),
     };
     let (handshake, stop_parts) = match session.take() {
@@ -515,6 +525,14 @@ async fn write_and_record(
             rows = summary.tables.iter().map(|t| t.rows).sum::<u64>(),
             "MySQL dump stored"
         ),
+        Some(Dumped::AzureBlob(index)) => tracing::info!(
+            %backup_id,
+            containers = index.containers.len(),
+            blobs = index.blob_count(),
+            bytes = index.bytes(),
+            vanished = index.vanished.len(),
+            "Azure blobs stored"
+        ),
         None => {}
     }
     // Queued before completion: a complete backup always has its copies queued.
@@ -622,6 +640,7 @@ enum Dumped {
     Mysql(backup_sources::mysql::DumpSummary),
     Elasticsearch(crate::elasticsearch::SnapshotRecord),
     Rds(crate::rds::SnapshotRecord),
+    AzureBlob(crate::azure_blob::BlobIndex),
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -819,11 +838,13 @@ impl ProduceJob {
             }
             SourceKindConfig::Mysql(_)
             | SourceKindConfig::Elasticsearch(_)
-            | SourceKindConfig::Rds(_) => {
+            | SourceKindConfig::Rds(_)
+            | SourceKindConfig::AzureBlob(_) => {
                 let rx = self.mysql.expect("dump sources come with their dump");
                 let last = match &self.source {
                     SourceKindConfig::Mysql(_) => backup_sources::mysql::SUMMARY_PATH,
                     SourceKindConfig::Rds(_) => crate::rds::RECORD_PATH,
+                    SourceKindConfig::AzureBlob(_) => crate::azure_blob::INDEX_PATH,
                     _ => crate::elasticsearch::RECORD_PATH,
                 };
                 crate::mysql::write_dump(rx, last, &mut data, &mut recorder, &mut on_bytes)?

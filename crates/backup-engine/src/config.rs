@@ -350,6 +350,10 @@ pub enum SourceKindConfig {
     /// region, pruned and restored by backupd. See docs/sources/rds.md.
     #[serde(rename = "rds")]
     Rds(crate::rds::RdsSourceConfig),
+    /// Azure Blob Storage containers: blobs (names, metadata, content) copied into our
+    /// repositories. See docs/sources/azure-blob.md.
+    #[serde(rename = "azure-blob")]
+    AzureBlob(crate::azure_blob::AzureBlobSourceConfig),
 }
 
 /// A `kind = "atlas"` source.
@@ -545,6 +549,7 @@ impl SourceKindConfig {
             Self::Mysql(_) => "mysql",
             Self::Elasticsearch(_) => "elasticsearch",
             Self::Rds(_) => "rds",
+            Self::AzureBlob(_) => "azure-blob",
         }
     }
 }
@@ -826,6 +831,9 @@ impl Config {
                 SourceKindConfig::Rds(r) => r.validate().map_err(|(key, message)| {
                     self.invalid(format!("source[{i}].{key}"), message)
                 })?,
+                SourceKindConfig::AzureBlob(b) => b.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
             }
         }
         Ok(())
@@ -1003,7 +1011,8 @@ impl Config {
             | SourceKindConfig::Atlas(_)
             | SourceKindConfig::Mysql(_)
             | SourceKindConfig::Elasticsearch(_)
-            | SourceKindConfig::Rds(_) => {}
+            | SourceKindConfig::Rds(_)
+            | SourceKindConfig::AzureBlob(_) => {}
         }
         Ok(())
     }

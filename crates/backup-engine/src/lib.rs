@@ -4,6 +4,7 @@
 //! Binaries stay thin: they parse arguments, build an [`Engine`] and call one
 //! of these functions, then map [`EngineError::exit_code`] to the process exit.
 
+pub mod azure_blob;
 pub mod backup;
 pub mod config;
 pub mod drill;

@@ -62,21 +62,8 @@ impl AtlasError {
     }
 }
 
-/// A private key: compared and used, never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
+/// The private key's type (shared with the other clients of this crate).
+pub use crate::secret::Secret;
 
 /// One cloud backup snapshot (`DiskBackupReplicaSet`), as Atlas describes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -474,7 +461,14 @@ impl AtlasClient {
                 .lock()
                 .expect("challenge lock")
                 .as_mut()
-                .map(|c| c.authorize(method.as_str(), path, &self.public_key, &self.private_key.0));
+                .map(|c| {
+                    c.authorize(
+                        method.as_str(),
+                        path,
+                        &self.public_key,
+                        self.private_key.expose(),
+                    )
+                });
             if let Some(value) = authorization {
                 let value = HeaderValue::from_str(&value).map_err(|_| AtlasError::Protocol {
                     what: "the API key".into(),

@@ -5,8 +5,13 @@
 
 #[cfg(feature = "atlas")]
 pub mod atlas;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod files;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;
 pub mod mysql;
 pub mod postgres;
+mod secret;
+
+pub use secret::Secret;

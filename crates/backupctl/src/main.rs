@@ -195,7 +195,7 @@ enum Command {
         /// --point-in-time T. MongoDB, MySQL, Elasticsearch: the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot", "target_instance"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot", "target_instance", "target_container", "original_containers"])]
         target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
@@ -212,6 +212,8 @@ enum Command {
         elasticsearch: EsRestoreArgs,
         #[command(flatten)]
         rds: RdsRestoreArgs,
+        #[command(flatten)]
+        azure_blob: BlobRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -523,6 +525,33 @@ struct RdsRestoreArgs {
     /// `copy-region` (into that region).
     #[arg(long, value_name = "source|copy", requires = "target_instance", value_parser = ["source", "copy"], default_value = "source")]
     from_region: String,
+}
+
+/// `restore` options of an azure-blob source (`--backup`, `--drop` are shared with MongoDB).
+#[derive(Args)]
+struct BlobRestoreArgs {
+    /// Azure Blob: restore into this container of the source's account (several
+    /// containers of the backup each go under `CONTAINER/` in it).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "target_url", "target_uri", "target_uri_file", "original_containers"])]
+    target_container: Option<String>,
+    /// Azure Blob: restore each container under its own name.
+    #[arg(long, conflicts_with_all = ["target", "target_url", "target_uri", "target_uri_file"])]
+    original_containers: bool,
+    /// Azure Blob: only these containers of the backup (repeat or comma-separate).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    container: Vec<String>,
+    /// Azure Blob: put restored blobs under this name prefix (e.g. `restored/`).
+    #[arg(long, value_name = "PREFIX")]
+    target_prefix: Option<String>,
+    /// Azure Blob: replace blobs of the same name in a non-empty target.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl BlobRestoreArgs {
+    fn wanted(&self) -> bool {
+        self.target_container.is_some() || self.original_containers
+    }
 }
 
 /// How archived copies are restored.
@@ -916,6 +945,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             mysql,
             elasticsearch,
             rds,
+            azure_blob,
             force,
             from,
             thaw,
@@ -964,6 +994,40 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let outcome =
                     backup_engine::rds::run_rds_restore(&engine, &options, cancel).await?;
                 output::rds_restore(&outcome, json.json);
+                return Ok(exit::OK);
+            }
+            if azure_blob.wanted() {
+                let name = backup_id.or(source).ok_or_else(|| {
+                    EngineError::Usage("give the azure-blob SOURCE to restore".into())
+                })?;
+                let selector = match (&mongo.backup, latest) {
+                    (Some(id), _) => BackupSelector::Id(id.clone()),
+                    (None, true) => BackupSelector::Latest(name.clone()),
+                    (None, false) => {
+                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
+                    }
+                };
+                let options = backup_engine::azure_blob::BlobRestoreOptions {
+                    source: name,
+                    containers: azure_blob.container,
+                    target_container: azure_blob.target_container,
+                    target_prefix: azure_blob.target_prefix,
+                    overwrite: azure_blob.overwrite,
+                    drop: mongo.drop,
+                    restore: backup_engine::restore::RestoreOptions {
+                        force: false,
+                        from,
+                        thaw: thaw.options(),
+                    },
+                };
+                let progress = Arc::new(Progress::default());
+                let bar = progress::start(progress.clone(), "restoring");
+                let outcome = backup_engine::azure_blob::run_blob_restore(
+                    &engine, &selector, &options, progress, cancel,
+                )
+                .await;
+                progress::finish(bar);
+                output::blob_restore(&outcome?, json.json);
                 return Ok(exit::OK);
             }
             if let Some(target_url) = mysql.target_url {

@@ -444,6 +444,34 @@ pub fn mysql_restore(o: &backup_engine::mysql::MysqlRestoreOutcome, as_json: boo
     eprintln!("restored from repository {}", o.repository);
 }
 
+pub fn blob_restore(o: &backup_engine::azure_blob::BlobRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    let places: Vec<String> = o
+        .containers
+        .iter()
+        .map(|c| {
+            if c.prefix.is_empty() {
+                format!("{} -> {}", c.from, c.to)
+            } else {
+                format!("{} -> {}/{}", c.from, c.to, c.prefix)
+            }
+        })
+        .collect();
+    println!(
+        "restored backup {} of {} into account {} ({}): {} blobs, {} bytes in {:.1}s; sizes, SHA-256 and listings match the backup",
+        o.backup_id,
+        o.source,
+        o.account,
+        places.join(", "),
+        o.blobs,
+        o.bytes,
+        o.seconds
+    );
+    eprintln!("restored from repository {}", o.repository);
+}
+
 pub fn es_restore(o: &backup_engine::elasticsearch::EsRestoreOutcome, as_json: bool) {
     if as_json {
         return json(o);

@@ -1,6 +1,7 @@
 //! Database sources that fail under backupd alert: a MySQL source whose server is unreachable,
-//! an Elasticsearch source whose snapshot ends PARTIAL and an RDS source whose endpoint is
-//! unreachable each give a `job-failed` alert naming the cause, and leave no complete backup.
+//! an Elasticsearch source whose snapshot ends PARTIAL, and an RDS and an Azure Blob source
+//! whose endpoints are unreachable each give a `job-failed` alert naming the cause, and leave no
+//! complete backup.
 
 mod support;
 
@@ -47,7 +48,7 @@ fn webhook_receiver() -> (u16, Received) {
 }
 
 #[test]
-fn failing_mysql_elasticsearch_and_rds_backups_alert_with_their_cause() {
+fn failing_mysql_elasticsearch_rds_and_azure_blob_backups_alert_with_their_cause() {
     let (hook, seen) = webhook_receiver();
     let es = EsDouble::start();
     es.add_index("logs-1", 2, 10);
@@ -62,6 +63,10 @@ fn failing_mysql_elasticsearch_and_rds_backups_alert_with_their_cause() {
     );
     let dead_port = free_port();
     let dead_rds = free_port();
+    let dead_blob_port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let blob_key = keys.path().join("azure.key");
+    std::fs::write(&blob_key, "ZmFrZS1rZXk=").unwrap();
     let sources = format!(
         r#"[[source]]
 name = "shop"
@@ -85,8 +90,17 @@ access-key-id-file = "rds-key-id"
 secret-access-key-file = "rds-secret"
 max-attempts = 1
 repository = "local"
+
+[[source]]
+name = "blobs"
+kind = "azure-blob"
+account = "devstoreaccount1"
+endpoint = "http://127.0.0.1:{dead_blob_port}/devstoreaccount1"
+account-key-file = "{}"
+repository = "local"
 "#,
-        es.url()
+        es.url(),
+        blob_key.display()
     );
     let service = format!(
         "max-attempts = 1\n[alerts]\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/json\"\n{}",
@@ -103,7 +117,7 @@ repository = "local"
     work.init();
     let mut d = work.start(free_port(), "alerts");
     d.wait_healthy();
-    for source in ["shop", "search", "orders"] {
+    for source in ["shop", "search", "orders", "blobs"] {
         let (status, body) = json(
             "POST",
             &d.url(&format!("/api/v1/sources/{source}/backup")),
@@ -143,6 +157,13 @@ repository = "local"
         summary.contains("RDS source orders: cannot reach RDS at")
             && summary.contains(&dead_rds.to_string()),
         "{orders:#}"
+    );
+    let blobs = alert_of("blobs");
+    let summary = blobs["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("cannot reach the Blob service")
+            && summary.contains(&dead_blob_port.to_string()),
+        "{blobs:#}"
     );
     let (status, backups) = json("GET", &d.url("/api/v1/backups"), Some(READ_TOKEN));
     assert_eq!(status, 200);

@@ -473,6 +473,9 @@ impl DrillRun<'_> {
             SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
             SourceKindConfig::Elasticsearch(_) => self.drill_elasticsearch(&backup).await?,
             SourceKindConfig::Rds(_) => self.drill_rds(&backup, cancel).await?,
+            SourceKindConfig::AzureBlob(_) => {
+                self.drill_azure_blob(&backup, restore, cancel).await?
+            }
             SourceKindConfig::Atlas(_) => {
                 let why = unsupported(self.source).unwrap_or_default();
                 return Err(EngineError::Usage(why));
@@ -714,7 +717,8 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
         | SourceKindConfig::Mongodb(_)
         | SourceKindConfig::Mysql(_)
         | SourceKindConfig::Elasticsearch(_)
-        | SourceKindConfig::Rds(_) => None,
+        | SourceKindConfig::Rds(_)
+        | SourceKindConfig::AzureBlob(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",
