@@ -918,19 +918,9 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let staging = crate::mysql::Staging::new("es-record", backup_id)?;
-    crate::restore::run_restore(
-        engine,
-        &BackupSelector::Id(backup_id.to_string()),
-        staging.path(),
-        &crate::restore::RestoreOptions::default(),
-        std::sync::Arc::new(crate::Progress::default()),
-        cancel,
-    )
-    .await?;
-    let bytes = std::fs::read(staging.path().join(RECORD_PATH)).map_err(|e| {
-        EngineError::Integrity(format!("backup {backup_id}: no snapshot record ({e})"))
-    })?;
+    let bytes =
+        crate::restore::read_backup_file(engine, backup_id, RECORD_PATH, "snapshot record", cancel)
+            .await?;
     let record: SnapshotRecord = serde_json::from_slice(&bytes)
         .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: snapshot record: {e}")))?;
     engine

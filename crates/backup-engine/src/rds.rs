@@ -555,19 +555,14 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let staging = crate::mysql::Staging::new("rds-record", backup_id)?;
-    crate::restore::run_restore(
+    let bytes = crate::restore::read_backup_file(
         engine,
-        &BackupSelector::Id(backup_id.to_string()),
-        staging.path(),
-        &crate::restore::RestoreOptions::default(),
-        std::sync::Arc::new(crate::Progress::default()),
+        backup_id,
+        RECORD_PATH,
+        "RDS snapshot record",
         cancel,
     )
     .await?;
-    let bytes = std::fs::read(staging.path().join(RECORD_PATH)).map_err(|e| {
-        EngineError::Integrity(format!("backup {backup_id}: no RDS snapshot record ({e})"))
-    })?;
     let record: SnapshotRecord = serde_json::from_slice(&bytes).map_err(|e| {
         EngineError::Integrity(format!("backup {backup_id}: RDS snapshot record: {e}"))
     })?;

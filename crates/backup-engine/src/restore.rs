@@ -240,6 +240,30 @@ pub(crate) fn stream_error(what: &str, e: io::Error) -> EngineError {
     EngineError::from_format(what, FormatError::from_io(e))
 }
 
+/// The file `path` of backup `backup_id`, restored into a private staging directory: the
+/// record a service-side source (Elasticsearch, RDS) keeps in its backup. `what` names the
+/// record in errors.
+pub(crate) async fn read_backup_file(
+    engine: &Engine,
+    backup_id: backup_core::BackupId,
+    path: &str,
+    what: &str,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>> {
+    let staging = crate::mysql::Staging::new("record", backup_id)?;
+    run_restore(
+        engine,
+        &BackupSelector::Id(backup_id.to_string()),
+        staging.path(),
+        &RestoreOptions::default(),
+        std::sync::Arc::new(crate::Progress::default()),
+        cancel,
+    )
+    .await?;
+    std::fs::read(staging.path().join(path))
+        .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: no {what} ({e})")))
+}
+
 pub async fn run_restore(
     engine: &Engine,
     selector: &BackupSelector,

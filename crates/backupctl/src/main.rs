@@ -441,6 +441,19 @@ struct MongoRestoreArgs {
     parallel_collections: u16,
 }
 
+/// The backup `--backup ID` or `--latest` (of source `name`) chose.
+fn chosen_backup(
+    backup: Option<&str>,
+    latest: bool,
+    name: &str,
+) -> Result<BackupSelector, EngineError> {
+    match (backup, latest) {
+        (Some(id), _) => Ok(BackupSelector::Id(id.to_owned())),
+        (None, true) => Ok(BackupSelector::Latest(name.to_owned())),
+        (None, false) => Err(EngineError::Usage("give --backup ID or --latest".into())),
+    }
+}
+
 impl MongoRestoreArgs {
     fn wanted(&self) -> bool {
         self.target_uri.is_some() || self.target_uri_file.is_some()
@@ -976,13 +989,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let name = backup_id
                     .or(source)
                     .ok_or_else(|| EngineError::Usage("give the rds SOURCE to restore".into()))?;
-                let backup = match (&mongo.backup, latest) {
-                    (Some(id), _) => BackupSelector::Id(id.clone()),
-                    (None, true) => BackupSelector::Latest(name.clone()),
-                    (None, false) => {
-                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
-                    }
-                };
+                let backup = chosen_backup(mongo.backup.as_deref(), latest, &name)?;
                 let options = backup_engine::rds::RdsRestoreOptions {
                     source: name,
                     backup,
@@ -1000,13 +1007,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let name = backup_id.or(source).ok_or_else(|| {
                     EngineError::Usage("give the azure-blob SOURCE to restore".into())
                 })?;
-                let selector = match (&mongo.backup, latest) {
-                    (Some(id), _) => BackupSelector::Id(id.clone()),
-                    (None, true) => BackupSelector::Latest(name.clone()),
-                    (None, false) => {
-                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
-                    }
-                };
+                let selector = chosen_backup(mongo.backup.as_deref(), latest, &name)?;
                 let options = backup_engine::azure_blob::BlobRestoreOptions {
                     source: name,
                     containers: azure_blob.container,
@@ -1034,13 +1035,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let name = backup_id
                     .or(source)
                     .ok_or_else(|| EngineError::Usage("give the mysql SOURCE to restore".into()))?;
-                let selector = match (&mongo.backup, latest) {
-                    (Some(id), _) => BackupSelector::Id(id.clone()),
-                    (None, true) => BackupSelector::Latest(name.clone()),
-                    (None, false) => {
-                        return Err(EngineError::Usage("give --backup ID or --latest".into()))
-                    }
-                };
+                let selector = chosen_backup(mongo.backup.as_deref(), latest, &name)?;
                 let options = backup_engine::mysql::MysqlRestoreOptions {
                     source: name,
                     target_url,
