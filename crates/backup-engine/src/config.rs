@@ -1043,6 +1043,22 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A configuration of one local repository `r` and one source `name` of `kind` with these
+/// extra settings, parsed: what the source modules' config tests start from.
+#[cfg(test)]
+pub(crate) fn parse_with_source(
+    name: &str,
+    kind: &str,
+    settings: &str,
+) -> std::result::Result<Config, String> {
+    let text = format!(
+        "[catalog]\nurl = \"sqlite://c.db\"\n[encryption]\nkey-file = \"k\"\n\
+         [[repository]]\nname = \"r\"\nkind = \"local\"\npath = \"r\"\n\
+         [[source]]\nname = \"{name}\"\nkind = \"{kind}\"\nrepository = \"r\"\n{settings}"
+    );
+    Config::parse(&text, "t.toml").map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

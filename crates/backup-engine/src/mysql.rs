@@ -1137,12 +1137,7 @@ mod tests {
     use super::*;
 
     fn config(source: &str) -> std::result::Result<crate::Config, String> {
-        let text = format!(
-            "[catalog]\nurl = \"sqlite://c.db\"\n[encryption]\nkey-file = \"k\"\n\
-             [[repository]]\nname = \"r\"\nkind = \"local\"\npath = \"r\"\n\
-             [[source]]\nname = \"shop\"\nkind = \"mysql\"\nrepository = \"r\"\n{source}"
-        );
-        crate::Config::parse(&text, "t.toml").map_err(|e| e.to_string())
+        crate::config::parse_with_source("shop", "mysql", source)
     }
 
     #[test]

@@ -701,12 +701,7 @@ pub async fn delete_restored(
 #[cfg(test)]
 mod tests {
     fn config(source: &str) -> Result<crate::Config, String> {
-        let text = format!(
-            "[catalog]\nurl = \"sqlite://c.db\"\n[encryption]\nkey-file = \"k\"\n\
-             [[repository]]\nname = \"r\"\nkind = \"local\"\npath = \"r\"\n\
-             [[source]]\nname = \"orders\"\nkind = \"rds\"\nrepository = \"r\"\n{source}"
-        );
-        crate::Config::parse(&text, "t.toml").map_err(|e| e.to_string())
+        crate::config::parse_with_source("orders", "rds", source)
     }
 
     #[test]
