@@ -398,6 +398,125 @@ fn logical_backup_restores_every_document_index_and_option_exactly() {
     work.ok(&["oplog-status", "mongo"]).expect_mentions(&[&id]);
 }
 
+/// The `_id`s of `app.live` at oplog position `end` (`SECONDS.INCREMENT`), from the
+/// source's own oplog: its inserts and deletes up to and including `end`.
+async fn live_ids_at(client: &Client, end: &str) -> std::collections::BTreeSet<i64> {
+    let (t, i) = end.split_once('.').unwrap();
+    let end = mongodb::bson::Timestamp {
+        time: t.parse().unwrap(),
+        increment: i.parse().unwrap(),
+    };
+    let mut entries = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find(doc! { "ns": "app.live", "ts": { "$lte": end } })
+        .sort(doc! { "$natural": 1 })
+        .await
+        .unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    while entries.advance().await.unwrap() {
+        let entry = entries.deserialize_current().unwrap();
+        let id = entry.get_document("o").unwrap().get_i64("_id").unwrap();
+        match entry.get_str("op").unwrap() {
+            "i" => assert!(ids.insert(id), "{entry}"),
+            "d" => assert!(ids.remove(&id), "{entry}"),
+            other => panic!("unexpected op {other}: {entry}"),
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_backup_taken_during_writes_restores_to_exactly_its_end() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let work = mongo_work(&source.uri(), "");
+
+    // Inserts and deletes go on, on their own connection, for the whole backup.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, uri) = (stop.clone(), source.uri());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let live = client(&rt, &uri)
+                .database("app")
+                .collection::<Document>("live");
+            let mut i = 0_i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rt.block_on(live.insert_one(doc! { "_id": i, "n": i }).into_future())
+                    .unwrap();
+                if i % 4 == 3 {
+                    rt.block_on(live.delete_one(doc! { "_id": i - 2 }).into_future())
+                        .unwrap();
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let id = work.backup_of("mongo");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+
+    let target = SecantusDb::start();
+    let out = work.ok(&[
+        "restore",
+        "mongo",
+        "--backup",
+        &id,
+        "--target-uri",
+        &target.uri(),
+        "--json",
+    ]);
+    let outcome = out.json();
+    // Writes landed during the copy: the backup held oplog entries to replay.
+    assert!(
+        outcome["oplog_entries_applied"].as_u64() > Some(0),
+        "no write during the copy: {outcome:#}"
+    );
+    let end = outcome["restored_to"].as_str().unwrap().to_owned();
+    let expected = rt.block_on(live_ids_at(&src, &end));
+    assert!(
+        !expected.is_empty() && (expected.len() as i64) < written,
+        "{} of {written} documents at {end}",
+        expected.len()
+    );
+    let dst = client(&rt, &target.uri());
+    let restored: std::collections::BTreeSet<i64> = rt
+        .block_on(async {
+            let mut cursor = dst
+                .database("app")
+                .collection::<Document>("live")
+                .find(doc! {})
+                .await?;
+            let mut ids = std::collections::BTreeSet::new();
+            while cursor.advance().await? {
+                ids.insert(cursor.deserialize_current()?.get_i64("_id").unwrap());
+            }
+            Ok::<_, mongodb::error::Error>(ids)
+        })
+        .unwrap();
+    assert_eq!(
+        restored.symmetric_difference(&expected).collect::<Vec<_>>(),
+        Vec::<&i64>::new(),
+        "restored to {end}: {} documents, {} expected",
+        restored.len(),
+        expected.len()
+    );
+    // The rest of the source is there too, exactly.
+    let source_users = rt.block_on(content_hashes(&src, &["app"]))["app.users"].clone();
+    assert_eq!(
+        rt.block_on(content_hashes(&dst, &["app"]))["app.users"],
+        source_users
+    );
+}
+
 #[test]
 fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
     if skip_mongo_tests() {

@@ -9,7 +9,10 @@
 //! network drop re-reads from there and never skips an entry; a slice is recorded only once
 //! stored and its checksum matched. Every read starts at the position's own entry: when the
 //! oplog no longer holds it, it has rolled past the position, the entries in between are
-//! lost, and archiving stops with an error asking for a new full backup.
+//! lost, and archiving stops with an error asking for a new full backup. A backup's end is
+//! not always an entry (nothing written during a backup leaves it at its start, a position
+//! the primary reported): from there, the first read that finds entries checks the oplog's
+//! oldest entry instead.
 
 use std::time::{Duration, Instant};
 
@@ -68,11 +71,22 @@ pub struct ArchiveReport {
     pub reconnects: u64,
 }
 
+/// Where archiving continues, and whether the oplog held an entry at that very position
+/// (a slice's last entry does; a backup's end may be a position with no entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchivePosition {
+    pub at: OpTime,
+    pub is_entry: bool,
+}
+
 /// Where archiving of `source` continues: after its newest slice, else at the end of its
 /// newest complete backup.
-pub async fn resume_position(engine: &Engine, source: &SourceConfig) -> Result<OpTime> {
+pub async fn resume_position(engine: &Engine, source: &SourceConfig) -> Result<ArchivePosition> {
     if let Some(last) = engine.catalog.last_oplog_slice(&source.name).await? {
-        return Ok(from_ts(last.last));
+        return Ok(ArchivePosition {
+            at: from_ts(last.last),
+            is_entry: true,
+        });
     }
     let newest = engine
         .catalog
@@ -81,7 +95,10 @@ pub async fn resume_position(engine: &Engine, source: &SourceConfig) -> Result<O
         .into_iter()
         .max_by_key(|b| b.end);
     match newest {
-        Some(b) => Ok(from_ts(b.end)),
+        Some(b) => Ok(ArchivePosition {
+            at: from_ts(b.end),
+            is_entry: false,
+        }),
         None => Err(EngineError::Usage(format!(
             "source {} has no complete backup to archive the oplog after: take one first \
              (`backupctl backup {}`)",
@@ -133,7 +150,10 @@ pub async fn run_oplog_archive(
         source: source.name.clone(),
         ..ArchiveReport::default()
     };
-    let mut after = resume_position(engine, source).await?;
+    let ArchivePosition {
+        at: mut after,
+        is_entry: mut after_is_entry,
+    } = resume_position(engine, source).await?;
     report.position = Some(after.to_string());
     let uri = m
         .uri()
@@ -159,7 +179,7 @@ pub async fn run_oplog_archive(
                 None
             };
             let deadline = Instant::now() + m.oplog_interval;
-            read_slice(c, after, upto, deadline, &filter, cancel).await
+            read_slice(c, after, after_is_entry, upto, deadline, &filter, cancel).await
         };
         match step.await {
             // Stopping: what this slice read is read again by the next run.
@@ -172,6 +192,7 @@ pub async fn run_oplog_archive(
                     report.entries += record.entries;
                     report.bytes += record.plaintext_size;
                     after = slice.last;
+                    after_is_entry = true;
                     report.position = Some(after.to_string());
                     tracing::info!(source = %source.name, position = %after, entries = record.entries, "oplog slice archived");
                 }
@@ -207,6 +228,7 @@ pub async fn run_oplog_archive(
                             source.name
                         );
                         after = end;
+                        after_is_entry = false;
                         report.position = Some(after.to_string());
                     }
                     None => {
@@ -250,6 +272,7 @@ struct Slice {
 async fn read_slice(
     client: &mongo::mongodb::Client,
     after: OpTime,
+    after_is_entry: bool,
     upto: Option<OpTime>,
     deadline: Instant,
     filter: &NamespaceFilter,
@@ -262,7 +285,8 @@ async fn read_slice(
     };
     loop {
         let began = Instant::now();
-        read_range(client, slice.last, upto, filter, &mut slice, cancel).await?;
+        let is_entry = after_is_entry || slice.last != after;
+        read_range(client, slice.last, is_entry, upto, filter, &mut slice, cancel).await?;
         if upto.is_some() || slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
             return Ok(slice);
         }
@@ -285,12 +309,15 @@ const POLL: Duration = Duration::from_millis(200);
 /// stopping early at `MAX_SLICE_BYTES`, and moves `slice.last` to each entry read (entries
 /// the filter leaves out move it too).
 ///
-/// The read starts at `after`'s own entry, which must still be there: that it is proves
-/// the oplog has not rolled past the position, without a read of the oplog's oldest entry
-/// (which costs a scan of the whole oplog on some servers).
+/// The read starts at `after`'s own entry, which must still be there when `after_is_entry`:
+/// that it is proves the oplog has not rolled past the position, without a read of the
+/// oplog's oldest entry (which costs a scan of the whole oplog on some servers). A position
+/// that is not an entry is checked against the oldest entry once a read finds newer entries
+/// (an empty read proves nothing rolled: a rollover needs newer entries).
 async fn read_range(
     client: &mongo::mongodb::Client,
     after: OpTime,
+    after_is_entry: bool,
     upto: Option<OpTime>,
     filter: &NamespaceFilter,
     slice: &mut Slice,
@@ -325,11 +352,20 @@ async fn read_range(
         })?;
         let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
         if !position_seen {
-            if ts != after {
+            position_seen = true;
+            if ts == after {
+                continue;
+            }
+            if after_is_entry {
                 return Err(position_lost(client, after).await);
             }
-            position_seen = true;
-            continue;
+            let oldest = mongo::oplog_first(client).await.map_err(Step::Mongo)?;
+            if oldest > after {
+                return Err(Step::Mongo(MongoError::OplogRolledOver {
+                    position: after,
+                    oldest,
+                }));
+            }
         }
         if ts <= slice.last {
             return Err(Step::Engine(EngineError::Failed(format!(
@@ -347,7 +383,7 @@ async fn read_range(
             break;
         }
     }
-    if !position_seen {
+    if !position_seen && after_is_entry {
         return Err(position_lost(client, after).await);
     }
     Ok(())

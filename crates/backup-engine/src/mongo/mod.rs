@@ -111,12 +111,12 @@ pub struct MongoSnapshot {
 }
 
 impl MongoSnapshot {
-    /// Records the oplog position, then lists the collections to copy.
+    /// Takes the position the copy starts from, then lists the collections to copy.
     pub async fn start(source: &SourceConfig) -> Result<MongoSnapshot> {
         let m = mongo_source(source)?;
         let client = connect_source(source, m).await?;
         let start_time = Utc::now();
-        let start = mongo::oplog_last(&client).await.map_err(mongo_error)?;
+        let start = mongo::backup_start(&client).await.map_err(mongo_error)?;
         let filter = m.filter();
         let collections = mongo::list_collections(&client, &filter)
             .await
@@ -150,33 +150,33 @@ impl MongoSnapshot {
             if spec.kind == "view" {
                 continue;
             }
-            let mut stream =
-                DocumentStream::collection(self.handle.clone(), &self.client, &spec.db, &spec.name)
-                    .map_err(mongo_error)?;
+            let mut stream = DocumentStream::collection(
+                self.handle.clone(),
+                &self.client,
+                &spec.db,
+                &spec.name,
+                self.start,
+            )
+            .map_err(mongo_error)?;
             tree.add_stream(&format!("{stem}.bson"), &mut stream, 0o600)?;
             documents += stream.documents();
         }
-        let end = self
-            .handle
-            .block_on(mongo::oplog_last(&self.client))
-            .map_err(mongo_error)?;
-        // No write during the copy: the copy is consistent at `start` by itself, and the
-        // range read (a scan of the whole oplog on some servers) and the rollover check
-        // have nothing to cover.
-        let mut oplog_entries = 0;
-        if end > self.start {
-            let mut oplog = DocumentStream::oplog(
-                self.handle.clone(),
-                &self.client,
-                self.start,
-                end,
-                self.filter.clone(),
-            )
-            .map_err(mongo_error)?;
-            tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
-            oplog_entries = oplog.documents();
-            // Checked after reading: entries lost to a rollover during the copy would make
-            // the backup inconsistent.
+        // The end is the newest entry this one read finds: a server that answers any oplog
+        // read with a scan of all of it (SecantusDB) scans it once per backup.
+        let mut oplog = DocumentStream::oplog(
+            self.handle.clone(),
+            &self.client,
+            self.start,
+            self.filter.clone(),
+        )
+        .map_err(mongo_error)?;
+        tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
+        let oplog_entries = oplog.documents();
+        let end = oplog.newest().unwrap_or(self.start);
+        // Entries lost to a rollover during the copy would make the backup inconsistent. An
+        // empty range cannot have lost any (a rollover needs newer entries), and the start's
+        // own entry, when read, proves nothing before it went either.
+        if oplog.newest().is_some() && !oplog.start_seen() {
             let oldest = self
                 .handle
                 .block_on(mongo::oplog_first(&self.client))
@@ -187,8 +187,6 @@ impl MongoSnapshot {
                     oldest,
                 }));
             }
-        } else {
-            tree.add_file(OPLOG_FILE, &[], 0o600)?;
         }
         // Right after the end position, so the counts match the backup's end as closely as
         // a live server allows (a drill restores to exactly that end).

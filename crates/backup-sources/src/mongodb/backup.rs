@@ -8,9 +8,9 @@
 use std::future::IntoFuture;
 use std::io::{self, Read};
 
-use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Document, RawDocument, RawDocumentBuf};
 use mongodb::options::{ReadPreference, SelectionCriteria};
-use mongodb::{Client, Cursor};
+use mongodb::{Client, ClientSession, Cursor, SessionCursor};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -25,6 +25,10 @@ const PREFETCH_BATCHES: usize = 4;
 struct Batch {
     bytes: Vec<u8>,
     documents: u64,
+    /// Oplog reads: the newest entry read so far (entries the filter leaves out too).
+    newest: Option<OpTime>,
+    /// Oplog reads: whether the entry at the range's own start position was read.
+    start_seen: bool,
 }
 
 /// Documents of a cursor as concatenated BSON, pulled as the reader asks for bytes.
@@ -36,53 +40,96 @@ pub struct DocumentStream {
     pos: usize,
     done: bool,
     documents: u64,
+    newest: Option<OpTime>,
+    start_seen: bool,
+}
+
+/// A cursor read on its own, or in the session whose reads must see a position.
+enum ReadCursor {
+    Plain(Cursor<RawDocumentBuf>),
+    InSession(SessionCursor<RawDocumentBuf>, ClientSession),
+}
+
+impl ReadCursor {
+    async fn advance(&mut self) -> mongodb::error::Result<bool> {
+        match self {
+            ReadCursor::Plain(c) => c.advance().await,
+            ReadCursor::InSession(c, session) => c.advance(session).await,
+        }
+    }
+
+    fn current(&self) -> &RawDocument {
+        match self {
+            ReadCursor::Plain(c) => c.current(),
+            ReadCursor::InSession(c, _) => c.current(),
+        }
+    }
 }
 
 impl DocumentStream {
-    /// Every document of `db.coll`, in natural order. Must be called from a thread that is
-    /// not an async executor's (it blocks on `handle`).
-    pub fn collection(handle: Handle, client: &Client, db: &str, coll: &str) -> Result<Self> {
+    /// Every document of `db.coll`, in natural order, read by a server that has applied
+    /// every write up to `applied` (a secondary first catches up to it: the read carries it
+    /// as `afterClusterTime`). Must be called from a thread that is not an async executor's
+    /// (it blocks on `handle`).
+    pub fn collection(
+        handle: Handle,
+        client: &Client,
+        db: &str,
+        coll: &str,
+        applied: OpTime,
+    ) -> Result<Self> {
         let what = format!("reading {db}.{coll}");
         let collection = client.database(db).collection::<RawDocumentBuf>(coll);
         let cursor = handle
-            .block_on(collection.find(doc! {}).batch_size(1000).into_future())
+            .block_on(async {
+                let mut session = client.start_session().await?;
+                session.advance_operation_time(applied.0);
+                let cursor = collection
+                    .find(doc! {})
+                    .batch_size(1000)
+                    .session(&mut session)
+                    .await?;
+                Ok(ReadCursor::InSession(cursor, session))
+            })
             .map_err(MongoError::driver(what.clone()))?;
         Ok(Self::new(&handle, cursor, what, None))
     }
 
-    /// The oplog entries after `after` up to and including `upto` that `filter` covers
-    /// (always from the primary, whose oplog the positions were read from).
+    /// The oplog entries after `after` that `filter` covers, up to the newest one the read
+    /// finds (always from the primary, whose oplog holds every write). The read starts at
+    /// `after`'s own entry when there is one: [`DocumentStream::start_seen`] then proves the
+    /// oplog had not rolled past `after`. [`DocumentStream::newest`] is the position reached.
     pub fn oplog(
         handle: Handle,
         client: &Client,
         after: OpTime,
-        upto: OpTime,
         filter: NamespaceFilter,
     ) -> Result<Self> {
-        let what = format!("reading the oplog from {after} to {upto}");
+        let what = format!("reading the oplog after {after}");
         let cursor = handle
             .block_on(
                 client
                     .database("local")
                     .collection::<RawDocumentBuf>("oplog.rs")
-                    .find(doc! { "ts": { "$gt": after.0, "$lte": upto.0 } })
+                    .find(doc! { "ts": { "$gte": after.0 } })
                     .sort(doc! { "$natural": 1 })
                     .batch_size(1000)
                     .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
                     .into_future(),
             )
             .map_err(MongoError::driver(what.clone()))?;
-        Ok(Self::new(&handle, cursor, what, Some(filter)))
+        let oplog = OplogRange { after, filter };
+        Ok(Self::new(&handle, ReadCursor::Plain(cursor), what, Some(oplog)))
     }
 
     fn new(
         handle: &Handle,
-        cursor: Cursor<RawDocumentBuf>,
+        cursor: ReadCursor,
         what: String,
-        oplog_filter: Option<NamespaceFilter>,
+        oplog: Option<OplogRange>,
     ) -> Self {
         let (tx, batches) = mpsc::channel(PREFETCH_BATCHES);
-        let reader = handle.spawn(read_ahead(cursor, what, oplog_filter, tx));
+        let reader = handle.spawn(read_ahead(cursor, what, oplog, tx));
         DocumentStream {
             batches,
             reader,
@@ -90,6 +137,8 @@ impl DocumentStream {
             pos: 0,
             done: false,
             documents: 0,
+            newest: None,
+            start_seen: false,
         }
     }
 
@@ -98,12 +147,25 @@ impl DocumentStream {
         self.documents
     }
 
+    /// An oplog read: the newest entry read (of any namespace), `None` when there was none
+    /// after the start.
+    pub fn newest(&self) -> Option<OpTime> {
+        self.newest
+    }
+
+    /// An oplog read: whether the oplog still held the entry at the start position.
+    pub fn start_seen(&self) -> bool {
+        self.start_seen
+    }
+
     /// Moves to the next batch; false at the end of the cursor.
     fn next_batch(&mut self) -> Result<bool> {
         match self.batches.blocking_recv() {
             Some(batch) => {
                 let batch = batch?;
                 self.documents += batch.documents;
+                self.newest = batch.newest.or(self.newest);
+                self.start_seen |= batch.start_seen;
                 self.current = batch.bytes;
                 self.pos = 0;
                 Ok(true)
@@ -121,18 +183,28 @@ impl Drop for DocumentStream {
     }
 }
 
+/// The oplog range a [`DocumentStream`] reads: entries after `after` that `filter` covers.
+struct OplogRange {
+    after: OpTime,
+    filter: NamespaceFilter,
+}
+
 /// Drains `cursor` into `tx` in batches of about [`PREFETCH_BATCH_BYTES`], keeping only the
-/// oplog entries `oplog_filter` covers when given; a read error is sent as the last item.
+/// oplog entries after the range's start that its filter covers when reading the oplog; a
+/// read error is sent as the last item.
 async fn read_ahead(
-    mut cursor: Cursor<RawDocumentBuf>,
+    mut cursor: ReadCursor,
     what: String,
-    oplog_filter: Option<NamespaceFilter>,
+    oplog: Option<OplogRange>,
     tx: mpsc::Sender<Result<Batch>>,
 ) {
+    let mut newest: Option<OpTime> = None;
     loop {
         let mut batch = Batch {
             bytes: Vec::with_capacity(PREFETCH_BATCH_BYTES + (64 << 10)),
             documents: 0,
+            newest: None,
+            start_seen: false,
         };
         let mut finished = false;
         while batch.bytes.len() < PREFETCH_BATCH_BYTES {
@@ -148,23 +220,43 @@ async fn read_ahead(
                 }
             }
             let raw = cursor.current();
-            if let Some(filter) = &oplog_filter {
-                let entry = match Document::try_from(raw) {
-                    Ok(entry) => entry,
+            if let Some(range) = &oplog {
+                let entry = Document::try_from(raw)
+                    .map_err(|e| format!("an entry is not valid BSON: {e}"))
+                    .and_then(|entry| {
+                        let ts = super::entry_ts(&entry).map_err(|e| e.to_string())?;
+                        Ok((entry, ts))
+                    });
+                let (entry, ts) = match entry {
+                    Ok(read) => read,
                     Err(e) => {
-                        let message = format!("{what}: an entry is not valid BSON: {e}");
-                        let _ = tx.send(Err(MongoError::Invalid(message))).await;
+                        let _ = tx.send(Err(MongoError::Invalid(format!("{what}: {e}")))).await;
                         return;
                     }
                 };
-                if !oplog_entry_covered(&entry, filter) {
+                if newest.is_some_and(|n| ts <= n) {
+                    let message = format!(
+                        "{what}: the server returned entry {ts} after {}, out of order",
+                        newest.unwrap_or(ts)
+                    );
+                    let _ = tx.send(Err(MongoError::Invalid(message))).await;
+                    return;
+                }
+                if ts == range.after {
+                    batch.start_seen = true;
+                    continue;
+                }
+                newest = Some(ts);
+                batch.newest = newest;
+                if !oplog_entry_covered(&entry, &range.filter) {
                     continue;
                 }
             }
             batch.bytes.extend_from_slice(raw.as_bytes());
             batch.documents += 1;
         }
-        if batch.documents > 0 && tx.send(Ok(batch)).await.is_err() {
+        let worth_sending = batch.documents > 0 || batch.newest.is_some() || batch.start_seen;
+        if worth_sending && tx.send(Ok(batch)).await.is_err() {
             return;
         }
         if finished {

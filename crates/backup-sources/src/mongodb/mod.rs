@@ -6,11 +6,13 @@
 //!
 //! - An oplog position is a BSON [`Timestamp`] (seconds, increment), strictly increasing
 //!   on a replica set; [`OpTime`] is its text form `SECONDS.INCREMENT`.
-//! - A logical backup records the newest oplog entry before it copies anything (`start`),
-//!   copies every collection, records the newest entry again (`end`) and stores the oplog
-//!   entries after `start` up to `end`. The copied documents are each somewhere between
-//!   `start` and `end`; replaying those entries (they are idempotent by design) brings every
-//!   collection to its state at `end`, or at any time between.
+//! - A logical backup takes a position before it copies anything (`start`: the primary's
+//!   majority-committed write, see [`backup_start`]), copies every collection with reads
+//!   that wait until their server has applied `start`, then reads the oplog entries after
+//!   `start` up to the newest one (`end`, or `start` itself when nothing was written) and
+//!   stores them. The copied documents are each somewhere between `start` and `end`;
+//!   replaying those entries (they are idempotent by design) brings every collection to its
+//!   state at `end`, or at any time between.
 //! - [`oplog::apply_entry`] replays one entry through ordinary driver calls (inserts become
 //!   upserts, updates `$v: 2` diffs become `$set`/`$unset`, commands become their commands),
 //!   so it needs no `applyOps` privilege or support.
@@ -334,6 +336,55 @@ pub fn oplog(client: &Client) -> mongodb::Collection<Document> {
     client.database("local").collection("oplog.rs")
 }
 
+/// Where a logical backup starts: the primary's majority-committed write from `hello`
+/// (`lastWrite.majorityOpTime`), without reading the oplog, which some servers answer with
+/// a scan of all of it. Nothing at or before it can still become visible later (the
+/// majority point has no oplog holes behind it); replaying the few entries between it and
+/// the newest write again is harmless, as every replay is idempotent. A majority point
+/// stalled far behind (a set whose secondaries are down) is not followed back further than
+/// [`MAJORITY_LAG_LIMIT_SECS`] before the last write. Servers whose `hello` has no
+/// `lastWrite` get the newest oplog entry.
+pub async fn backup_start(client: &Client) -> Result<OpTime> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .await
+        .map_err(MongoError::driver("asking the primary for its last write"))?;
+    match last_write(&hello) {
+        Some(ts) => Ok(ts),
+        None => oplog_last(client).await,
+    }
+}
+
+/// How far before the last write a backup starts at most when the majority point lags.
+pub const MAJORITY_LAG_LIMIT_SECS: u32 = 60;
+
+/// The start position a `hello` answer gives (see [`backup_start`]).
+fn last_write(hello: &Document) -> Option<OpTime> {
+    let last = hello.get_document("lastWrite").ok()?;
+    let ts = |k: &str| {
+        last.get_document(k)
+            .ok()?
+            .get_timestamp("ts")
+            .ok()
+            .filter(|ts| ts.time > 0)
+    };
+    let newest = ts("opTime");
+    let majority = ts("majorityOpTime");
+    let start = match (newest, majority) {
+        (Some(newest), Some(majority)) => {
+            let floor = Timestamp {
+                time: newest.time.saturating_sub(MAJORITY_LAG_LIMIT_SECS),
+                increment: 0,
+            };
+            majority.max(floor).min(newest)
+        }
+        (newest, majority) => majority.or(newest)?,
+    };
+    Some(OpTime(start))
+}
+
 /// The position of the newest oplog entry.
 pub async fn oplog_last(client: &Client) -> Result<OpTime> {
     oplog_edge(client, -1).await
@@ -535,6 +586,27 @@ pub fn file_stem(coll: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backups_start_at_the_majority_write_of_hello() {
+        let ts = |time, increment| Timestamp { time, increment };
+        let hello = doc! { "lastWrite": {
+            "opTime": { "ts": ts(20, 2), "t": 1_i64 },
+            "majorityOpTime": { "ts": ts(20, 1), "t": 1_i64 },
+        } };
+        assert_eq!(last_write(&hello), Some(OpTime::new(20, 1)));
+        // A stalled majority point is followed back a minute at most.
+        let hello = doc! { "lastWrite": {
+            "opTime": { "ts": ts(5000, 2), "t": 1_i64 },
+            "majorityOpTime": { "ts": ts(100, 1), "t": 1_i64 },
+        } };
+        assert_eq!(last_write(&hello), Some(OpTime::new(4940, 0)));
+        let hello = doc! { "lastWrite": { "opTime": { "ts": ts(21, 3), "t": 1_i64 } } };
+        assert_eq!(last_write(&hello), Some(OpTime::new(21, 3)));
+        assert_eq!(last_write(&doc! { "isWritablePrimary": true }), None);
+        let empty = doc! { "lastWrite": { "majorityOpTime": { "ts": ts(0, 0) } } };
+        assert_eq!(last_write(&empty), None);
+    }
 
     #[test]
     fn optimes_order_print_and_parse() {
