@@ -535,17 +535,7 @@ pub async fn snapshot(
         .into_iter()
         .filter(|(index, _)| record.indices.contains(index))
         .collect();
-    let json = serde_json::to_vec_pretty(&record)
-        .map_err(|e| EngineError::Failed(format!("encoding the snapshot record: {e}")))?;
-    for event in [
-        DumpEvent::Start(RECORD_PATH.into()),
-        DumpEvent::Chunk(json),
-        DumpEvent::End,
-    ] {
-        tx.send(event)
-            .await
-            .map_err(|_| EngineError::Failed(crate::mysql::PIPELINE_GONE.into()))?;
-    }
+    crate::mysql::send_record(&tx, RECORD_PATH, &record, "snapshot record").await?;
     Ok(record)
 }
 
