@@ -10,7 +10,9 @@
 use backup_sources::azure::blob::{BlobClient, BlobCredential};
 use backup_sources::Secret;
 use backup_testing::azure_sql::AzureSqlDouble;
-use backup_testing::servers::{free_ports, skip_azure_tests, Azurite, AZURITE_ACCOUNT, AZURITE_KEY};
+use backup_testing::servers::{
+    free_ports, skip_azure_tests, Azurite, AZURITE_ACCOUNT, AZURITE_KEY,
+};
 use chrono::TimeDelta;
 
 use crate::support::*;
@@ -29,7 +31,13 @@ fn double() -> AzureSqlDouble {
 
 /// The config of source `ledger` (database `ledger`) against `double_url` (authority) and
 /// `management` (Resource Manager), secrets from files; `extra` follows the source's keys.
-fn sql_config(work: &Work, double_url: &str, management: &str, secret: &str, extra: &str) -> String {
+fn sql_config(
+    work: &Work,
+    double_url: &str,
+    management: &str,
+    secret: &str,
+    extra: &str,
+) -> String {
     std::fs::write(work.path("client-secret"), format!("{secret}\n")).unwrap();
     std::fs::write(work.path("sql-password"), format!("{SQL_PASSWORD}\n")).unwrap();
     std::fs::write(work.path("storage-key"), format!("{AZURITE_KEY}\n")).unwrap();
@@ -134,8 +142,11 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
     assert_eq!(record["server"], "sql-prod");
     assert_eq!(record["location"], "westeurope");
     let ledger = azure.database("ledger").unwrap();
-    let earliest: chrono::DateTime<chrono::Utc> =
-        record["earliest_restore_date"].as_str().unwrap().parse().unwrap();
+    let earliest: chrono::DateTime<chrono::Utc> = record["earliest_restore_date"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(
         earliest.timestamp_millis(),
         ledger.earliest_restore_date.timestamp_millis()
@@ -155,18 +166,25 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
         assert_eq!(s.exports.len(), 1);
         assert_eq!(s.exports[0].storage_key_type, "StorageAccessKey");
         assert!(
-            s.requests.iter().all(|r| !r.contains(SECRET) && !r.contains(SQL_PASSWORD)),
+            s.requests
+                .iter()
+                .all(|r| !r.contains(SECRET) && !r.contains(SQL_PASSWORD)),
             "a secret in a URL: {:?}",
             s.requests
         );
     }
     let text = work.ok(&["show", &first]).text();
-    assert!(text.contains("restorable as of") && text.contains("bacpac"), "{text}");
+    assert!(
+        text.contains("restorable as of") && text.contains("bacpac"),
+        "{text}"
+    );
     assert!(!text.contains(SECRET) && !text.contains(SQL_PASSWORD));
 
     // verify: the database is there, the point inside its window, the bacpac present.
-    work.ok(&["verify", &first])
-        .expect_mentions(&["inside the restore window of database ledger", "65536 bytes"]);
+    work.ok(&["verify", &first]).expect_mentions(&[
+        "inside the restore window of database ledger",
+        "65536 bytes",
+    ]);
 
     // Restore the backup's point into a new database.
     let restored = work
@@ -182,7 +200,9 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
         .json();
     assert_eq!(restored["status"], "Online", "{restored:#}");
     assert_eq!(restored["waited"], true);
-    let made = azure.database("ledger-restored").expect("restored database");
+    let made = azure
+        .database("ledger-restored")
+        .expect("restored database");
     assert_eq!(made.status, "Online");
     assert_eq!(made.create_mode.as_deref(), Some("PointInTimeRestore"));
     assert_eq!(
@@ -212,7 +232,10 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
         "ledger-old",
     ])
     .expect_code(EXIT_USAGE)
-    .expect_mentions(&["outside the restorable range of database ledger", &earliest.format("%Y-%m-%dT%H:%M").to_string()]);
+    .expect_mentions(&[
+        "outside the restorable range of database ledger",
+        &earliest.format("%Y-%m-%dT%H:%M").to_string(),
+    ]);
     assert!(azure.database("ledger-old").is_none());
     // Any point inside the window works, and --no-wait returns once Azure accepted it.
     let inside = (chrono::Utc::now() - TimeDelta::hours(2)).to_rfc3339();
@@ -229,7 +252,10 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
         ])
         .json();
     assert_eq!(accepted["waited"], false, "{accepted:#}");
-    assert!(accepted["operation_url"].as_str().unwrap().contains("databaseAzureAsyncOperation"));
+    assert!(accepted["operation_url"]
+        .as_str()
+        .unwrap()
+        .contains("databaseAzureAsyncOperation"));
     assert_eq!(azure.database("ledger-2h").unwrap().status, "Creating");
 
     // Retention deletes the older backup with its bacpac; Azure's databases stay.
@@ -261,16 +287,25 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
     assert!(drill["rto_millis"].is_u64(), "{drill:#}");
     let checks = drill["checks"].as_array().unwrap();
     assert!(
-        checks.iter().any(|c| c["name"] == "online" && c["passed"] == true),
+        checks
+            .iter()
+            .any(|c| c["name"] == "online" && c["passed"] == true),
         "{drill:#}"
     );
     assert!(
-        azure.database_names().iter().all(|n| !n.starts_with("backupd-drill-")),
+        azure
+            .database_names()
+            .iter()
+            .all(|n| !n.starts_with("backupd-drill-")),
         "the drill's scratch database was kept: {:?}",
         azure.database_names()
     );
     assert!(
-        azure.state().requests.iter().any(|r| r.starts_with("DELETE ") && r.contains("/databases/backupd-drill-")),
+        azure
+            .state()
+            .requests
+            .iter()
+            .any(|r| r.starts_with("DELETE ") && r.contains("/databases/backupd-drill-")),
         "no scratch database was deleted"
     );
 
@@ -280,23 +315,40 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
     let shown = work.ok(&["show", &third, "--json"]).json();
     assert_eq!(
         shown["azure_sql"]["export_blob_url"],
-        format!("{}/bacpacs/backupd/ledger-{third}.bacpac", azurite.endpoint()),
+        format!(
+            "{}/bacpacs/backupd/ledger-{third}.bacpac",
+            azurite.endpoint()
+        ),
         "{shown:#}"
     );
     work.ok(&["verify", &third]).expect_mentions(&["bacpac"]);
 
     // A point that has aged out of Azure's window: verify says so.
-    azure.state().databases.get_mut("ledger").unwrap().earliest_restore_date =
-        chrono::Utc::now();
+    azure
+        .state()
+        .databases
+        .get_mut("ledger")
+        .unwrap()
+        .earliest_restore_date = chrono::Utc::now();
     work.run(&["verify", &third])
         .expect_code(EXIT_INTEGRITY)
         .expect_mentions(&["has aged out of Azure's point-in-time restore window"]);
-    work.run(&["restore", "ledger", "--latest", "--target-database", "too-late"])
-        .expect_code(EXIT_FAILED)
-        .expect_mentions(&["has aged out"]);
+    work.run(&[
+        "restore",
+        "ledger",
+        "--latest",
+        "--target-database",
+        "too-late",
+    ])
+    .expect_code(EXIT_FAILED)
+    .expect_mentions(&["has aged out"]);
     // A bacpac deleted behind backupd's back: verify says so.
-    azure.state().databases.get_mut("ledger").unwrap().earliest_restore_date =
-        chrono::Utc::now() - TimeDelta::days(3);
+    azure
+        .state()
+        .databases
+        .get_mut("ledger")
+        .unwrap()
+        .earliest_restore_date = chrono::Utc::now() - TimeDelta::days(3);
     rt().block_on(async {
         BlobClient::new(
             &azurite.endpoint(),
@@ -320,7 +372,11 @@ fn expect_failed_backup(work: &Work, secrets: &[&str], needles: &[&str]) {
     let out = work.run(&["backup", "ledger"]);
     out.expect_code(EXIT_FAILED).expect_mentions(needles);
     for secret in secrets.iter().chain([&SECRET, &SQL_PASSWORD]) {
-        assert!(!out.text().contains(secret), "secret leaked: {}", out.dump());
+        assert!(
+            !out.text().contains(secret),
+            "secret leaked: {}",
+            out.dump()
+        );
     }
     let listed = work.list();
     assert!(!listed.is_empty());
@@ -371,7 +427,10 @@ fn azure_sql_faults_fail_by_name_and_nothing_is_complete() {
     expect_failed_backup(
         &work,
         &[],
-        &["reading database nosuch of server sql-prod: not found", "ResourceNotFound"],
+        &[
+            "reading database nosuch of server sql-prod: not found",
+            "ResourceNotFound",
+        ],
     );
     let work = Work::new();
     let config = sql_config(&work, &azure.url(), &azure.url(), SECRET, "")
@@ -406,11 +465,7 @@ fn azure_sql_faults_fail_by_name_and_nothing_is_complete() {
         "The export of the database failed: the database has too many objects.".into(),
     ));
     std::fs::write(work.path("sql-password"), format!("{SQL_PASSWORD}\n")).unwrap();
-    expect_failed_backup(
-        &work,
-        &[],
-        &["DatabaseExportFailed", "too many objects"],
-    );
+    expect_failed_backup(&work, &[], &["DatabaseExportFailed", "too many objects"]);
     azure.state().export_failure = None;
 
     // An export stuck past its timeout.
@@ -428,7 +483,11 @@ fn azure_sql_faults_fail_by_name_and_nothing_is_complete() {
     expect_failed_backup(
         &work,
         &[],
-        &["the export of database ledger", "did not finish within", "last status InProgress"],
+        &[
+            "the export of database ledger",
+            "did not finish within",
+            "last status InProgress",
+        ],
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     azure.state().stuck_operations = false;
@@ -452,23 +511,50 @@ fn azure_sql_faults_fail_by_name_and_nothing_is_complete() {
     .expect_mentions(&["outside the restorable range"]);
     // A restore stuck past restore-timeout fails by name.
     azure.state().stuck_operations = true;
-    let config = sql_config(&work, &azure.url(), &azure.url(), SECRET, "restore-timeout = \"1s\"\n");
+    let config = sql_config(
+        &work,
+        &azure.url(),
+        &azure.url(),
+        SECRET,
+        "restore-timeout = \"1s\"\n",
+    );
     work.write_config(&config);
-    work.run(&["restore", "ledger", "--latest", "--target-database", "ledger-slow"])
-        .expect_code(EXIT_FAILED)
-        .expect_mentions(&["did not finish within", "ledger-slow may be left half made"]);
+    work.run(&[
+        "restore",
+        "ledger",
+        "--latest",
+        "--target-database",
+        "ledger-slow",
+    ])
+    .expect_code(EXIT_FAILED)
+    .expect_mentions(&["did not finish within", "ledger-slow may be left half made"]);
 }
 
 #[test]
 fn azure_sql_config_mistakes_are_named_at_load() {
     let work = Work::new();
-    let config = sql_config(&work, "http://127.0.0.1:1", "http://127.0.0.1:1", SECRET, "client-secret = \"x\"\n");
+    let config = sql_config(
+        &work,
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1",
+        SECRET,
+        "client-secret = \"x\"\n",
+    );
     work.write_config(&config);
     work.run(&["list"])
         .expect_code(EXIT_USAGE)
         .expect_mentions(&["unknown field", "client-secret"]);
-    let config = sql_config(&work, "http://127.0.0.1:1", "http://127.0.0.1:1", SECRET, "")
-        .replace("server = \"sql-prod\"", "server = \"sql-prod.database.windows.net\"");
+    let config = sql_config(
+        &work,
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1",
+        SECRET,
+        "",
+    )
+    .replace(
+        "server = \"sql-prod\"",
+        "server = \"sql-prod.database.windows.net\"",
+    );
     work.write_config(&config);
     work.run(&["list"])
         .expect_code(EXIT_USAGE)

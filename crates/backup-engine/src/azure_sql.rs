@@ -22,8 +22,7 @@ use backup_core::BackupId;
 use backup_sources::azure::blob::{BlobClient, BlobCredential};
 use backup_sources::azure::sql::{
     AzureEndpoints, Database, ExportRequest, RestorePoint, ServicePrincipal, SqlClient, SqlError,
-    SqlServerRef, StorageKeyType, DEFAULT_AUTHORITY, DEFAULT_MANAGEMENT_URL,
-    DEFAULT_POLL_INTERVAL,
+    SqlServerRef, StorageKeyType, DEFAULT_AUTHORITY, DEFAULT_MANAGEMENT_URL, DEFAULT_POLL_INTERVAL,
 };
 use backup_sources::Secret;
 
@@ -140,7 +139,10 @@ impl AzureSqlSourceConfig {
             ("database", &self.database),
         ] {
             if !plain_name(value) {
-                return bad(key, "must be a name or id, without `/`, `?`, `#`, `%`, `&` or spaces");
+                return bad(
+                    key,
+                    "must be a name or id, without `/`, `?`, `#`, `%`, `&` or spaces",
+                );
             }
         }
         if self.server.contains('.') {
@@ -170,7 +172,10 @@ impl AzureSqlSourceConfig {
             }
         }
         if self.poll_interval.is_zero() || self.restore_timeout < self.poll_interval {
-            return bad("poll-interval", "must be above zero and at most restore-timeout");
+            return bad(
+                "poll-interval",
+                "must be above zero and at most restore-timeout",
+            );
         }
         if let Some(export) = &self.export {
             export
@@ -248,7 +253,10 @@ impl AzureSqlExportConfig {
             );
         }
         if self.prefix.contains(['?', '#', '\\']) || self.prefix.starts_with('/') {
-            return bad("prefix", "must be a blob name prefix (no `?`, `#`, `\\` or leading `/`)");
+            return bad(
+                "prefix",
+                "must be a blob name prefix (no `?`, `#`, `\\` or leading `/`)",
+            );
         }
         if self.timeout < poll {
             return bad("timeout", "must be at least the source's poll-interval");
@@ -505,9 +513,13 @@ pub async fn backup(
             "Azure SQL source {source}: {e}; the backup is not complete"
         ))
     };
-    let db = cancellable(cancel, "reading the database", client.database(&cfg.database))
-        .await
-        .map_err(fail)?;
+    let db = cancellable(
+        cancel,
+        "reading the database",
+        client.database(&cfg.database),
+    )
+    .await
+    .map_err(fail)?;
     let points = cancellable(
         cancel,
         "listing the restore points",
@@ -788,8 +800,9 @@ pub async fn reimport_record(
         cancel,
     )
     .await?;
-    let record: AzureSqlRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: Azure SQL record: {e}")))?;
+    let record: AzureSqlRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        EngineError::Integrity(format!("backup {backup_id}: Azure SQL record: {e}"))
+    })?;
     engine
         .catalog
         .record_azure_sql_backup(&record.catalog_record(backup_id))
@@ -1021,7 +1034,7 @@ mod tests {
             export.blob_url("ledger", id),
             format!("https://acct.blob.core.windows.net/bacpacs/ledger-{id}.bacpac")
         );
-        let export = "[source.export]\nstorage-uri = \"https://a.blob.core.windows.net/c1\"\n\
+        let export = "[source.export]\nstorage-uri = \"https://a.blob.core.windows.net/bak\"\n\
                       storage-key-env = \"K\"\nadministrator-login = \"x\"\n\
                       administrator-login-password-env = \"P\"\n";
         for (bad, needle) in [
@@ -1030,7 +1043,10 @@ mod tests {
                 "client-secret-env",
             ),
             (format!("{BASE}client-secret = \"x\"\n"), "unknown field"),
-            (BASE.replace("srv", "srv.database.windows.net"), "source[0].server"),
+            (
+                BASE.replace("srv", "srv.database.windows.net"),
+                "source[0].server",
+            ),
             (BASE.replace("\"rg\"", "\"r/g\""), "resource-group"),
             (
                 format!("{BASE}management-url = \"localhost:1\"\n"),
@@ -1041,11 +1057,11 @@ mod tests {
                 "at most restore-timeout",
             ),
             (
-                format!("{BASE}{}", export.replace("/c1", "/c1?sv=1&sig=x")),
+                format!("{BASE}{}", export.replace("/bak", "/bak?sv=1&sig=x")),
                 "export.storage-uri",
             ),
             (
-                format!("{BASE}{}", export.replace("/c1", "")),
+                format!("{BASE}{}", export.replace("/bak", "")),
                 "export.storage-uri",
             ),
             (

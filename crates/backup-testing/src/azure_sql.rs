@@ -134,7 +134,10 @@ pub struct AzureSqlState {
 impl AzureSqlState {
     fn new_id(&mut self) -> String {
         self.next_id += 1;
-        format!("{:08x}-0000-4000-8000-{:012x}", 0x5eed_0000u32, self.next_id)
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            0x5eed_0000u32, self.next_id
+        )
     }
 
     fn database_path(&self, name: &str) -> String {
@@ -254,7 +257,10 @@ const DATABASE: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Micro
 fn router(state: Arc<Mutex<AzureSqlState>>, base: String) -> Router {
     let app = App { state, base };
     let arm = Router::new()
-        .route(DATABASE, get(get_database).put(put_database).delete(delete_database))
+        .route(
+            DATABASE,
+            get(get_database).put(put_database).delete(delete_database),
+        )
         .route(&format!("{DATABASE}/restorePoints"), get(restore_points))
         .route(&format!("{DATABASE}/export"), post(export))
         .route(
@@ -339,7 +345,9 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
         Some(other) => arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidApiVersionParameter",
-            &format!("The api-version '{other}' is invalid. The supported versions are '{API_VERSION}'."),
+            &format!(
+                "The api-version '{other}' is invalid. The supported versions are '{API_VERSION}'."
+            ),
         ),
     }
 }
@@ -352,7 +360,9 @@ fn form(body: &str) -> BTreeMap<String, String> {
         let mut i = 0;
         while i < bytes.len() {
             if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
+                if let Ok(b) =
+                    u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
+                {
                     out.push(b);
                     i += 3;
                     continue;
@@ -570,7 +580,10 @@ fn accepted(app: &App, s: &mut AzureSqlState, family: &str, work: Work) -> Respo
         app.base, s.subscription_id, s.location
     );
     let (status_kind, result_kind) = match family {
-        "export" => ("importExportAzureAsyncOperation", "importExportOperationResults"),
+        "export" => (
+            "importExportAzureAsyncOperation",
+            "importExportOperationResults",
+        ),
         _ => ("databaseAzureAsyncOperation", "databaseOperationResults"),
     };
     let mut response = (
@@ -582,11 +595,15 @@ fn accepted(app: &App, s: &mut AzureSqlState, family: &str, work: Work) -> Respo
     let value = |v: String| HeaderValue::from_str(&v).expect("header value");
     headers.insert(
         "azure-asyncoperation",
-        value(format!("{prefix}/{status_kind}/{id}?api-version={API_VERSION}")),
+        value(format!(
+            "{prefix}/{status_kind}/{id}?api-version={API_VERSION}"
+        )),
     );
     headers.insert(
         header::LOCATION,
-        value(format!("{prefix}/{result_kind}/{id}?api-version={API_VERSION}")),
+        value(format!(
+            "{prefix}/{result_kind}/{id}?api-version={API_VERSION}"
+        )),
     );
     if let Some(secs) = s.retry_after {
         headers.insert(header::RETRY_AFTER, value(secs.to_string()));
@@ -609,7 +626,9 @@ async fn put_database(
         return arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValue",
-            &format!("The double only makes databases by PointInTimeRestore, not createMode '{mode}'."),
+            &format!(
+                "The double only makes databases by PointInTimeRestore, not createMode '{mode}'."
+            ),
         );
     }
     if s.databases.contains_key(&db) {
@@ -619,7 +638,9 @@ async fn put_database(
             &format!("The database '{db}' already exists on server '{}'. Choose a different database name.", s.server),
         );
     }
-    if body["location"].as_str().map(str::to_ascii_lowercase) != Some(s.location.to_ascii_lowercase()) {
+    if body["location"].as_str().map(str::to_ascii_lowercase)
+        != Some(s.location.to_ascii_lowercase())
+    {
         return arm_error(
             StatusCode::BAD_REQUEST,
             "LocationNotAvailableForResourceType",
@@ -704,14 +725,22 @@ async fn export(
     }
     let text = |k: &str| body[k].as_str().unwrap_or("").to_owned();
     let storage_key_type = text("storageKeyType");
-    if !matches!(storage_key_type.as_str(), "StorageAccessKey" | "SharedAccessKey") {
+    if !matches!(
+        storage_key_type.as_str(),
+        "StorageAccessKey" | "SharedAccessKey"
+    ) {
         return arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValue",
             &format!("Invalid value '{storage_key_type}' for parameter storageKeyType."),
         );
     }
-    for required in ["storageUri", "storageKey", "administratorLogin", "administratorLoginPassword"] {
+    for required in [
+        "storageUri",
+        "storageKey",
+        "administratorLogin",
+        "administratorLoginPassword",
+    ] {
         if text(required).is_empty() {
             return arm_error(
                 StatusCode::BAD_REQUEST,
@@ -746,7 +775,11 @@ async fn operation(
     let (work, finishing) = {
         let mut s = app.lock();
         if sub != s.subscription_id || !location.eq_ignore_ascii_case(&s.location) {
-            return arm_error(StatusCode::NOT_FOUND, "ResourceNotFound", "No such operation.");
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                "No such operation.",
+            );
         }
         let polls_to_finish = s.polls_to_finish;
         let stuck = s.stuck_operations;
@@ -783,8 +816,10 @@ async fn operation(
     let op = s.operations.get(&id).expect("operation").clone();
     let retry = |mut r: Response| {
         if let Some(secs) = s.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs.to_string()).expect("value"));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&secs.to_string()).expect("value"),
+            );
         }
         r
     };
@@ -835,7 +870,12 @@ async fn finish(app: &App, work: &Work) -> Result<Option<Value>, (String, String
             let (failure, bytes, server, request_id) = {
                 let mut s = app.lock();
                 let id = s.new_id();
-                (s.export_failure.clone(), s.bacpac_bytes, s.server.clone(), id)
+                (
+                    s.export_failure.clone(),
+                    s.bacpac_bytes,
+                    s.server.clone(),
+                    id,
+                )
             };
             let failed = |why: String| {
                 (
@@ -854,7 +894,11 @@ async fn finish(app: &App, work: &Work) -> Result<Option<Value>, (String, String
             let content = bacpac(database, bytes);
             write_blob(storage_uri, storage_key_type, storage_key, content)
                 .await
-                .map_err(|why| failed(format!("Could not write the bacpac to {storage_uri}: {why}")))?;
+                .map_err(|why| {
+                    failed(format!(
+                        "Could not write the bacpac to {storage_uri}: {why}"
+                    ))
+                })?;
             let now = time(Utc::now());
             Ok(Some(json!({
                 "id": format!("/subscriptions/x/resourceGroups/x/providers/Microsoft.Sql/servers/{server}/databases/{database}/importExportOperationResults/{request_id}"),
@@ -889,12 +933,7 @@ pub fn bacpac(database: &str, len: usize) -> Vec<u8> {
 
 /// Writes `content` as block blob `url` with the storage account key (Shared Key) or a SAS
 /// token, the way the Import/Export service does.
-async fn write_blob(
-    url: &str,
-    key_type: &str,
-    key: &str,
-    content: Vec<u8>,
-) -> Result<(), String> {
+async fn write_blob(url: &str, key_type: &str, key: &str, content: Vec<u8>) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("the storage URI is no URL: {e}"))?;
     let http = reqwest::Client::new();
     let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
@@ -908,7 +947,13 @@ async fn write_blob(
         let host = parsed.host_str().unwrap_or("");
         let path_style = host.parse::<std::net::IpAddr>().is_ok() || host == "localhost";
         let account = if path_style {
-            parsed.path().trim_start_matches('/').split('/').next().unwrap_or("").to_owned()
+            parsed
+                .path()
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_owned()
         } else {
             host.split('.').next().unwrap_or("").to_owned()
         };
@@ -921,7 +966,8 @@ async fn write_blob(
             .map_err(|_| "the storage account key is not base64".to_owned())?;
         let mut mac = Hmac::<Sha256>::new_from_slice(&secret).map_err(|e| e.to_string())?;
         mac.update(to_sign.as_bytes());
-        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         http.put(url)
             .header("authorization", format!("SharedKey {account}:{signature}"))
     };

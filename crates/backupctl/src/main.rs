@@ -1032,9 +1032,11 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                     EngineError::Usage("give the azure-sql SOURCE to restore".into())
                 })?;
                 let point = match (&mongo.backup, latest, &point_in_time) {
-                    (Some(id), false, None) => backup_engine::azure_sql::RestorePointChoice::Backup(
-                        BackupSelector::Id(id.clone()),
-                    ),
+                    (Some(id), false, None) => {
+                        backup_engine::azure_sql::RestorePointChoice::Backup(BackupSelector::Id(
+                            id.clone(),
+                        ))
+                    }
                     (None, true, None) => backup_engine::azure_sql::RestorePointChoice::Backup(
                         BackupSelector::Latest(name.clone()),
                     ),

@@ -353,7 +353,9 @@ pub fn show(
         if let Some(url) = &a.export_blob_url {
             println!(
                 "bacpac      {url} ({})",
-                a.export_bytes.map(human_bytes).unwrap_or_else(|| "-".into())
+                a.export_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into())
             );
         }
     }

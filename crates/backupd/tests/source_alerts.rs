@@ -68,7 +68,8 @@ fn failing_mysql_elasticsearch_rds_azure_blob_and_azure_sql_backups_alert_with_t
     let keys = tempfile::tempdir().unwrap();
     let blob_key = keys.path().join("azure.key");
     std::fs::write(&blob_key, "ZmFrZS1rZXk=").unwrap();
-    let azure_sql = AzureSqlDouble::start("tenant", "client", "the-real-secret", "sub", "rg", "srv");
+    let azure_sql =
+        AzureSqlDouble::start("tenant", "client", "the-real-secret", "sub", "rg", "srv");
     azure_sql
         .state()
         .add_database("ledger", chrono::TimeDelta::days(1));

@@ -488,10 +488,7 @@ impl SqlClient {
     #[instrument(skip_all, fields(database = name))]
     pub async fn delete_database(&self, name: &str, timeout: Duration) -> Result<bool, SqlError> {
         check_database_name(name)?;
-        let what = format!(
-            "deleting database {name} of server {}",
-            self.server.server
-        );
+        let what = format!("deleting database {name} of server {}", self.server.server);
         let result = self
             .call_raw(Method::DELETE, &self.database_path(name), None, &what)
             .await;

@@ -16,7 +16,8 @@ pub async fn azure_sql_backups_round_trip_and_go_with_their_backup(catalog: &Cat
     let t0 = at("2025-09-01T00:00:00Z");
     let done = complete_backup_of(catalog, &source, t0).await;
     let (other, _) = stored_backup(catalog, &source, t0 + TimeDelta::hours(1)).await;
-    let record = |id, exported: bool| AzureSqlBackupRecord {
+    let record = |id, exported: bool| {
+        AzureSqlBackupRecord {
         backup_id: id,
         subscription_id: "00000000-1111-2222-3333-444444444444".into(),
         resource_group: "rg".into(),
@@ -30,6 +31,7 @@ pub async fn azure_sql_backups_round_trip_and_go_with_their_backup(catalog: &Cat
             .then(|| format!("https://acct.blob.core.windows.net/bacpacs/{source}.bacpac")),
         export_bytes: exported.then_some(u64::MAX >> 2),
         created_at: t0 + TimeDelta::seconds(2),
+    }
     };
     let first = record(done.id, true);
     catalog.record_azure_sql_backup(&first).await.unwrap();
