@@ -95,7 +95,7 @@ pub(super) enum ScratchDatabases {
         identifier: String,
     },
     /// The scratch database an Azure SQL drill restored (on the source's server).
-    AzureSql(crate::azure_sql::ScratchDatabase),
+    AzureSql(Box<crate::azure_sql::ScratchDatabase>),
     /// One scratch container of the source's storage account, deleted whole.
     AzureBlob {
         client: backup_sources::azure::blob::BlobClient,
@@ -683,9 +683,9 @@ impl DrillRun<'_> {
             .trim_end_matches('_');
         let database = format!("backupd-drill-{tail}");
         // Set before the restore starts: a restore that fails half way is deleted too.
-        self.databases = Some(ScratchDatabases::AzureSql(
+        self.databases = Some(ScratchDatabases::AzureSql(Box::new(
             crate::azure_sql::scratch_database(self.engine, &self.source.name, &database)?,
-        ));
+        )));
         let options = crate::azure_sql::AzureSqlRestoreOptions {
             source: self.source.name.clone(),
             point: crate::azure_sql::RestorePointChoice::Backup(BackupSelector::Id(
