@@ -81,13 +81,17 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn bacpacs(azurite: &Azurite) -> Vec<(String, u64)> {
-    let client = BlobClient::new(
+fn azurite_client(azurite: &Azurite) -> BlobClient {
+    BlobClient::new(
         &azurite.endpoint(),
         AZURITE_ACCOUNT,
         BlobCredential::SharedKey(Secret::new(AZURITE_KEY)),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn bacpacs(azurite: &Azurite) -> Vec<(String, u64)> {
+    let client = azurite_client(azurite);
     rt().block_on(async {
         client
             .list_blobs("bacpacs", None)
@@ -107,15 +111,10 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
     let azure = double();
     let azurite = Azurite::start();
     rt().block_on(async {
-        BlobClient::new(
-            &azurite.endpoint(),
-            AZURITE_ACCOUNT,
-            BlobCredential::SharedKey(Secret::new(AZURITE_KEY)),
-        )
-        .unwrap()
-        .create_container("bacpacs", &Default::default())
-        .await
-        .unwrap();
+        azurite_client(&azurite)
+            .create_container("bacpacs", &Default::default())
+            .await
+            .unwrap();
     });
     let work = Work::new();
     work.write_config(&sql_config(
@@ -350,15 +349,10 @@ fn azure_sql_backups_are_recorded_verified_restored_pruned_drilled_and_rebuilt()
         .unwrap()
         .earliest_restore_date = chrono::Utc::now() - TimeDelta::days(3);
     rt().block_on(async {
-        BlobClient::new(
-            &azurite.endpoint(),
-            AZURITE_ACCOUNT,
-            BlobCredential::SharedKey(Secret::new(AZURITE_KEY)),
-        )
-        .unwrap()
-        .delete_blob("bacpacs", &format!("backupd/ledger-{third}.bacpac"))
-        .await
-        .unwrap();
+        azurite_client(&azurite)
+            .delete_blob("bacpacs", &format!("backupd/ledger-{third}.bacpac"))
+            .await
+            .unwrap();
     });
     work.run(&["verify", &third])
         .expect_code(EXIT_INTEGRITY)

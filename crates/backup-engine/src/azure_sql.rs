@@ -792,7 +792,7 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let bytes = crate::restore::read_backup_file(
+    let record: AzureSqlRecord = crate::restore::read_backup_record(
         engine,
         backup_id,
         RECORD_PATH,
@@ -800,9 +800,6 @@ pub async fn reimport_record(
         cancel,
     )
     .await?;
-    let record: AzureSqlRecord = serde_json::from_slice(&bytes).map_err(|e| {
-        EngineError::Integrity(format!("backup {backup_id}: Azure SQL record: {e}"))
-    })?;
     engine
         .catalog
         .record_azure_sql_backup(&record.catalog_record(backup_id))

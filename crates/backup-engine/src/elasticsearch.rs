@@ -908,11 +908,14 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let bytes =
-        crate::restore::read_backup_file(engine, backup_id, RECORD_PATH, "snapshot record", cancel)
-            .await?;
-    let record: SnapshotRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: snapshot record: {e}")))?;
+    let record: SnapshotRecord = crate::restore::read_backup_record(
+        engine,
+        backup_id,
+        RECORD_PATH,
+        "snapshot record",
+        cancel,
+    )
+    .await?;
     engine
         .catalog
         .record_elasticsearch_snapshot(&record.catalog_record(backup_id))

@@ -545,7 +545,7 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let bytes = crate::restore::read_backup_file(
+    let record: SnapshotRecord = crate::restore::read_backup_record(
         engine,
         backup_id,
         RECORD_PATH,
@@ -553,9 +553,6 @@ pub async fn reimport_record(
         cancel,
     )
     .await?;
-    let record: SnapshotRecord = serde_json::from_slice(&bytes).map_err(|e| {
-        EngineError::Integrity(format!("backup {backup_id}: RDS snapshot record: {e}"))
-    })?;
     for row in record.catalog_records(backup_id) {
         engine.catalog.record_rds_snapshot(&row).await?;
     }
