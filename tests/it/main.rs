@@ -6,6 +6,7 @@
 
 mod atlas;
 mod azure_blob;
+mod azure_sql;
 mod catalog;
 mod config;
 mod corruption;

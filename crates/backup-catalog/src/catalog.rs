@@ -141,7 +141,7 @@ const UPSERT_COPY: &str = concat!(
 
 /// Rows that belong to a backup without a foreign key (see migration 0004); deleted with it,
 /// but kept when `import_backup` replaces the backup row.
-const DELETE_BACKUP_QUEUE_ROWS: [&str; 8] = [
+const DELETE_BACKUP_QUEUE_ROWS: [&str; 9] = [
     "DELETE FROM replication_queue WHERE backup_id = $1",
     "DELETE FROM thaw_requests WHERE backup_id = $1",
     "DELETE FROM postgres_backups WHERE backup_id = $1",
@@ -150,6 +150,7 @@ const DELETE_BACKUP_QUEUE_ROWS: [&str; 8] = [
     "DELETE FROM atlas_snapshots WHERE backup_id = $1",
     "DELETE FROM elasticsearch_snapshots WHERE backup_id = $1",
     "DELETE FROM rds_snapshots WHERE backup_id = $1",
+    "DELETE FROM azure_sql_backups WHERE backup_id = $1",
 ];
 
 const DELETE_BACKUP_ROWS: [&str; 3] = [

@@ -10,6 +10,7 @@
 //! `backup-testing` runs every method against both backends instead.
 
 mod atlas;
+mod azure_sql;
 mod catalog;
 mod drills;
 mod elasticsearch;
@@ -25,6 +26,7 @@ mod shreds;
 mod usage;
 
 pub use atlas::AtlasSnapshotRecord;
+pub use azure_sql::AzureSqlBackupRecord;
 pub use catalog::{Backend, Catalog};
 pub use drills::{DrillCheckResult, DrillCompletion, DrillRecord, DrillStatus, DrillTrigger};
 pub use elasticsearch::ElasticsearchSnapshotRecord;

@@ -200,6 +200,13 @@ pub async fn run_backup_with_id(
             {
                 tracing::warn!(%backup_id, error = %e, "could not delete the failed backup's RDS snapshots; delete them by their backupd:backup-id tag");
             }
+            // Azure SQL: nor is a bacpac its export may have started (Azure's own backups are
+            // never touched).
+            if let Err(e) =
+                crate::azure_sql::delete_backup_export(engine, source_name, backup_id).await
+            {
+                tracing::warn!(%backup_id, error = %e, "could not delete the failed backup's bacpac; delete it by hand");
+            }
             Err(err)
         }
     }
@@ -317,6 +324,16 @@ async fn write_and_record(
                 crate::azure_blob::dump(&blob, tx, &cancel)
                     .await
                     .map(Dumped::AzureBlob)
+            });
+            (Some(task), Some(rx))
+        }
+        SourceKindConfig::AzureSql(sql) => {
+            let (tx, rx) = mpsc::channel(crate::mysql::DUMP_QUEUE);
+            let (sql, cancel, source) = (sql.clone(), cancel.clone(), source_name.to_owned());
+            let task = tokio::spawn(async move {
+                crate::azure_sql::backup(&sql, &source, backup_id, tx, &cancel)
+                    .await
+                    .map(Dumped::AzureSql)
             });
             (Some(task), Some(rx))
         }
@@ -519,6 +536,12 @@ async fn write_and_record(
                 engine.catalog.record_rds_snapshot(&row).await?;
             }
         }
+        Some(Dumped::AzureSql(record)) => {
+            engine
+                .catalog
+                .record_azure_sql_backup(&record.catalog_record(backup_id))
+                .await?;
+        }
         Some(Dumped::Mysql(summary)) => tracing::info!(
             %backup_id,
             tables = summary.tables.len(),
@@ -641,6 +664,7 @@ enum Dumped {
     Elasticsearch(crate::elasticsearch::SnapshotRecord),
     Rds(crate::rds::SnapshotRecord),
     AzureBlob(crate::azure_blob::BlobIndex),
+    AzureSql(crate::azure_sql::AzureSqlRecord),
 }
 
 /// The backup an incremental one builds on, with what it recorded of each file.
@@ -839,12 +863,14 @@ impl ProduceJob {
             SourceKindConfig::Mysql(_)
             | SourceKindConfig::Elasticsearch(_)
             | SourceKindConfig::Rds(_)
-            | SourceKindConfig::AzureBlob(_) => {
+            | SourceKindConfig::AzureBlob(_)
+            | SourceKindConfig::AzureSql(_) => {
                 let rx = self.mysql.expect("dump sources come with their dump");
                 let last = match &self.source {
                     SourceKindConfig::Mysql(_) => backup_sources::mysql::SUMMARY_PATH,
                     SourceKindConfig::Rds(_) => crate::rds::RECORD_PATH,
                     SourceKindConfig::AzureBlob(_) => crate::azure_blob::INDEX_PATH,
+                    SourceKindConfig::AzureSql(_) => crate::azure_sql::RECORD_PATH,
                     _ => crate::elasticsearch::RECORD_PATH,
                 };
                 crate::mysql::write_dump(rx, last, &mut data, &mut recorder, &mut on_bytes)?

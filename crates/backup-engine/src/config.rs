@@ -354,6 +354,10 @@ pub enum SourceKindConfig {
     /// repositories. See docs/sources/azure-blob.md.
     #[serde(rename = "azure-blob")]
     AzureBlob(crate::azure_blob::AzureBlobSourceConfig),
+    /// An Azure SQL database: its own point-in-time backups checked, recorded and restored
+    /// into a new database, optionally a bacpac export. See docs/sources/azure-sql.md.
+    #[serde(rename = "azure-sql")]
+    AzureSql(crate::azure_sql::AzureSqlSourceConfig),
 }
 
 /// A `kind = "atlas"` source.
@@ -550,6 +554,7 @@ impl SourceKindConfig {
             Self::Elasticsearch(_) => "elasticsearch",
             Self::Rds(_) => "rds",
             Self::AzureBlob(_) => "azure-blob",
+            Self::AzureSql(_) => "azure-sql",
         }
     }
 }
@@ -834,6 +839,9 @@ impl Config {
                 SourceKindConfig::AzureBlob(b) => b.validate().map_err(|(key, message)| {
                     self.invalid(format!("source[{i}].{key}"), message)
                 })?,
+                SourceKindConfig::AzureSql(a) => a.validate().map_err(|(key, message)| {
+                    self.invalid(format!("source[{i}].{key}"), message)
+                })?,
             }
         }
         Ok(())
@@ -1012,7 +1020,8 @@ impl Config {
             | SourceKindConfig::Mysql(_)
             | SourceKindConfig::Elasticsearch(_)
             | SourceKindConfig::Rds(_)
-            | SourceKindConfig::AzureBlob(_) => {}
+            | SourceKindConfig::AzureBlob(_)
+            | SourceKindConfig::AzureSql(_) => {}
         }
         Ok(())
     }

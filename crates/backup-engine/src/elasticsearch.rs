@@ -535,17 +535,7 @@ pub async fn snapshot(
         .into_iter()
         .filter(|(index, _)| record.indices.contains(index))
         .collect();
-    let json = serde_json::to_vec_pretty(&record)
-        .map_err(|e| EngineError::Failed(format!("encoding the snapshot record: {e}")))?;
-    for event in [
-        DumpEvent::Start(RECORD_PATH.into()),
-        DumpEvent::Chunk(json),
-        DumpEvent::End,
-    ] {
-        tx.send(event)
-            .await
-            .map_err(|_| EngineError::Failed(crate::mysql::PIPELINE_GONE.into()))?;
-    }
+    crate::mysql::send_record(&tx, RECORD_PATH, &record, "snapshot record").await?;
     Ok(record)
 }
 
@@ -918,11 +908,14 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let bytes =
-        crate::restore::read_backup_file(engine, backup_id, RECORD_PATH, "snapshot record", cancel)
-            .await?;
-    let record: SnapshotRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: snapshot record: {e}")))?;
+    let record: SnapshotRecord = crate::restore::read_backup_record(
+        engine,
+        backup_id,
+        RECORD_PATH,
+        "snapshot record",
+        cancel,
+    )
+    .await?;
     engine
         .catalog
         .record_elasticsearch_snapshot(&record.catalog_record(backup_id))

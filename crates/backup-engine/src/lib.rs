@@ -5,6 +5,7 @@
 //! of these functions, then map [`EngineError::exit_code`] to the process exit.
 
 pub mod azure_blob;
+pub mod azure_sql;
 pub mod backup;
 pub mod config;
 pub mod drill;

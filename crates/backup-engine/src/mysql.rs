@@ -243,6 +243,28 @@ pub fn set_before_table_data_hook(hook: Option<Hook>) {
 pub const DUMP_QUEUE: usize = 8;
 pub(crate) const PIPELINE_GONE: &str = "the backup pipeline stopped reading the MySQL dump";
 
+/// Sends `record` as JSON into the pipeline as the single entry `path`: the data artifact of
+/// sources whose data stays in the service (Elasticsearch, RDS, Azure SQL) is this record.
+pub(crate) async fn send_record<T: serde::Serialize>(
+    tx: &mpsc::Sender<DumpEvent>,
+    path: &str,
+    record: &T,
+    what: &str,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| EngineError::Failed(format!("encoding the {what}: {e}")))?;
+    for event in [
+        DumpEvent::Start(path.into()),
+        DumpEvent::Chunk(json),
+        DumpEvent::End,
+    ] {
+        tx.send(event)
+            .await
+            .map_err(|_| EngineError::Failed(PIPELINE_GONE.into()))?;
+    }
+    Ok(())
+}
+
 /// Whether a dump failed only because the pipeline stopped reading it (the pipeline's own
 /// error is then the cause).
 pub fn is_pipeline_gone(e: &EngineError) -> bool {

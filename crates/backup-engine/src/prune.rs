@@ -712,6 +712,23 @@ pub async fn finish_deletion(
                 ))
             })?;
     }
+    // Azure SQL: the bacpac the backup exported goes first, as above (Azure's own backups
+    // are Azure's: never touched).
+    if engine
+        .catalog
+        .azure_sql_backup(id)
+        .await?
+        .is_some_and(|r| r.export_blob_url.is_some())
+    {
+        crate::azure_sql::delete_backup_export(engine, &record.source, id)
+            .await
+            .map_err(|e| {
+                EngineError::Failed(format!(
+                    "backup {id}: deleting its bacpac failed ({e}); it stays `deleting` until \
+                     a prune or gc can reach Blob Storage"
+                ))
+            })?;
+    }
     for repo in &repos {
         crate::keys::delete_envelopes(repo, id, cancel)
             .await

@@ -373,17 +373,7 @@ pub async fn snapshot(
         started_at,
         finished_at: Utc::now(),
     };
-    let json = serde_json::to_vec_pretty(&record)
-        .map_err(|e| EngineError::Failed(format!("encoding the RDS snapshot record: {e}")))?;
-    for event in [
-        DumpEvent::Start(RECORD_PATH.into()),
-        DumpEvent::Chunk(json),
-        DumpEvent::End,
-    ] {
-        tx.send(event)
-            .await
-            .map_err(|_| EngineError::Failed(crate::mysql::PIPELINE_GONE.into()))?;
-    }
+    crate::mysql::send_record(&tx, RECORD_PATH, &record, "RDS snapshot record").await?;
     Ok(record)
 }
 
@@ -555,7 +545,7 @@ pub async fn reimport_record(
     backup_id: BackupId,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let bytes = crate::restore::read_backup_file(
+    let record: SnapshotRecord = crate::restore::read_backup_record(
         engine,
         backup_id,
         RECORD_PATH,
@@ -563,9 +553,6 @@ pub async fn reimport_record(
         cancel,
     )
     .await?;
-    let record: SnapshotRecord = serde_json::from_slice(&bytes).map_err(|e| {
-        EngineError::Integrity(format!("backup {backup_id}: RDS snapshot record: {e}"))
-    })?;
     for row in record.catalog_records(backup_id) {
         engine.catalog.record_rds_snapshot(&row).await?;
     }

@@ -131,6 +131,15 @@ pub async fn run_rebuild(engine: &Engine, cancel: &CancellationToken) -> Result<
                 ));
             }
         }
+        // Azure SQL: likewise, the backup's record (its point, its bacpac).
+        if imported.source_kind == "azure-sql" {
+            if let Err(e) = crate::azure_sql::reimport_record(engine, backup_id, cancel).await {
+                report.incomplete.push((
+                    backup_id.to_string(),
+                    format!("its Azure SQL record could not be read: {e}"),
+                ));
+            }
+        }
         // Copies the config asks for and no repository holds yet are queued again.
         if let Ok((_, source)) = engine.config.source(&imported.backup.source) {
             let targets: Vec<_> =

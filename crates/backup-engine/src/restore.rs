@@ -264,6 +264,20 @@ pub(crate) async fn read_backup_file(
         .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: no {what} ({e})")))
 }
 
+/// The JSON record a backup stores as entry `path` (`what`, for errors): the data artifact
+/// of sources whose data stays in the service (Elasticsearch, RDS, Azure SQL).
+pub(crate) async fn read_backup_record<T: serde::de::DeserializeOwned>(
+    engine: &Engine,
+    backup_id: backup_core::BackupId,
+    path: &str,
+    what: &str,
+    cancel: &CancellationToken,
+) -> Result<T> {
+    let bytes = read_backup_file(engine, backup_id, path, what, cancel).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::Integrity(format!("backup {backup_id}: {what}: {e}")))
+}
+
 pub async fn run_restore(
     engine: &Engine,
     selector: &BackupSelector,

@@ -152,6 +152,13 @@ pub async fn run_verify(
                 Err(e) => check.problems.push(problem(e)),
             }
         }
+        // Azure SQL: the artifact is the backup's record; the data is in Azure.
+        if let Some(sql) = engine.catalog.azure_sql_backup(record.id).await? {
+            match crate::azure_sql::check_backup(engine, &record.source, &sql).await {
+                Ok(note) => check.notes.push(note),
+                Err(e) => check.problems.push(problem(e)),
+            }
+        }
         check.ok = check.problems.is_empty();
         if !check.ok && matches!(scope, VerifyScope::All) {
             // A prune may have started deleting it while we read it: that is not damage.

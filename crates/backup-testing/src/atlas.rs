@@ -16,9 +16,9 @@
 //! Runs on its own thread and runtime on a free loopback port; stopped on drop.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::http_double::ServedRouter;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -85,10 +85,8 @@ pub struct AtlasState {
 }
 
 pub struct AtlasDouble {
-    addr: SocketAddr,
+    server: ServedRouter,
     state: Arc<Mutex<AtlasState>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AtlasDouble {
@@ -104,45 +102,14 @@ impl AtlasDouble {
             download_bytes: 300 * 1024,
             ..AtlasState::default()
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("atlas-double".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind the Atlas double");
-                    ready_tx
-                        .send(listener.local_addr().expect("local addr"))
-                        .expect("report the address");
-                    let app = router(shared);
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await
-                        .expect("serve the Atlas double");
-                });
-            })
-            .expect("start the Atlas double");
-        let addr = ready_rx.recv().expect("the Atlas double starts");
-        AtlasDouble {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        let server = ServedRouter::start("atlas-double", move |_| router(shared));
+        AtlasDouble { server, state }
     }
 
     /// The base URL (`base-url` of an atlas source).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     pub fn state(&self) -> MutexGuard<'_, AtlasState> {
@@ -167,17 +134,6 @@ impl AtlasDouble {
             },
         );
         id
-    }
-}
-
-impl Drop for AtlasDouble {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn catalog_conformance(catalog: &Catalog) {
     mongodb::mongodb_conformance(catalog).await;
     elasticsearch::elasticsearch_conformance(catalog).await;
     rds::rds_conformance(catalog).await;
+    azure_sql::azure_sql_conformance(catalog).await;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -238,6 +239,8 @@ pub mod mongodb;
 // Tags, legal holds, `deleting` and stored copies (what `prune` needs).
 pub mod postgres;
 pub mod rds;
+// Azure SQL backup records.
+pub mod azure_sql;
 pub mod replication;
 pub mod retention;
 pub mod usage;

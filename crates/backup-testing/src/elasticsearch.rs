@@ -14,9 +14,9 @@
 //! Runs on its own thread and runtime on a free loopback port; stopped on drop.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::http_double::ServedRouter;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -105,10 +105,8 @@ pub struct EsState {
 }
 
 pub struct EsDouble {
-    addr: SocketAddr,
+    server: ServedRouter,
     state: Arc<Mutex<EsState>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EsDouble {
@@ -122,44 +120,14 @@ impl EsDouble {
 
     pub fn start_with(state: EsState) -> EsDouble {
         let state = Arc::new(Mutex::new(state));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("es-double".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind 127.0.0.1:0");
-                    ready_tx
-                        .send(listener.local_addr().expect("local addr"))
-                        .expect("report the address");
-                    let app = router(shared);
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })
-            .expect("spawn the double");
-        let addr = ready_rx.recv().expect("the double started");
-        EsDouble {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        let server = ServedRouter::start("es-double", move |_| router(shared));
+        EsDouble { server, state }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     pub fn state(&self) -> MutexGuard<'_, EsState> {
@@ -201,17 +169,6 @@ impl EsDouble {
 
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
-    }
-}
-
-impl Drop for EsDouble {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

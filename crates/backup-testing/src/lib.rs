@@ -3,8 +3,10 @@
 //! S3 sinks on those servers.
 
 pub mod atlas;
+pub mod azure_sql;
 pub mod catalog;
 pub mod elasticsearch;
+pub mod http_double;
 pub mod mysql;
 pub mod postgres;
 pub mod proxy;

@@ -189,13 +189,16 @@ enum Command {
     /// Restore a backup into a directory (MongoDB and MySQL: into a server, `restore SOURCE
     /// --latest|--backup ID|--point-in-time TS --target-uri URI` or `--target-url URL`;
     /// Elasticsearch: a snapshot in the cluster, `restore SOURCE --snapshot NAME`; RDS: a new
-    /// database, `restore SOURCE --backup ID|--latest --target-instance NAME`).
+    /// database, `restore SOURCE --backup ID|--latest --target-instance NAME`; Azure SQL: a
+    /// new database, `restore SOURCE --backup ID|--latest|--point-in-time TS --target-database
+    /// NAME`).
+    #[command(group(clap::ArgGroup::new("restore_waitable").args(["target_cluster", "target_database"]).multiple(true)))]
     Restore {
         /// Backup id (or unique prefix); omit with --source S --latest or --source S
         /// --point-in-time T. MongoDB, MySQL, Elasticsearch: the source's name.
         #[arg(required_unless_present_any = ["latest", "source"])]
         backup_id: Option<String>,
-        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot", "target_instance", "target_container", "original_containers"])]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["target_uri", "target_uri_file", "target_cluster", "target_url", "snapshot", "target_instance", "target_container", "original_containers", "target_database"])]
         target: Option<PathBuf>,
         #[arg(long, conflicts_with = "backup_id")]
         source: Option<String>,
@@ -214,6 +217,8 @@ enum Command {
         rds: RdsRestoreArgs,
         #[command(flatten)]
         azure_blob: BlobRestoreArgs,
+        #[command(flatten)]
+        azure_sql: AzureSqlRestoreArgs,
         /// Restore into a non-empty target, replacing files that exist.
         #[arg(long)]
         force: bool,
@@ -405,8 +410,8 @@ struct AtlasRestoreArgs {
     /// Atlas: the target cluster's project id (default: the source's project).
     #[arg(long, value_name = "PROJECT_ID", requires = "target_cluster")]
     target_project: Option<String>,
-    /// Atlas: return once Atlas has accepted the restore job instead of waiting for it.
-    #[arg(long, requires = "target_cluster")]
+    /// Atlas, Azure SQL: return once the restore is accepted instead of waiting for it.
+    #[arg(long, requires = "restore_waitable")]
     no_wait: bool,
 }
 
@@ -538,6 +543,16 @@ struct RdsRestoreArgs {
     /// `copy-region` (into that region).
     #[arg(long, value_name = "source|copy", requires = "target_instance", value_parser = ["source", "copy"], default_value = "source")]
     from_region: String,
+}
+
+/// `restore` options of an azure-sql source (`--backup`, `--latest`, `--point-in-time` are
+/// shared; `--no-wait` with Atlas).
+#[derive(Args)]
+struct AzureSqlRestoreArgs {
+    /// Azure SQL: restore into this new database on the source's server (a point-in-time
+    /// restore never overwrites a database).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "target_url", "target_uri", "target_uri_file", "target_cluster", "target_instance", "snapshot", "target_container", "original_containers"])]
+    target_database: Option<String>,
 }
 
 /// `restore` options of an azure-blob source (`--backup`, `--drop` are shared with MongoDB).
@@ -946,7 +961,15 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             let artifacts = engine.catalog.backup_artifacts(record.id).await?;
             let snapshot = engine.catalog.elasticsearch_snapshot(record.id).await?;
             let rds = engine.catalog.rds_snapshots(record.id).await?;
-            output::show(&record, &artifacts, snapshot.as_ref(), &rds, json.json);
+            let azure_sql = engine.catalog.azure_sql_backup(record.id).await?;
+            output::show(
+                &record,
+                &artifacts,
+                snapshot.as_ref(),
+                &rds,
+                azure_sql.as_ref(),
+                json.json,
+            );
         }
         Command::Restore {
             backup_id,
@@ -959,6 +982,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
             elasticsearch,
             rds,
             azure_blob,
+            azure_sql,
             force,
             from,
             thaw,
@@ -1001,6 +1025,40 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 let outcome =
                     backup_engine::rds::run_rds_restore(&engine, &options, cancel).await?;
                 output::rds_restore(&outcome, json.json);
+                return Ok(exit::OK);
+            }
+            if let Some(target_database) = azure_sql.target_database {
+                let name = backup_id.or(source).ok_or_else(|| {
+                    EngineError::Usage("give the azure-sql SOURCE to restore".into())
+                })?;
+                let point = match (&mongo.backup, latest, &point_in_time) {
+                    (Some(id), false, None) => {
+                        backup_engine::azure_sql::RestorePointChoice::Backup(BackupSelector::Id(
+                            id.clone(),
+                        ))
+                    }
+                    (None, true, None) => backup_engine::azure_sql::RestorePointChoice::Backup(
+                        BackupSelector::Latest(name.clone()),
+                    ),
+                    (None, false, Some(t)) => {
+                        backup_engine::azure_sql::RestorePointChoice::Time(parse_time(t)?)
+                    }
+                    _ => {
+                        return Err(EngineError::Usage(
+                            "give one of --latest, --backup ID or --point-in-time TS".into(),
+                        ))
+                    }
+                };
+                let options = backup_engine::azure_sql::AzureSqlRestoreOptions {
+                    source: name,
+                    point,
+                    target_database,
+                    wait: !atlas.no_wait,
+                };
+                let outcome =
+                    backup_engine::azure_sql::run_azure_sql_restore(&engine, &options, cancel)
+                        .await?;
+                output::azure_sql_restore(&outcome, json.json);
                 return Ok(exit::OK);
             }
             if azure_blob.wanted() {

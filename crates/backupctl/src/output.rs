@@ -304,6 +304,7 @@ pub fn show(
     artifacts: &[ArtifactWithCopies],
     snapshot: Option<&backup_catalog::ElasticsearchSnapshotRecord>,
     rds: &[backup_catalog::RdsSnapshotRecord],
+    azure_sql: Option<&backup_catalog::AzureSqlBackupRecord>,
     as_json: bool,
 ) {
     if as_json {
@@ -315,12 +316,15 @@ pub fn show(
             elasticsearch_snapshot: Option<&'a backup_catalog::ElasticsearchSnapshotRecord>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             rds_snapshots: &'a [backup_catalog::RdsSnapshotRecord],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            azure_sql: Option<&'a backup_catalog::AzureSqlBackupRecord>,
         }
         return json(&Show {
             backup: b,
             artifacts,
             elasticsearch_snapshot: snapshot,
             rds_snapshots: rds,
+            azure_sql,
         });
     }
     for s in rds {
@@ -334,6 +338,26 @@ pub fn show(
             s.resource_kind,
             s.resource
         );
+    }
+    if let Some(a) = azure_sql {
+        println!(
+            "database    {} on server {} ({}), restorable as of {} (window began {}); the artifacts below are its record",
+            a.database,
+            a.server,
+            a.database_resource_id,
+            a.restore_point.to_rfc3339(),
+            a.earliest_restore_date
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "-".into())
+        );
+        if let Some(url) = &a.export_blob_url {
+            println!(
+                "bacpac      {url} ({})",
+                a.export_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
     }
     if let Some(s) = snapshot {
         println!(
@@ -506,6 +530,38 @@ pub fn rds_restore(o: &backup_engine::rds::RdsRestoreOutcome, as_json: bool) {
         "restored backup {} of {} into DB {} {} in {} from {}{endpoint}{writer} in {:.1}s",
         o.backup_id, o.source, o.kind, o.identifier, o.region, o.snapshot_arn, o.seconds
     );
+}
+
+pub fn azure_sql_restore(o: &backup_engine::azure_sql::AzureSqlRestoreOutcome, as_json: bool) {
+    if as_json {
+        return json(o);
+    }
+    let of = o
+        .backup_id
+        .map(|id| format!("backup {id} of {}", o.source))
+        .unwrap_or_else(|| format!("source {}", o.source));
+    let point = o.point_in_time.to_rfc3339();
+    if o.waited {
+        println!(
+            "restored {of} (database {} as of {point}) into new database {} on server {} ({}) in {:.1}s",
+            o.source_database,
+            o.target_database,
+            o.server,
+            o.status.as_deref().unwrap_or("status unknown"),
+            o.seconds
+        );
+    } else {
+        println!(
+            "Azure accepted the restore of {of} (database {} as of {point}) into new database {} on server {}; it is not done yet{}",
+            o.source_database,
+            o.target_database,
+            o.server,
+            o.operation_url
+                .as_deref()
+                .map(|u| format!(" (progress: {u})"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 pub fn archive_check(c: &backup_engine::wal::ArchiveCheck, as_json: bool) {

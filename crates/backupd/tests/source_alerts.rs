@@ -1,7 +1,7 @@
 //! Database sources that fail under backupd alert: a MySQL source whose server is unreachable,
-//! an Elasticsearch source whose snapshot ends PARTIAL, and an RDS and an Azure Blob source
-//! whose endpoints are unreachable each give a `job-failed` alert naming the cause, and leave no
-//! complete backup.
+//! an Elasticsearch source whose snapshot ends PARTIAL, an RDS and an Azure Blob source whose
+//! endpoints are unreachable, and an Azure SQL source whose client secret Entra ID refuses each
+//! give a `job-failed` alert naming the cause, and leave no complete backup.
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backup_testing::azure_sql::AzureSqlDouble;
 use backup_testing::elasticsearch::EsDouble;
 use support::*;
 
@@ -48,7 +49,7 @@ fn webhook_receiver() -> (u16, Received) {
 }
 
 #[test]
-fn failing_mysql_elasticsearch_rds_and_azure_blob_backups_alert_with_their_cause() {
+fn failing_mysql_elasticsearch_rds_azure_blob_and_azure_sql_backups_alert_with_their_cause() {
     let (hook, seen) = webhook_receiver();
     let es = EsDouble::start();
     es.add_index("logs-1", 2, 10);
@@ -67,6 +68,13 @@ fn failing_mysql_elasticsearch_rds_and_azure_blob_backups_alert_with_their_cause
     let keys = tempfile::tempdir().unwrap();
     let blob_key = keys.path().join("azure.key");
     std::fs::write(&blob_key, "ZmFrZS1rZXk=").unwrap();
+    let azure_sql =
+        AzureSqlDouble::start("tenant", "client", "the-real-secret", "sub", "rg", "srv");
+    azure_sql
+        .state()
+        .add_database("ledger", chrono::TimeDelta::days(1));
+    let sql_secret = keys.path().join("sql.secret");
+    std::fs::write(&sql_secret, "an-expired-secret").unwrap();
     let sources = format!(
         r#"[[source]]
 name = "shop"
@@ -98,9 +106,26 @@ account = "devstoreaccount1"
 endpoint = "http://127.0.0.1:{dead_blob_port}/devstoreaccount1"
 account-key-file = "{}"
 repository = "local"
+
+[[source]]
+name = "ledger"
+kind = "azure-sql"
+tenant-id = "tenant"
+client-id = "client"
+client-secret-file = "{}"
+subscription-id = "sub"
+resource-group = "rg"
+server = "srv"
+database = "ledger"
+authority-url = "{}"
+management-url = "{}"
+repository = "local"
 "#,
         es.url(),
-        blob_key.display()
+        blob_key.display(),
+        sql_secret.display(),
+        azure_sql.url(),
+        azure_sql.url(),
     );
     let service = format!(
         "max-attempts = 1\n[alerts]\n[[alerts.webhook]]\nurl = \"http://127.0.0.1:{hook}/json\"\n{}",
@@ -117,7 +142,7 @@ repository = "local"
     work.init();
     let mut d = work.start(free_port(), "alerts");
     d.wait_healthy();
-    for source in ["shop", "search", "orders", "blobs"] {
+    for source in ["shop", "search", "orders", "blobs", "ledger"] {
         let (status, body) = json(
             "POST",
             &d.url(&format!("/api/v1/sources/{source}/backup")),
@@ -164,6 +189,14 @@ repository = "local"
         summary.contains("cannot reach the Blob service")
             && summary.contains(&dead_blob_port.to_string()),
         "{blobs:#}"
+    );
+    let ledger = alert_of("ledger");
+    let summary = ledger["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("Azure SQL source ledger")
+            && summary.contains("AADSTS7000215: Invalid client secret provided")
+            && !summary.contains("an-expired-secret"),
+        "{ledger:#}"
     );
     let (status, backups) = json("GET", &d.url("/api/v1/backups"), Some(READ_TOKEN));
     assert_eq!(status, 200);

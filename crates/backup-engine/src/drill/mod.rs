@@ -473,6 +473,7 @@ impl DrillRun<'_> {
             SourceKindConfig::Mysql(_) => self.drill_mysql(&backup, restore, cancel).await?,
             SourceKindConfig::Elasticsearch(_) => self.drill_elasticsearch(&backup).await?,
             SourceKindConfig::Rds(_) => self.drill_rds(&backup, cancel).await?,
+            SourceKindConfig::AzureSql(_) => self.drill_azure_sql(&backup, cancel).await?,
             SourceKindConfig::AzureBlob(_) => {
                 self.drill_azure_blob(&backup, restore, cancel).await?
             }
@@ -718,7 +719,8 @@ fn unsupported(source: &SourceConfig) -> Option<String> {
         | SourceKindConfig::Mysql(_)
         | SourceKindConfig::Elasticsearch(_)
         | SourceKindConfig::Rds(_)
-        | SourceKindConfig::AzureBlob(_) => None,
+        | SourceKindConfig::AzureBlob(_)
+        | SourceKindConfig::AzureSql(_) => None,
         SourceKindConfig::Atlas(_) => Some(format!(
             "source {}: drills of atlas sources are not available yet; test a restore with \
              `backupctl restore {} --latest --target-cluster SCRATCH`",

@@ -482,6 +482,30 @@ impl SqlClient {
         self.database(target).await
     }
 
+    /// Deletes database `name` (a scratch database a drill restored) and waits (at most
+    /// `timeout`) until it is gone; `false` when there was none. Never call it on a
+    /// database backupd did not create.
+    #[instrument(skip_all, fields(database = name))]
+    pub async fn delete_database(&self, name: &str, timeout: Duration) -> Result<bool, SqlError> {
+        check_database_name(name)?;
+        let what = format!("deleting database {name} of server {}", self.server.server);
+        let result = self
+            .call_raw(Method::DELETE, &self.database_path(name), None, &what)
+            .await;
+        let (headers, body) = match result {
+            // Resource Manager answers 204 for a resource that is not there.
+            Ok((StatusCode::NO_CONTENT, _, _)) | Err(SqlError::NotFound { .. }) => {
+                return Ok(false)
+            }
+            Ok((_, headers, body)) => (headers, body.unwrap_or(Value::Null)),
+            Err(e) => return Err(e),
+        };
+        let operation = self.operation_of(what, &headers, body)?;
+        self.wait(&operation, timeout).await?;
+        info!(database = name, "database deleted");
+        Ok(true)
+    }
+
     /// Starts an export of `database` to a bacpac blob.
     #[instrument(skip_all, fields(database, storage_uri = %redact_sas(&request.storage_uri)))]
     pub async fn begin_export(
