@@ -146,5 +146,8 @@ fn oplog_archiving_moves_to_another_replica_when_its_archiver_is_killed() {
     }
     // Every insert since the backup is in one slice or another.
     let archived_entries: u64 = slices.iter().map(|s| s.entries).sum();
-    assert!(archived_entries >= 70, "{archived_entries} entries: {slices:?}");
+    assert!(
+        archived_entries >= 70,
+        "{archived_entries} entries: {slices:?}"
+    );
 }

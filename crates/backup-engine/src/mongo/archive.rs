@@ -286,7 +286,10 @@ async fn read_slice(
     loop {
         let began = Instant::now();
         let is_entry = after_is_entry || slice.last != after;
-        read_range(client, slice.last, is_entry, upto, filter, &mut slice, cancel).await?;
+        read_range(
+            client, slice.last, is_entry, upto, filter, &mut slice, cancel,
+        )
+        .await?;
         if upto.is_some() || slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
             return Ok(slice);
         }

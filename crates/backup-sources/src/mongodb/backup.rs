@@ -119,15 +119,15 @@ impl DocumentStream {
             )
             .map_err(MongoError::driver(what.clone()))?;
         let oplog = OplogRange { after, filter };
-        Ok(Self::new(&handle, ReadCursor::Plain(cursor), what, Some(oplog)))
+        Ok(Self::new(
+            &handle,
+            ReadCursor::Plain(cursor),
+            what,
+            Some(oplog),
+        ))
     }
 
-    fn new(
-        handle: &Handle,
-        cursor: ReadCursor,
-        what: String,
-        oplog: Option<OplogRange>,
-    ) -> Self {
+    fn new(handle: &Handle, cursor: ReadCursor, what: String, oplog: Option<OplogRange>) -> Self {
         let (tx, batches) = mpsc::channel(PREFETCH_BATCHES);
         let reader = handle.spawn(read_ahead(cursor, what, oplog, tx));
         DocumentStream {
@@ -230,7 +230,9 @@ async fn read_ahead(
                 let (entry, ts) = match entry {
                     Ok(read) => read,
                     Err(e) => {
-                        let _ = tx.send(Err(MongoError::Invalid(format!("{what}: {e}")))).await;
+                        let _ = tx
+                            .send(Err(MongoError::Invalid(format!("{what}: {e}"))))
+                            .await;
                         return;
                     }
                 };
