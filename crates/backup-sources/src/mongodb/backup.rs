@@ -47,7 +47,7 @@ pub struct DocumentStream {
 /// A cursor read on its own, or in the session whose reads must see a position.
 enum ReadCursor {
     Plain(Cursor<RawDocumentBuf>),
-    InSession(SessionCursor<RawDocumentBuf>, ClientSession),
+    InSession(SessionCursor<RawDocumentBuf>, Box<ClientSession>),
 }
 
 impl ReadCursor {
@@ -89,7 +89,7 @@ impl DocumentStream {
                     .batch_size(1000)
                     .session(&mut session)
                     .await?;
-                Ok(ReadCursor::InSession(cursor, session))
+                Ok(ReadCursor::InSession(cursor, Box::new(session)))
             })
             .map_err(MongoError::driver(what.clone()))?;
         Ok(Self::new(&handle, cursor, what, None))
