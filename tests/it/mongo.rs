@@ -517,6 +517,82 @@ fn a_backup_taken_during_writes_restores_to_exactly_its_end() {
     );
 }
 
+/// A backup skips its oplog read only when its change stream proves nothing was written
+/// after its start: any data write or DDL in between must count, and so must a start
+/// taken before the stream opened (whose writes the stream could not have seen).
+#[test]
+fn the_write_watch_proves_a_write_free_copy_and_sees_every_kind_of_write() {
+    use backup_sources::mongodb::{backup_start, watch::WriteWatch, OpTime};
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let app = src.database("app");
+    let users = app.collection::<Document>("users");
+    // (what happens after the start, whether the watch may call the copy write-free)
+    let cases: Vec<(&str, bool)> = vec![
+        ("nothing", true),
+        ("an insert", false),
+        ("an update", false),
+        ("a delete", false),
+        ("an index build", false),
+        ("a collection created", false),
+        ("a collection dropped", false),
+        ("a write in another database", false),
+    ];
+    for (what, write_free) in cases {
+        let proven = rt.block_on(async {
+            let watch = WriteWatch::open(&src).await.expect("SecantusDB has change streams");
+            let start = backup_start(&src).await.unwrap();
+            match what {
+                "nothing" => {}
+                "an insert" => {
+                    users.insert_one(doc! { "_id": 90_000, "email": "w@example.com" }).await.unwrap();
+                }
+                "an update" => {
+                    users.update_one(doc! { "_id": 1 }, doc! { "$set": { "w": 1 } }).await.unwrap();
+                }
+                "a delete" => {
+                    users.delete_one(doc! { "_id": 2 }).await.unwrap();
+                }
+                "an index build" => {
+                    app.run_command(doc! { "createIndexes": "orders", "indexes": [{ "key": { "total": 1 }, "name": "total_1" }] })
+                        .await
+                        .unwrap();
+                }
+                "a collection created" => {
+                    app.run_command(doc! { "create": "empty_new" }).await.unwrap();
+                }
+                "a collection dropped" => {
+                    app.collection::<Document>("empty_new").drop().await.unwrap();
+                }
+                "a write in another database" => {
+                    src.database("crm")
+                        .collection::<Document>("contacts")
+                        .insert_one(doc! { "_id": "w", "n": 0 })
+                        .await
+                        .unwrap();
+                }
+                other => unreachable!("{other}"),
+            }
+            watch.nothing_written_since(&src, start).await
+        });
+        assert_eq!(proven, write_free, "after {what}");
+    }
+    // A start older than the stream: writes between the two are out of its sight.
+    let proven = rt.block_on(async {
+        let watch = WriteWatch::open(&src).await.unwrap();
+        watch.nothing_written_since(&src, OpTime::new(1, 0)).await
+    });
+    assert!(
+        !proven,
+        "a start before the watch opened was called write-free"
+    );
+}
+
 #[test]
 fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
     if skip_mongo_tests() {

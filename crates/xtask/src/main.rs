@@ -155,6 +155,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 struct Measured {
     seconds: f64,
     peak_rss_kib: u64,
+    /// User plus system CPU time of the command and its children.
+    cpu_seconds: f64,
 }
 
 /// Runs a command under /usr/bin/time to get its peak RSS.
@@ -164,7 +166,7 @@ fn timed(dir: &Path, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Re
     let out = Command::new("/usr/bin/time")
         .current_dir(dir)
         .arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(&rss_file)
         .arg(program)
@@ -183,15 +185,22 @@ fn timed(dir: &Path, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Re
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let peak_rss_kib = fs::read_to_string(&rss_file)?
+    // The last line: earlier ones are /usr/bin/time's notes (a signal, an exit status).
+    let report = fs::read_to_string(&rss_file)?;
+    let fields: Vec<&str> = report
         .trim()
         .lines()
         .last()
-        .unwrap_or("0")
-        .parse()?;
+        .unwrap_or("0 0 0")
+        .split_whitespace()
+        .collect();
+    let number = |i: usize| fields.get(i).copied().unwrap_or("0");
+    let peak_rss_kib = number(0).parse()?;
+    let cpu_seconds = number(1).parse::<f64>()? + number(2).parse::<f64>()?;
     Ok(Measured {
         seconds,
         peak_rss_kib,
+        cpu_seconds,
     })
 }
 

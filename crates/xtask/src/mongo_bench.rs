@@ -140,6 +140,24 @@ async fn plain_export(client: &Client, dir: &Path) -> Result<(u64, u64)> {
     Ok((docs, bytes))
 }
 
+/// CPU seconds (user + system) the SecantusDB listening on `port` has used so far.
+fn server_cpu_seconds(port: u16) -> Result<f64> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("secantusd-py .*--port {port} ")])
+        .output()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("finding the SecantusDB process")?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let after_name = &stat[stat.rfind(')').context("a /proc stat line")? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
 /// The files of [`plain_export`] inserted back in batches of 1000.
 async fn plain_import(client: &Client, dir: &Path) -> Result<u64> {
     let mut docs = 0;
@@ -219,6 +237,8 @@ pub fn run(args: &[String]) -> Result<()> {
     // restore, in rounds that alternate which goes first (the server's caches and the
     // machine drift between runs); each side keeps its fastest run.
     let (mut plain_export_s, mut plain_import_s) = (f64::MAX, f64::MAX);
+    // The source server's CPU time during the fastest run of each side.
+    let (mut plain_export_server_cpu, mut backup_server_cpu) = (0.0, 0.0);
     let (mut backup, mut restore): (Option<Measured>, Option<Measured>) = (None, None);
     let (mut plain_docs, mut plain_bytes, mut stored) = (0, 0, 0);
     let keep_fastest = |best: &mut Option<Measured>, run: Measured| {
@@ -228,15 +248,29 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     for round in 0..o.rounds {
         for plain_first in [round % 2 == 0, round % 2 != 0] {
+            let server_cpu = server_cpu_seconds(source.port())?;
             if plain_first {
                 let t = Instant::now();
                 (plain_docs, plain_bytes) = rt.block_on(plain_export(&src, &work.join("plain")))?;
-                plain_export_s = plain_export_s.min(t.elapsed().as_secs_f64());
+                let seconds = t.elapsed().as_secs_f64();
+                let server_cpu = server_cpu_seconds(source.port())? - server_cpu;
+                println!("plain export: {seconds:.1} s, server CPU {server_cpu:.1} s");
+                if seconds < plain_export_s {
+                    (plain_export_s, plain_export_server_cpu) = (seconds, server_cpu);
+                }
             } else {
                 crate::sync();
                 let run = timed(&work, &bin, &[&cfg[..], &["backup", "mongo"]].concat(), &[])?;
+                let server_cpu = server_cpu_seconds(source.port())? - server_cpu;
+                println!(
+                    "backupd backup: {:.1} s, server CPU {server_cpu:.1} s, backupctl CPU {:.1} s",
+                    run.seconds, run.cpu_seconds
+                );
                 if stored == 0 {
                     stored = crate::du_bytes(&work.join("var/repo"))?;
+                }
+                if backup.as_ref().is_none_or(|b| run.seconds < b.seconds) {
+                    backup_server_cpu = server_cpu;
                 }
                 keep_fastest(&mut backup, run);
             }
@@ -250,7 +284,9 @@ pub fn run(args: &[String]) -> Result<()> {
             if plain_first {
                 let t = Instant::now();
                 let imported = rt.block_on(plain_import(&dst, &work.join("plain")))?;
-                plain_import_s = plain_import_s.min(t.elapsed().as_secs_f64());
+                let seconds = t.elapsed().as_secs_f64();
+                println!("plain import: {seconds:.1} s");
+                plain_import_s = plain_import_s.min(seconds);
                 if imported != plain_docs {
                     bail!("imported {imported} documents of {plain_docs}");
                 }
@@ -272,6 +308,10 @@ pub fn run(args: &[String]) -> Result<()> {
                     .concat(),
                     &[],
                 )?;
+                println!(
+                    "backupd restore: {:.1} s, backupctl CPU {:.1} s",
+                    run.seconds, run.cpu_seconds
+                );
                 let restored = rt.block_on(count_bench(&dst))?;
                 if restored != plain_docs {
                     bail!("restored {restored} documents of {plain_docs}");
@@ -370,6 +410,7 @@ pub fn run(args: &[String]) -> Result<()> {
          | backup, MB/s | {:.1} | {:.1} | **{}** |\n\
          | backup, documents/s | {:.0} | {:.0} | {} |\n\
          | backup peak RSS | {:.0} MiB | | |\n\
+         | backup: source server CPU / tool CPU | {:.1} s / {:.1} s | {:.1} s / | |\n\
          | one oplog read (the newest entry) | {:.1} s | | |\n\
          | stored | {:.1} MB | {:.1} MB (uncompressed BSON) | {} |\n\
          | restore, MB/s | {:.1} | {:.1} | **{}** |\n\
@@ -391,6 +432,9 @@ pub fn run(args: &[String]) -> Result<()> {
         plain_docs as f64 / plain_export_s,
         ratio(plain_export_s, backup.seconds),
         backup.peak_rss_kib as f64 / 1024.0,
+        backup_server_cpu,
+        backup.cpu_seconds,
+        plain_export_server_cpu,
         oplog_read_s,
         stored as f64 / 1e6,
         plain_bytes as f64 / 1e6,

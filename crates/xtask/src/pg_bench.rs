@@ -783,6 +783,8 @@ impl Bench<'_> {
             Measured {
                 seconds,
                 peak_rss_kib: summed.max(single),
+                // Not reported by this benchmark.
+                cpu_seconds: f64::NAN,
             },
             String::from_utf8_lossy(&out.stdout).into_owned(),
         ))

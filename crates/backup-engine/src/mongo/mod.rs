@@ -31,6 +31,7 @@ use backup_sources::files::{EntryRecorder, TreeBackup};
 use backup_sources::mongodb::backup::{BsonFileReader, DocumentStream};
 use backup_sources::mongodb::bson::Document;
 use backup_sources::mongodb::oplog::{apply_entry, Applied, RestoreTarget};
+use backup_sources::mongodb::watch::WriteWatch;
 pub use backup_sources::mongodb::OpTime;
 use backup_sources::mongodb::{
     self as mongo, entry_ts, file_stem, CollectionSpec, MongoError, NamespaceFilter,
@@ -105,6 +106,8 @@ pub struct MongoSnapshot {
     filter: NamespaceFilter,
     start: OpTime,
     start_time: DateTime<Utc>,
+    /// Opened before `start`: proves a copy during which nothing was written.
+    watch: Option<WriteWatch>,
     collections: Vec<CollectionSpec>,
     /// Count each collection's documents at the end (the source's drill checks counts).
     count_documents: bool,
@@ -116,6 +119,7 @@ impl MongoSnapshot {
         let m = mongo_source(source)?;
         let client = connect_source(source, m).await?;
         let start_time = Utc::now();
+        let watch = WriteWatch::open(&client).await;
         let start = mongo::backup_start(&client).await.map_err(mongo_error)?;
         let filter = m.filter();
         let collections = mongo::list_collections(&client, &filter)
@@ -128,6 +132,7 @@ impl MongoSnapshot {
             filter,
             start,
             start_time,
+            watch,
             collections,
             count_documents: source.drill.as_ref().is_some_and(|d| d.wants_row_counts()),
         })
@@ -136,7 +141,7 @@ impl MongoSnapshot {
     /// Blocking (off the executor): copies every collection, then the oplog up to the
     /// position reached at the end, into `tree`.
     pub fn write<W: std::io::Write, R: EntryRecorder>(
-        self,
+        mut self,
         tree: &mut TreeBackup<'_, W, R>,
     ) -> Result<MongoPosition> {
         let mut documents = 0;
@@ -161,33 +166,19 @@ impl MongoSnapshot {
             tree.add_stream(&format!("{stem}.bson"), &mut stream, 0o600)?;
             documents += stream.documents();
         }
-        // The end is the newest entry this one read finds: a server that answers any oplog
-        // read with a scan of all of it (SecantusDB) scans it once per backup.
-        let mut oplog = DocumentStream::oplog(
-            self.handle.clone(),
-            &self.client,
-            self.start,
-            self.filter.clone(),
-        )
-        .map_err(mongo_error)?;
-        tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
-        let oplog_entries = oplog.documents();
-        let end = oplog.newest().unwrap_or(self.start);
-        // Entries lost to a rollover during the copy would make the backup inconsistent. An
-        // empty range cannot have lost any (a rollover needs newer entries), and the start's
-        // own entry, when read, proves nothing before it went either.
-        if oplog.newest().is_some() && !oplog.start_seen() {
-            let oldest = self
+        let nothing_written = match self.watch.take() {
+            Some(watch) => self
                 .handle
-                .block_on(mongo::oplog_first(&self.client))
-                .map_err(mongo_error)?;
-            if oldest > self.start {
-                return Err(mongo_error(MongoError::OplogRolledOver {
-                    position: self.start,
-                    oldest,
-                }));
-            }
-        }
+                .block_on(watch.nothing_written_since(&self.client, self.start)),
+            None => false,
+        };
+        let (end, oplog_entries) = if nothing_written {
+            // An empty range: no oplog read, and nothing to check for a rollover.
+            tree.add_file(OPLOG_FILE, &[], 0o600)?;
+            (self.start, 0)
+        } else {
+            self.copy_oplog(tree)?
+        };
         // Right after the end position, so the counts match the backup's end as closely as
         // a live server allows (a drill restores to exactly that end).
         let mut document_counts = std::collections::BTreeMap::new();
@@ -219,6 +210,40 @@ impl MongoSnapshot {
         tree.add_file(POSITION_FILE, &json, 0o600)?;
         tracing::info!(start = %self.start, %end, documents, "MongoDB backup copied");
         Ok(position)
+    }
+
+    /// Copies the oplog entries after `start` into `tree`; returns the newest entry read
+    /// (the backup's end; `start` when there was none) and how many were kept.
+    fn copy_oplog<W: std::io::Write, R: EntryRecorder>(
+        &self,
+        tree: &mut TreeBackup<'_, W, R>,
+    ) -> Result<(OpTime, u64)> {
+        // The end is the newest entry this one read finds: a server that answers any oplog
+        // read with a scan of all of it (SecantusDB) scans it once per backup.
+        let mut oplog = DocumentStream::oplog(
+            self.handle.clone(),
+            &self.client,
+            self.start,
+            self.filter.clone(),
+        )
+        .map_err(mongo_error)?;
+        tree.add_stream(OPLOG_FILE, &mut oplog, 0o600)?;
+        // Entries lost to a rollover during the copy would make the backup inconsistent. An
+        // empty range cannot have lost any (a rollover needs newer entries), and the start's
+        // own entry, when read, proves nothing before it went either.
+        if oplog.newest().is_some() && !oplog.start_seen() {
+            let oldest = self
+                .handle
+                .block_on(mongo::oplog_first(&self.client))
+                .map_err(mongo_error)?;
+            if oldest > self.start {
+                return Err(mongo_error(MongoError::OplogRolledOver {
+                    position: self.start,
+                    oldest,
+                }));
+            }
+        }
+        Ok((oplog.newest().unwrap_or(self.start), oplog.documents()))
     }
 }
 

@@ -10,7 +10,8 @@
 //!   majority-committed write, see [`backup_start`]), copies every collection with reads
 //!   that wait until their server has applied `start`, then reads the oplog entries after
 //!   `start` up to the newest one (`end`, or `start` itself when nothing was written) and
-//!   stores them. The copied documents are each somewhere between `start` and `end`;
+//!   stores them. A change stream opened before `start` ([`watch::WriteWatch`]) proves
+//!   most write-free copies so, and their oplog read is skipped. The copied documents are each somewhere between `start` and `end`;
 //!   replaying those entries (they are idempotent by design) brings every collection to its
 //!   state at `end`, or at any time between.
 //! - [`oplog::apply_entry`] replays one entry through ordinary driver calls (inserts become
@@ -20,6 +21,7 @@
 pub mod backup;
 pub mod oplog;
 pub mod restore;
+pub mod watch;
 
 use std::fmt;
 use std::str::FromStr;
