@@ -517,6 +517,51 @@ fn a_backup_taken_during_writes_restores_to_exactly_its_end() {
     );
 }
 
+/// A restore loads collections while later files are still being restored: damage found
+/// part-way stops it as an integrity failure naming the damaged artifact (not as a failed
+/// load), after the collections before the damage went in.
+#[test]
+fn damage_found_part_way_through_a_restore_is_an_integrity_failure() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start();
+    let src = client(&rt, &source.uri());
+    rt.block_on(seed(&src));
+    let work = mongo_work(&source.uri(), "\n[pipeline]\nsegment-size-kib = 64\n");
+    let id = work.backup_of("mongo");
+    let (artifact, path) = work.artifact(&id, "data");
+    let original = std::fs::read(&path).unwrap();
+    let layout = Layout::parse(&original);
+    let segments = layout.segments();
+    assert!(segments.len() >= 3, "expected several segments: {layout:?}");
+    // The last segment holds the last collection and the backup's end position.
+    let last = segments[segments.len() - 1];
+    let mut damaged = original.clone();
+    damaged[last.body().start + last.len / 2] ^= 1 << 4;
+    std::fs::write(&path, &damaged).unwrap();
+
+    let target = SecantusDb::start();
+    let out = work.run(&["restore", "mongo", "--backup", &id, "--target-uri", &target.uri()]);
+    assert_eq!(out.code, EXIT_INTEGRITY, "{}", out.dump());
+    out.expect_mentions(&[&artifact, "segment"]);
+    assert!(
+        !out.dump().contains("restoring the backup's files failed"),
+        "the load's error hid the staging's: {}",
+        out.dump()
+    );
+
+    // Undamaged, the same backup restores completely.
+    std::fs::write(&path, &original).unwrap();
+    work.ok(&["restore", "mongo", "--backup", &id, "--target-uri", &target.uri(), "--drop"]);
+    let dst = client(&rt, &target.uri());
+    assert_eq!(
+        rt.block_on(content_hashes(&dst, &["app", "crm"])),
+        rt.block_on(content_hashes(&src, &["app", "crm"]))
+    );
+}
+
 /// A backup skips its oplog read only when its change stream proves nothing was written
 /// after its start: any data write or DDL in between must count, and so must a start
 /// taken before the stream opened (whose writes the stream could not have seen).

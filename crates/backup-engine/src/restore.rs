@@ -15,7 +15,7 @@ use backup_core::keys::{DataKey, Keyring};
 use backup_core::manifest::{ManifestLine, ManifestReader};
 use backup_core::{ArtifactId, BackupId};
 use backup_sinks::{ChannelReader, Sink};
-use backup_sources::files::{FilesError, TreeRestorer};
+use backup_sources::files::{FileRestored, FilesError, TreeRestorer};
 
 use crate::error::{EngineError, Result};
 use crate::repo::Repository;
@@ -56,6 +56,19 @@ pub struct RestoreOptions {
     pub from: Vec<String>,
     /// What to do when the only copies left are archived.
     pub thaw: crate::thaw::ThawOptions,
+    /// Told each file's path as soon as it is restored and checked (a database restore
+    /// loads it while later files are still coming).
+    pub on_file_restored: Option<FileRestoredHook>,
+}
+
+/// A [`FileRestored`] callback in [`RestoreOptions`].
+#[derive(Clone)]
+pub struct FileRestoredHook(pub FileRestored);
+
+impl std::fmt::Debug for FileRestoredHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileRestoredHook")
+    }
 }
 
 /// Resolves a selector to a complete backup.
@@ -320,6 +333,7 @@ pub async fn run_restore(
             &candidate.repository,
             &key,
             target,
+            options.on_file_restored.as_ref().map(|h| h.0.clone()),
             progress.clone(),
             cancel,
         )
@@ -502,6 +516,7 @@ async fn restore_from(
     repository: &str,
     key: &Keyring,
     target: &Path,
+    on_file_restored: Option<FileRestored>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
@@ -517,6 +532,7 @@ async fn restore_from(
             key,
             target,
             i > 0,
+            on_file_restored.clone(),
             progress.clone(),
             cancel,
         )
@@ -540,6 +556,7 @@ async fn restore_layer(
     key: &Keyring,
     target: &Path,
     overlay: bool,
+    on_file_restored: Option<FileRestored>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
@@ -588,6 +605,7 @@ async fn restore_layer(
             data_dek,
             ChannelReader::new(data_rx),
         ),
+        on_file_restored,
         progress,
     };
     let stats = tokio::task::spawn_blocking(move || job.run())
@@ -639,6 +657,7 @@ struct RestoreJob {
     target: PathBuf,
     manifest: (ArtifactId, DataKey, ChannelReader),
     data: (ArtifactId, DataKey, ChannelReader),
+    on_file_restored: Option<FileRestored>,
     progress: Arc<Progress>,
 }
 
@@ -680,6 +699,9 @@ impl RestoreJob {
         let mut restorer = TreeRestorer::new(&self.target, &mut data, &mut on_bytes);
         if self.overlay {
             restorer = restorer.overlay();
+        }
+        if let Some(hook) = self.on_file_restored {
+            restorer = restorer.on_file_restored(hook);
         }
         loop {
             match manifest

@@ -1077,6 +1077,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                         force: false,
                         from,
                         thaw: thaw.options(),
+                        on_file_restored: None,
                     },
                 };
                 let progress = Arc::new(Progress::default());
@@ -1108,6 +1109,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                         force: false,
                         from,
                         thaw: thaw.options(),
+                        on_file_restored: None,
                     },
                 };
                 let progress = Arc::new(Progress::default());
@@ -1188,6 +1190,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                         force: false,
                         from,
                         thaw: thaw.options(),
+                        on_file_restored: None,
                     },
                 };
                 let progress = Arc::new(Progress::default());
@@ -1261,6 +1264,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                         force: false,
                         from,
                         thaw: thaw.options(),
+                        on_file_restored: None,
                     },
                 };
                 let progress = Arc::new(Progress::default());
@@ -1291,6 +1295,7 @@ async fn dispatch(cli: Cli, cancel: &CancellationToken) -> Result<i32, EngineErr
                 force,
                 from,
                 thaw: thaw.options(),
+                on_file_restored: None,
             };
             if thaw_only {
                 let report =

@@ -4,15 +4,19 @@
 //! A backup holds, under `mongodb/` in its data stream (each an entry of its manifest,
 //! checksummed like any file):
 //!
+//! - `mongodb/collections.json`: every collection's metadata below, as one array, first in
+//!   the stream (backups before 2026-12-06 lack it);
 //! - `mongodb/<db>/<collection>.metadata.json`: type, options and index definitions
 //!   (canonical extended JSON);
 //! - `mongodb/<db>/<collection>.bson`: every document, concatenated BSON (no file for views);
 //! - `mongodb/oplog.bson`: the oplog entries after `start` up to `end`;
 //! - `mongodb/position.json`: the [`MongoPosition`], also kept in the manifest footer.
 //!
-//! A restore first restores those files into a staging directory (with every check and
-//! failover of a file restore), then writes them into the target server and replays the
-//! oplog up to the chosen point.
+//! A restore restores those files into a staging directory (with every check and failover
+//! of a file restore) and writes them into the target server as they arrive: once
+//! `collections.json` is there it prepares every target, and it loads each collection as
+//! soon as its `.bson` file is restored and checked, while later files are still coming;
+//! then it replays the oplog up to the chosen point.
 
 pub mod archive;
 pub mod atlas;
@@ -45,6 +49,7 @@ use crate::{Engine, Progress};
 /// Where a backup's MongoDB files live in its tree.
 pub const MONGODB_LABEL: &str = "mongodb";
 const POSITION_FILE: &str = "mongodb/position.json";
+const COLLECTIONS_FILE: &str = "mongodb/collections.json";
 const OPLOG_FILE: &str = "mongodb/oplog.bson";
 
 pub(crate) fn mongo_error(e: MongoError) -> EngineError {
@@ -144,6 +149,9 @@ impl MongoSnapshot {
         mut self,
         tree: &mut TreeBackup<'_, W, R>,
     ) -> Result<MongoPosition> {
+        // First in the stream: a restore prepares every target from it and loads each
+        // collection while the later files are still being restored.
+        tree.add_file(COLLECTIONS_FILE, &collections_json(&self.collections), 0o600)?;
         let mut documents = 0;
         for spec in &self.collections {
             let stem = format!("{MONGODB_LABEL}/{}/{}", spec.db, file_stem(&spec.name));
@@ -458,97 +466,53 @@ async fn restore_inner(
             (dir.path().to_path_buf(), Some(dir))
         }
     };
-    let staged = crate::restore::run_restore(
-        engine,
-        &BackupSelector::Id(record.id.to_string()),
-        &staging,
-        &options.restore,
-        progress.clone(),
-        cancel,
-    )
-    .await?;
-    let root = staging.join(MONGODB_LABEL);
-    let position: MongoPosition = read_json(&staging.join(POSITION_FILE))?;
-    let end: OpTime = position.end.parse().map_err(mongo_error)?;
-    let upto = match point {
-        RestorePoint::BackupEnd => end,
-        RestorePoint::At(at) if at < end => {
-            return Err(EngineError::Usage(format!(
-                "backup {} is consistent from {} ({}) on; {at} is before that",
-                record.id, position.end, position.end_time
-            )))
-        }
-        RestorePoint::At(at) => at,
+    // The files are restored into `staging` while they are loaded: each collection as soon
+    // as its file is complete and checked. A failed staging stops the load (its error is the
+    // one reported); a failed load cancels the staging.
+    let files = Arc::new(StagedFiles::default());
+    let mut staging_options = options.restore.clone();
+    staging_options.on_file_restored = Some(files.hook());
+    let staging_cancel = cancel.child_token();
+    let staging_run = async {
+        let result = crate::restore::run_restore(
+            engine,
+            &BackupSelector::Id(record.id.to_string()),
+            &staging,
+            &staging_options,
+            progress.clone(),
+            &staging_cancel,
+        )
+        .await;
+        files.finish(result.is_ok());
+        result
     };
+    let load_stopped_staging = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let result = load_staged(&client, &staging, &files, point, &target, options, cancel).await;
+        if result.is_err() && !files.finished() {
+            load_stopped_staging.store(true, std::sync::atomic::Ordering::Relaxed);
+            staging_cancel.cancel();
+        }
+        result
+    };
+    let (staged, loaded) = tokio::join!(staging_run, load);
+    let (staged, loaded) = match (staged, loaded) {
+        // A load that failed while the staging went on stopped it: its error is the cause.
+        (_, Err(e)) if load_stopped_staging.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(e)
+        }
+        (Err(e), _) => return Err(e),
+        (Ok(staged), loaded) => (staged, loaded?),
+    };
+    let Loaded {
+        specs,
+        mapped,
+        documents,
+        indexes,
+        end,
+        upto,
+    } = loaded;
 
-    let mut specs = read_specs(&root)?;
-    specs.retain(|s| target.map(&s.db, &s.name).is_some());
-    if options.rename_to.is_some() {
-        let dbs: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.db.as_str()).collect();
-        if dbs.len() > 1 {
-            return Err(EngineError::Usage(format!(
-                "--rename-to needs the namespaces restored to be of one database, but they are \
-                 of {dbs:?}: choose one with --namespace"
-            )));
-        }
-    }
-    // Views last: they may be on collections restored here.
-    specs.sort_by_key(|s| (s.kind == "view", s.db.clone(), s.name.clone()));
-    let mapped: Vec<(String, String)> = specs
-        .iter()
-        .filter_map(|s| target.map(&s.db, &s.name))
-        .collect();
-    mongo::restore::prepare_targets(&client, &mapped, options.drop)
-        .await
-        .map_err(|e| match e {
-            MongoError::Invalid(m) => EngineError::Usage(m),
-            other => mongo_error(other),
-        })?;
-
-    // Collections are created first and views last (they may be on them); the documents
-    // and indexes of up to `parallel_collections` collections go in at once (mongorestore's
-    // --numParallelCollections).
-    let targets: Vec<_> = specs.iter().zip(&mapped).collect();
-    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind != "view") {
-        mongo::restore::create_collection(&client, spec, db, coll)
-            .await
-            .map_err(mongo_error)?;
-    }
-    // Collected first: a lazy iterator of closures inside the stream would make this
-    // future not `Send` for every lifetime (rust-lang/rust#102211).
-    let mut loads = Vec::new();
-    for &(spec, (db, coll)) in &targets {
-        if spec.kind == "view" {
-            continue;
-        }
-        let client = &client;
-        let file = root
-            .join(&spec.db)
-            .join(format!("{}.bson", file_stem(&spec.name)));
-        loads.push(async move {
-            let documents = mongo::restore::insert_file(client, file, db, coll).await?;
-            mongo::restore::create_indexes(client, spec, db, coll).await?;
-            Ok::<_, MongoError>((documents, spec.indexes.len() as u64))
-        });
-    }
-    let mut loads =
-        futures_util::stream::iter(loads).buffer_unordered(options.parallel_collections.max(1));
-    let mut documents = 0;
-    let mut indexes = 0;
-    while let Some(loaded) = loads.next().await {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Failed("restore cancelled".into()));
-        }
-        let (collection_documents, collection_indexes) = loaded.map_err(mongo_error)?;
-        documents += collection_documents;
-        indexes += collection_indexes;
-    }
-    drop(loads);
-    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind == "view") {
-        mongo::restore::create_collection(&client, spec, db, coll)
-            .await
-            .map_err(mongo_error)?;
-    }
     let mut applied =
         replay_file(&client, &staging.join(OPLOG_FILE), upto, &target, cancel).await?;
     let mut reached = upto.min(end);
@@ -579,6 +543,243 @@ async fn restore_inner(
         restored_to_time: optime_time(reached),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What [`load_staged`] wrote into the target.
+struct Loaded {
+    specs: Vec<CollectionSpec>,
+    mapped: Vec<(String, String)>,
+    documents: u64,
+    indexes: u64,
+    /// The backup's consistent end, and the point to replay the oplog to.
+    end: OpTime,
+    upto: OpTime,
+}
+
+/// Prepares the targets and loads every collection (documents, then indexes; views last)
+/// as the staging restores their files, and returns once the staging has finished too.
+async fn load_staged(
+    client: &mongo::mongodb::Client,
+    staging: &Path,
+    files: &StagedFiles,
+    point: RestorePoint,
+    target: &RestoreTarget,
+    options: &MongoRestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<Loaded> {
+    let root = staging.join(MONGODB_LABEL);
+    // A backup that lists its collections up front is loaded as its files arrive; an older
+    // one once all of it is staged.
+    let listed = staging.join(COLLECTIONS_FILE);
+    let mut specs = if files.wait_for(&listed).await? {
+        read_collections_json(&listed)?
+    } else {
+        read_specs(&root)?
+    };
+    specs.retain(|s| target.map(&s.db, &s.name).is_some());
+    if options.rename_to.is_some() {
+        let dbs: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.db.as_str()).collect();
+        if dbs.len() > 1 {
+            return Err(EngineError::Usage(format!(
+                "--rename-to needs the namespaces restored to be of one database, but they are \
+                 of {dbs:?}: choose one with --namespace"
+            )));
+        }
+    }
+    // Views last: they may be on collections restored here.
+    specs.sort_by_key(|s| (s.kind == "view", s.db.clone(), s.name.clone()));
+    let mapped: Vec<(String, String)> = specs
+        .iter()
+        .filter_map(|s| target.map(&s.db, &s.name))
+        .collect();
+    mongo::restore::prepare_targets(client, &mapped, options.drop)
+        .await
+        .map_err(|e| match e {
+            MongoError::Invalid(m) => EngineError::Usage(m),
+            other => mongo_error(other),
+        })?;
+
+    // Collections are created first and views last (they may be on them); the documents
+    // and indexes of up to `parallel_collections` collections go in at once (mongorestore's
+    // --numParallelCollections).
+    let targets: Vec<_> = specs.iter().zip(&mapped).collect();
+    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind != "view") {
+        mongo::restore::create_collection(client, spec, db, coll)
+            .await
+            .map_err(mongo_error)?;
+    }
+    // Collected first: a lazy iterator of closures inside the stream would make this
+    // future not `Send` for every lifetime (rust-lang/rust#102211).
+    let mut loads = Vec::new();
+    for &(spec, (db, coll)) in &targets {
+        if spec.kind == "view" {
+            continue;
+        }
+        let file = root
+            .join(&spec.db)
+            .join(format!("{}.bson", file_stem(&spec.name)));
+        loads.push(async move {
+            if !files.wait_for(&file).await? {
+                return Err(EngineError::Integrity(format!(
+                    "{}: listed in the backup's collections but not in its files",
+                    file.display()
+                )));
+            }
+            let documents = mongo::restore::insert_file(client, file, db, coll)
+                .await
+                .map_err(mongo_error)?;
+            mongo::restore::create_indexes(client, spec, db, coll)
+                .await
+                .map_err(mongo_error)?;
+            Ok::<_, EngineError>((documents, spec.indexes.len() as u64))
+        });
+    }
+    let mut loads =
+        futures_util::stream::iter(loads).buffer_unordered(options.parallel_collections.max(1));
+    let mut documents = 0;
+    let mut indexes = 0;
+    while let Some(loaded) = loads.next().await {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Failed("restore cancelled".into()));
+        }
+        let (collection_documents, collection_indexes) = loaded?;
+        documents += collection_documents;
+        indexes += collection_indexes;
+    }
+    drop(loads);
+
+    files.wait_finished().await?;
+    let position: MongoPosition = read_json(&staging.join(POSITION_FILE))?;
+    let end: OpTime = position.end.parse().map_err(mongo_error)?;
+    let upto = match point {
+        RestorePoint::BackupEnd => end,
+        // Not reached from `restore --point-in-time`, which picks a backup that ends by `at`.
+        RestorePoint::At(at) if at < end => {
+            return Err(EngineError::Usage(format!(
+                "the backup is consistent from {} ({}) on; {at} is before that",
+                position.end, position.end_time
+            )))
+        }
+        RestorePoint::At(at) => at,
+    };
+    for (spec, (db, coll)) in targets.iter().filter(|(s, _)| s.kind == "view") {
+        mongo::restore::create_collection(client, spec, db, coll)
+            .await
+            .map_err(mongo_error)?;
+    }
+    Ok(Loaded {
+        specs,
+        mapped,
+        documents,
+        indexes,
+        end,
+        upto,
+    })
+}
+
+/// The files a staging restore has completed so far, for loads that wait for theirs.
+#[derive(Default)]
+struct StagedFiles {
+    state: std::sync::Mutex<Staged>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Staged {
+    paths: std::collections::HashSet<PathBuf>,
+    /// Set when the staging ended: whether it succeeded.
+    finished: Option<bool>,
+}
+
+impl StagedFiles {
+    /// The callback that tells `self` about each restored file.
+    fn hook(self: &Arc<Self>) -> crate::restore::FileRestoredHook {
+        let files = self.clone();
+        crate::restore::FileRestoredHook(Arc::new(move |path: &Path| {
+            files.update(|s| {
+                s.paths.insert(path.to_path_buf());
+            })
+        }))
+    }
+
+    fn finished(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished
+            .is_some()
+    }
+
+    fn finish(&self, succeeded: bool) {
+        self.update(|s| s.finished = Some(succeeded));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Staged)) {
+        change(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `path` is restored (true), or the staging ended without it (false).
+    async fn wait_for(&self, path: &Path) -> Result<bool> {
+        self.wait(|s| s.paths.contains(path).then_some(true))
+            .await
+    }
+
+    /// Waits until the staging has restored everything.
+    async fn wait_finished(&self) -> Result<()> {
+        self.wait(|_| None).await.map(|_| ())
+    }
+
+    /// Waits until `ready` answers or the staging ends; a failed staging is an error (the
+    /// staging's own error is the one reported).
+    async fn wait(&self, ready: impl Fn(&Staged) -> Option<bool>) -> Result<bool> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between still wakes it.
+            changed.as_mut().enable();
+            {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(answer) = ready(&state) {
+                    return Ok(answer);
+                }
+                match state.finished {
+                    Some(true) => return Ok(false),
+                    Some(false) => {
+                        return Err(EngineError::Failed(
+                            "restoring the backup's files failed".into(),
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// `mongodb/collections.json`: every collection's metadata, as one JSON array.
+fn collections_json(specs: &[CollectionSpec]) -> Vec<u8> {
+    let mut json = b"[\n".to_vec();
+    for (i, spec) in specs.iter().enumerate() {
+        if i > 0 {
+            json.extend_from_slice(b",\n");
+        }
+        json.extend_from_slice(spec.metadata_json().trim_ascii_end());
+    }
+    json.extend_from_slice(b"\n]\n");
+    json
+}
+
+fn read_collections_json(path: &Path) -> Result<Vec<CollectionSpec>> {
+    let bad = |why: String| EngineError::Integrity(format!("{}: {why}", path.display()));
+    let list: Vec<serde_json::Value> = read_json(path)?;
+    list.iter()
+        .map(|value| {
+            let bytes = serde_json::to_vec(value).map_err(|e| bad(e.to_string()))?;
+            CollectionSpec::from_metadata_json(&bytes).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
 }
 
 /// The wall-clock time of an oplog position.

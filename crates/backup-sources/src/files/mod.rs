@@ -652,6 +652,13 @@ impl<'a, R: Read> TreeRestorer<'a, R> {
         self
     }
 
+    /// Calls `hook` with each file's path as soon as that file is complete and checked, so
+    /// a consumer can use it while later files are still being restored.
+    pub fn on_file_restored(self, hook: FileRestored) -> Self {
+        self.writers.on_file_restored(hook);
+        self
+    }
+
     pub fn new(target: &Path, data: R, progress: &'a mut dyn FnMut(u64)) -> Self {
         Self {
             target: target.to_path_buf(),
@@ -917,6 +924,7 @@ pub fn is_root() -> bool {
 }
 
 mod writers;
+pub use writers::FileRestored;
 
 #[cfg(test)]
 mod tests;

@@ -122,6 +122,60 @@ fn restore_recreates_tree_exactly() {
     assert_eq!(snapshot(&root), snapshot(&dst.path().join("data")));
 }
 
+/// The hook hears of each file once, only when its content is all there and checked, and
+/// never of a file whose checksum fails.
+#[test]
+fn each_file_is_reported_once_complete_and_never_when_damaged() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("data");
+    sample_tree(&root);
+    let (data, rec, _) = backup(&root, UnreadablePolicy::Fail).unwrap();
+    let restore_reporting = |data: &[u8]| {
+        let dst = tempfile::tempdir().unwrap();
+        let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook: FileRestored = {
+            let reported = reported.clone();
+            std::sync::Arc::new(move |path: &Path| {
+                // Read at once, on the writer thread: the file must already be whole.
+                let content = fs::read(path).unwrap();
+                reported.lock().unwrap().push((path.to_path_buf(), content));
+            })
+        };
+        let mut progress = |_| {};
+        let mut r = TreeRestorer::new(dst.path(), data, &mut progress).on_file_restored(hook);
+        let result = rec
+            .entries
+            .iter()
+            .try_for_each(|e| r.entry(e.clone()))
+            .and_then(|()| r.finish().map(|_| ()));
+        let reported = std::mem::take(&mut *reported.lock().unwrap());
+        (result, reported, dst)
+    };
+
+    let (result, reported, dst) = restore_reporting(&data);
+    result.unwrap();
+    let mut paths: Vec<_> = reported.iter().map(|(p, _)| p.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 4, "{reported:?}");
+    assert_eq!(reported.len(), 4, "a file was reported twice: {paths:?}");
+    for (path, content) in &reported {
+        let rel = path.strip_prefix(dst.path()).unwrap();
+        assert_eq!(content, &fs::read(src.path().join(rel)).unwrap(), "{}", rel.display());
+    }
+
+    let mut damaged = data.clone();
+    damaged[0] ^= 1;
+    let first = rec.entries.iter().find(|e| e.kind == EntryKind::File).unwrap();
+    let (result, reported, dst) = restore_reporting(&damaged);
+    assert!(result.unwrap_err().is_integrity_failure());
+    let first = dst.path().join(first.path.display());
+    assert!(
+        reported.iter().all(|(p, _)| *p != first),
+        "the damaged file was reported: {first:?}"
+    );
+}
+
 #[test]
 fn corrupt_content_and_unsafe_paths_are_refused() {
     let src = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use backup_core::manifest::FileEntry;
@@ -38,10 +38,15 @@ enum Job {
     },
 }
 
+/// Called with each file's path once it is complete: written, its BLAKE3 checked and its
+/// metadata applied (on a writer thread).
+pub type FileRestored = Arc<dyn Fn(&std::path::Path) + Send + Sync>;
+
 pub(super) struct FileWriters {
     senders: Vec<SyncSender<Job>>,
     handles: Vec<JoinHandle<Result<(), FilesError>>>,
     failed: Arc<AtomicBool>,
+    on_restored: Arc<OnceLock<FileRestored>>,
     next_slot: u64,
     spare: Receiver<Vec<u8>>,
 }
@@ -53,6 +58,7 @@ impl Default for FileWriters {
             senders: Vec::new(),
             handles: Vec::new(),
             failed: Arc::default(),
+            on_restored: Arc::default(),
             next_slot: 0,
             spare: bounded(0).1,
         }
@@ -69,6 +75,7 @@ struct OpenFile {
 impl FileWriters {
     pub fn new() -> Self {
         let failed = Arc::new(AtomicBool::new(false));
+        let on_restored: Arc<OnceLock<FileRestored>> = Arc::default();
         let (recycle, spare) = bounded::<Vec<u8>>(THREADS * (QUEUE + 2));
         let mut senders = Vec::new();
         let mut handles = Vec::new();
@@ -76,6 +83,7 @@ impl FileWriters {
             let (tx, rx) = sync_channel::<Job>(QUEUE);
             let failed = failed.clone();
             let recycle = recycle.clone();
+            let on_restored = on_restored.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("restore-writer-{i}"))
                 .spawn(move || {
@@ -86,7 +94,7 @@ impl FileWriters {
                         if first_error.is_some() {
                             continue;
                         }
-                        if let Err(e) = run_job(job, &mut open, &recycle) {
+                        if let Err(e) = run_job(job, &mut open, &recycle, on_restored.get()) {
                             failed.store(true, Ordering::Relaxed);
                             first_error = Some(e);
                         }
@@ -101,9 +109,15 @@ impl FileWriters {
             senders,
             handles,
             failed,
+            on_restored,
             next_slot: 0,
             spare,
         }
+    }
+
+    /// Calls `hook` for each file completed from now on.
+    pub fn on_file_restored(&self, hook: FileRestored) {
+        let _ = self.on_restored.set(hook);
     }
 
     /// A buffer of `len` bytes to read file content into (reused when one is free).
@@ -191,6 +205,7 @@ fn run_job(
     job: Job,
     open: &mut HashMap<u64, OpenFile>,
     recycle: &Sender<Vec<u8>>,
+    on_restored: Option<&FileRestored>,
 ) -> Result<(), FilesError> {
     match job {
         Job::Open { slot, path } => {
@@ -235,8 +250,15 @@ fn run_job(
                     });
                 }
             }
-            apply_metadata(&path, &entry, restore_owner)
-                .map_err(|source| FilesError::Restore { path, source })?;
+            apply_metadata(&path, &entry, restore_owner).map_err(|source| {
+                FilesError::Restore {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            if let Some(hook) = on_restored {
+                hook(&path);
+            }
         }
     }
     Ok(())
