@@ -543,7 +543,14 @@ fn damage_found_part_way_through_a_restore_is_an_integrity_failure() {
     std::fs::write(&path, &damaged).unwrap();
 
     let target = SecantusDb::start();
-    let out = work.run(&["restore", "mongo", "--backup", &id, "--target-uri", &target.uri()]);
+    let out = work.run(&[
+        "restore",
+        "mongo",
+        "--backup",
+        &id,
+        "--target-uri",
+        &target.uri(),
+    ]);
     assert_eq!(out.code, EXIT_INTEGRITY, "{}", out.dump());
     out.expect_mentions(&[&artifact, "segment"]);
     assert!(
@@ -554,7 +561,15 @@ fn damage_found_part_way_through_a_restore_is_an_integrity_failure() {
 
     // Undamaged, the same backup restores completely.
     std::fs::write(&path, &original).unwrap();
-    work.ok(&["restore", "mongo", "--backup", &id, "--target-uri", &target.uri(), "--drop"]);
+    work.ok(&[
+        "restore",
+        "mongo",
+        "--backup",
+        &id,
+        "--target-uri",
+        &target.uri(),
+        "--drop",
+    ]);
     let dst = client(&rt, &target.uri());
     assert_eq!(
         rt.block_on(content_hashes(&dst, &["app", "crm"])),

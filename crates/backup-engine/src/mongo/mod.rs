@@ -151,7 +151,11 @@ impl MongoSnapshot {
     ) -> Result<MongoPosition> {
         // First in the stream: a restore prepares every target from it and loads each
         // collection while the later files are still being restored.
-        tree.add_file(COLLECTIONS_FILE, &collections_json(&self.collections), 0o600)?;
+        tree.add_file(
+            COLLECTIONS_FILE,
+            &collections_json(&self.collections),
+            0o600,
+        )?;
         let mut documents = 0;
         for spec in &self.collections {
             let stem = format!("{MONGODB_LABEL}/{}/{}", spec.db, file_stem(&spec.name));
@@ -721,8 +725,7 @@ impl StagedFiles {
 
     /// Waits until `path` is restored (true), or the staging ended without it (false).
     async fn wait_for(&self, path: &Path) -> Result<bool> {
-        self.wait(|s| s.paths.contains(path).then_some(true))
-            .await
+        self.wait(|s| s.paths.contains(path).then_some(true)).await
     }
 
     /// Waits until the staging has restored everything.

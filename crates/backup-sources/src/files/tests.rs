@@ -161,12 +161,21 @@ fn each_file_is_reported_once_complete_and_never_when_damaged() {
     assert_eq!(reported.len(), 4, "a file was reported twice: {paths:?}");
     for (path, content) in &reported {
         let rel = path.strip_prefix(dst.path()).unwrap();
-        assert_eq!(content, &fs::read(src.path().join(rel)).unwrap(), "{}", rel.display());
+        assert_eq!(
+            content,
+            &fs::read(src.path().join(rel)).unwrap(),
+            "{}",
+            rel.display()
+        );
     }
 
     let mut damaged = data.clone();
     damaged[0] ^= 1;
-    let first = rec.entries.iter().find(|e| e.kind == EntryKind::File).unwrap();
+    let first = rec
+        .entries
+        .iter()
+        .find(|e| e.kind == EntryKind::File)
+        .unwrap();
     let (result, reported, dst) = restore_reporting(&damaged);
     assert!(result.unwrap_err().is_integrity_failure());
     let first = dst.path().join(first.path.display());

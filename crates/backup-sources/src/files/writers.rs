@@ -250,11 +250,9 @@ fn run_job(
                     });
                 }
             }
-            apply_metadata(&path, &entry, restore_owner).map_err(|source| {
-                FilesError::Restore {
-                    path: path.clone(),
-                    source,
-                }
+            apply_metadata(&path, &entry, restore_owner).map_err(|source| FilesError::Restore {
+                path: path.clone(),
+                source,
             })?;
             if let Some(hook) = on_restored {
                 hook(&path);
