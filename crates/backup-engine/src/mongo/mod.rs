@@ -184,6 +184,15 @@ impl MongoSnapshot {
                 .block_on(watch.nothing_written_since(&self.client, self.start)),
             None => false,
         };
+        tracing::info!(
+            nothing_written,
+            "the write watch {}",
+            if nothing_written {
+                "shows no write during the copy: no oplog read"
+            } else {
+                "did not prove the copy write-free: reading the oplog"
+            }
+        );
         let (end, oplog_entries) = if nothing_written {
             // An empty range: no oplog read, and nothing to check for a rollover.
             tree.add_file(OPLOG_FILE, &[], 0o600)?;

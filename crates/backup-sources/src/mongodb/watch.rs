@@ -77,6 +77,7 @@ impl WriteWatch {
     /// the watch opened). False whenever that is not proven.
     pub async fn nothing_written_since(mut self, client: &Client, start: OpTime) -> bool {
         if self.early_event || self.opened_at > start.0 {
+            tracing::debug!(early_event = self.early_event, opened_at = ?self.opened_at, %start, "the write watch cannot cover the backup's start");
             return false;
         }
         // The primary's last write, and whether it is majority-committed (a change stream
@@ -94,13 +95,20 @@ impl WriteWatch {
             }
         };
         let Some(last) = last else {
+            tracing::debug!("the primary's last write is not majority-committed yet");
             return false;
         };
         // Each poll is one `getMore`; its answer's time says up to where the stream looked.
         for _ in 0..POLLS {
             match self.stream.next_if_any(&mut self.session).await {
                 Ok(None) => {}
-                Ok(Some(_)) => return false,
+                Ok(Some(event)) => {
+                    tracing::debug!(
+                        operation = event.get_str("operationType").unwrap_or("?"),
+                        "a write during the backup"
+                    );
+                    return false;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "the write watch failed; the backup reads the oplog");
                     return false;
@@ -110,6 +118,7 @@ impl WriteWatch {
                 return true;
             }
         }
+        tracing::debug!(answered_at = ?self.session.operation_time(), last_write = ?last, "the write watch did not reach the last write");
         false
     }
 }
