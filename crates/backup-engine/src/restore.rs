@@ -510,6 +510,7 @@ fn restore_order(
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn restore_from(
     engine: &Engine,
     record: &BackupRecord,
