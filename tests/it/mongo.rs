@@ -875,6 +875,74 @@ fn oplog_archiving_stops_when_the_oplog_rolled_past_its_position_and_asks_for_a_
     work.ok(&["oplog-archive", "mongo", "--once"]);
 }
 
+#[test]
+fn oplog_archiving_notices_when_the_oplog_rolls_past_it_while_it_follows() {
+    if skip_mongo_tests() {
+        return;
+    }
+    let rt = runtime();
+    let source = SecantusDb::start_with_args(&["--oplog-max-entries", "1500"]);
+    let uri = source.uri();
+    let src = client(&rt, &uri);
+    rt.block_on(seed(&src));
+    let work = mongo_work(&uri, "oplog-interval = \"1s\"");
+    work.ok(&["backup", "mongo"]);
+    let mut archiver = work.command(&["oplog-archive", "mongo"]);
+    archiver
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = Archiver(Some(archiver.spawn().unwrap()));
+    // It follows the oplog: a write is archived.
+    let coll = src.database("app").collection::<Document>("burst");
+    rt.block_on(async { coll.insert_one(doc! { "n": -1 }).await })
+        .unwrap();
+    let ts = rt.block_on(last_ts(&src));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while work.ok(&["oplog-status", "mongo", "--json"]).json()[0]["to"].as_str() != Some(&ts) {
+        assert!(
+            Instant::now() < deadline,
+            "the write at {ts} was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Frozen while 5000 entries go in: the oplog drops the ones after its position before
+    // its cursor reaches them. It must stop, not archive past the gap.
+    let pid = child.0.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    rt.block_on(async {
+        for chunk in 0..50 {
+            let docs: Vec<Document> = (0..100).map(|i| doc! { "n": chunk * 100 + i }).collect();
+            coll.insert_many(docs).await.unwrap();
+        }
+    });
+    signal("-CONT");
+    let mut running = child.0.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = running.kill();
+            panic!("oplog-archive went on after the oplog rolled past its position");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = running.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "oplog-archive: {stderr}");
+    assert!(
+        stderr.contains("rolled past") && stderr.contains("take a new full backup"),
+        "{stderr}"
+    );
+}
+
 /// The databases of `client` a drill made (their names start with its scratch prefix).
 async fn drill_databases(client: &Client) -> Vec<String> {
     client

@@ -33,6 +33,8 @@ struct Options {
     rate: u64,
     load_seconds: u64,
     write_docs: bool,
+    /// Only the oplog lag run (after one backup to start from); nothing is written.
+    lag_only: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -42,6 +44,7 @@ fn parse(args: &[String]) -> Result<Options> {
         rate: 1000,
         load_seconds: 20,
         write_docs: true,
+        lag_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -57,9 +60,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "--rate" => o.rate = value()?,
             "--load-seconds" => o.load_seconds = value()?,
             "--no-docs" => o.write_docs = false,
+            "--lag-only" => o.lag_only = true,
             other => bail!(
                 "unknown option {other}; usage: bench-mongo [--mb N] [--rounds N] \
-                 [--rate DOCS_PER_S] [--load-seconds S] [--no-docs]"
+                 [--rate DOCS_PER_S] [--load-seconds S] [--no-docs] [--lag-only]"
             ),
         }
     }
@@ -161,6 +165,121 @@ fn server_cpu_seconds(port: u16) -> Result<f64> {
 /// How long the archiver may take to store its first slice before the lag run gives up.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 
+/// What the oplog lag run measured.
+struct Lag {
+    catch_up: String,
+    inserted: u64,
+    load_s: f64,
+    samples: usize,
+    p50: f64,
+    max: f64,
+}
+
+/// Oplog lag under a steady insert load. The archiver starts from the end of the last
+/// backup, minutes back: it first catches up (timed on its own), then its lag is sampled
+/// every second for `load_seconds` while the load goes on. Its stderr is kept in
+/// `archiver.log` and shown when it stores nothing.
+fn oplog_lag(
+    rt: &tokio::runtime::Runtime,
+    bin: &Path,
+    work: &Path,
+    src: &Client,
+    o: &Options,
+) -> Result<Lag> {
+    let cfg = ["--config", "bench.toml"];
+    let archived_to = || -> Result<Option<String>> {
+        let out = Command::new(bin)
+            .current_dir(work)
+            .args(cfg)
+            .args(["oplog-status", "mongo", "--json"])
+            .output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        Ok(status[0]["to_time"].as_str().map(str::to_owned))
+    };
+    let backup_end = archived_to()?;
+    let mut archiver = Command::new(bin)
+        .current_dir(work)
+        .args(cfg)
+        .args(["oplog-archive", "mongo"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("archiver.log"))?)
+        .spawn()?;
+    let rate = o.rate;
+    let load_seconds = o.load_seconds;
+    let lags = rt.block_on(async {
+        let coll = src.database("bench").collection::<Document>("live");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inserter = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut i = 0u64;
+                let tick = Duration::from_millis(100);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = (rate / 10).max(1);
+                    let batch: Vec<Document> = (i..i + n).map(|k| document(k, 9)).collect();
+                    coll.insert_many(batch).await?;
+                    i += n;
+                    tokio::time::sleep(tick).await;
+                }
+                Ok::<u64, mongodb::error::Error>(i)
+            }
+        });
+        let started = Instant::now();
+        let mut catch_up = None;
+        while started.elapsed() < CATCH_UP_LIMIT {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if archived_to()? != backup_end {
+                catch_up = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+        }
+        let mut lags = Vec::new();
+        let sample_until = Instant::now() + Duration::from_secs(load_seconds);
+        while catch_up.is_some() && Instant::now() < sample_until {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(to) = archived_to()? {
+                let to = chrono::DateTime::parse_from_rfc3339(&to)?;
+                lags.push(
+                    (chrono::Utc::now() - to.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                        / 1000.0,
+                );
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let inserted = inserter.await??;
+        let load_s = started.elapsed().as_secs_f64();
+        Ok::<_, anyhow::Error>((lags, inserted, catch_up, load_s))
+    })?;
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(archiver.id().to_string())
+        .status();
+    let _ = archiver.wait();
+    let (mut lags, inserted, catch_up, load_s) = lags;
+    if catch_up.is_none() {
+        let log = fs::read_to_string(work.join("archiver.log")).unwrap_or_default();
+        eprintln!("the archiver stored no slice; its stderr:\n{log}");
+    }
+    let catch_up = catch_up.map_or_else(
+        || format!("none within {} s", CATCH_UP_LIMIT.as_secs()),
+        |s| format!("{s:.1} s"),
+    );
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Lag {
+        catch_up,
+        inserted,
+        load_s,
+        samples: lags.len(),
+        p50: pct(0.5),
+        max: lags.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
 /// The files of [`plain_export`] inserted back in batches of 1000.
 async fn plain_import(client: &Client, dir: &Path) -> Result<u64> {
     let mut docs = 0;
@@ -227,6 +346,17 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     let cfg = ["--config", "bench.toml"];
     crate::run(&work, &bin, &[&cfg[..], &["init"]].concat())?;
+    if o.lag_only {
+        crate::run(&work, &bin, &[&cfg[..], &["backup", "mongo"]].concat())?;
+        let lag = oplog_lag(&rt, &bin, &work, &src, &o)?;
+        println!(
+            "oplog lag: first slice after {}; lag p50 {:.1} s, max {:.1} s ({} samples); \
+             {} documents inserted in {:.0} s",
+            lag.catch_up, lag.p50, lag.max, lag.samples, lag.inserted, lag.load_s
+        );
+        let _ = fs::remove_dir_all(&work);
+        return Ok(());
+    }
 
     // Plain export and backupd's backup of the same data, then plain import and backupd's
     // restore, in rounds that alternate which goes first (the server's caches and the
@@ -332,86 +462,15 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     let oplog_read_s = t.elapsed().as_secs_f64();
 
-    // Oplog lag under a steady insert load. The archiver starts from the end of the last
-    // backup, minutes back: it first catches up (timed on its own), then its lag is sampled
-    // every second for `load_seconds` while the load goes on.
-    let archived_to = || -> Result<Option<String>> {
-        let out = Command::new(&bin)
-            .current_dir(&work)
-            .args(cfg)
-            .args(["oplog-status", "mongo", "--json"])
-            .output()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        Ok(status[0]["to_time"].as_str().map(str::to_owned))
-    };
-    let backup_end = archived_to()?;
-    let mut archiver = Command::new(&bin)
-        .current_dir(&work)
-        .args(cfg)
-        .args(["oplog-archive", "mongo"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let lags = rt.block_on(async {
-        let coll = src.database("bench").collection::<Document>("live");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let inserter = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let mut i = 0u64;
-                let tick = Duration::from_millis(100);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let n = (o.rate / 10).max(1);
-                    let batch: Vec<Document> = (i..i + n).map(|k| document(k, 9)).collect();
-                    coll.insert_many(batch).await?;
-                    i += n;
-                    tokio::time::sleep(tick).await;
-                }
-                Ok::<u64, mongodb::error::Error>(i)
-            }
-        });
-        let started = Instant::now();
-        let mut catch_up = None;
-        while started.elapsed() < CATCH_UP_LIMIT {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if archived_to()? != backup_end {
-                catch_up = Some(started.elapsed().as_secs_f64());
-                break;
-            }
-        }
-        let mut lags = Vec::new();
-        let sample_until = Instant::now() + Duration::from_secs(o.load_seconds);
-        while catch_up.is_some() && Instant::now() < sample_until {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Some(to) = archived_to()? {
-                let to = chrono::DateTime::parse_from_rfc3339(&to)?;
-                lags.push(
-                    (chrono::Utc::now() - to.with_timezone(&chrono::Utc)).num_milliseconds() as f64
-                        / 1000.0,
-                );
-            }
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let inserted = inserter.await??;
-        let load_s = started.elapsed().as_secs_f64();
-        Ok::<_, anyhow::Error>((lags, inserted, catch_up, load_s))
-    })?;
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(archiver.id().to_string())
-        .status();
-    let _ = archiver.wait();
-    let (mut lags, inserted, catch_up, load_s) = lags;
-    let catch_up = catch_up.map_or_else(
-        || format!("none within {} s", CATCH_UP_LIMIT.as_secs()),
-        |s| format!("{s:.1} s"),
-    );
-    lags.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lags.get(((lags.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let lag = oplog_lag(&rt, &bin, &work, &src, &o)?;
+    let Lag {
+        catch_up,
+        inserted,
+        load_s,
+        samples,
+        p50,
+        max,
+    } = lag;
 
     let mb = plain_bytes as f64 / 1e6;
     let ratio = |a: f64, b: f64| format!("{:.2}x", a / b);
@@ -448,7 +507,7 @@ pub fn run(args: &[String]) -> Result<()> {
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         o.rate,
         o.load_seconds,
-        lags.len(),
+        samples,
         o.rounds,
         o.mb,
         o.rounds,
@@ -473,8 +532,8 @@ pub fn run(args: &[String]) -> Result<()> {
         plain_docs as f64 / plain_import_s,
         ratio(plain_import_s, restore.seconds),
         restore.peak_rss_kib as f64 / 1024.0,
-        pct(0.5),
-        lags.last().copied().unwrap_or(f64::NAN),
+        p50,
+        max,
     );
     println!("{section}");
     if o.write_docs {

@@ -1,19 +1,28 @@
 //! Continuous oplog archiving: `backupctl oplog-archive SOURCE` (and backupd) follows
-//! `local.oplog.rs` (range reads from the position on, every 200 ms or, when a read takes
-//! longer, as long again) and writes what it read as sealed slices
+//! `local.oplog.rs` and writes what it read as sealed slices
 //! (`oplog/<source>/<after>-<last>.bkpd`, each the entries after `after` up to `last`)
 //! every `oplog-interval`.
 //!
 //! The position is the catalog itself: archiving resumes after the newest recorded slice
 //! (or, for a source with none yet, at the end of its newest backup), so a restart or a
 //! network drop re-reads from there and never skips an entry; a slice is recorded only once
-//! stored and its checksum matched. Every read starts at the position's own entry: when the
-//! oplog no longer holds it, it has rolled past the position, the entries in between are
-//! lost, and archiving stops with an error asking for a new full backup. A backup's end is
-//! not always an entry (nothing written during a backup leaves it at its start, a position
-//! the primary reported): from there, the first read that finds entries checks the oplog's
-//! oldest entry instead.
+//! stored and its checksum matched.
+//!
+//! Following the oplog takes a tailable cursor opened on the entries after the primary's
+//! newest write, then one range read from the position (the backlog, and the check that
+//! the oplog still holds the position), then the cursor's `getMore`s. The cursor may repeat
+//! entries the range read returned; an entry it returns that is older than the newest
+//! already read and was not among them means the server made it visible late, and
+//! archiving re-reads from its recorded position rather than store a slice with a gap.
+//! Every range read starts at the position's own entry: when the oplog no longer holds it,
+//! it has rolled past the position, the entries in between are lost, and archiving stops
+//! with an error asking for a new full backup. A backup's end is not always an entry
+//! (nothing written during a backup leaves it at its start, a position the primary
+//! reported): from there, the first read that finds entries checks the oplog's oldest entry
+//! instead. A cursor that fell behind (a full `getMore`) has the oldest entry checked before
+//! its slice is recorded: some servers drop entries under a cursor without saying so.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -27,6 +36,7 @@ use backup_sinks::{put_bytes, read_object, Sink};
 use backup_sources::mongodb::backup::oplog_entry_covered;
 use backup_sources::mongodb::bson::{doc, Document, RawDocumentBuf};
 use backup_sources::mongodb::mongodb::options::{ReadPreference, SelectionCriteria};
+use backup_sources::mongodb::tail::OplogTail;
 use backup_sources::mongodb::{self as mongo, MongoError, NamespaceFilter, OpTime};
 
 use super::{mongo_error, mongo_source};
@@ -39,6 +49,8 @@ use crate::Engine;
 pub const OPLOG_PREFIX: &str = "oplog/";
 /// A slice is cut early once it holds this much.
 const MAX_SLICE_BYTES: usize = 64 << 20;
+/// The longest one `getMore` waits for new entries.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Waits between reconnection attempts after a network drop, doubling up to a minute.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -159,6 +171,9 @@ pub async fn run_oplog_archive(
         .uri()
         .map_err(|e| EngineError::Usage(format!("source {}: {e}", source.name)))?;
     let mut client = None;
+    let mut follow: Option<Follow> = None;
+    // With `once`: where the oplog ended when archiving began.
+    let mut once_upto = None;
     let mut retry = RETRY_FIRST;
     loop {
         if cancel.is_cancelled() {
@@ -173,20 +188,49 @@ pub async fn run_oplog_archive(
                 );
             }
             let c = client.as_ref().expect("connected above");
-            let upto = if once {
-                Some(mongo::oplog_last(c).await.map_err(Step::Mongo)?)
-            } else {
-                None
-            };
+            if once {
+                let upto = match once_upto {
+                    Some(upto) => upto,
+                    None => *once_upto.insert(mongo::oplog_last(c).await.map_err(Step::Mongo)?),
+                };
+                let mut slice = Slice::new(after);
+                let range = Range {
+                    after,
+                    after_is_entry,
+                    upto: Some(upto),
+                };
+                read_range(c, range, &filter, &mut slice, None, cancel).await?;
+                return Ok(slice);
+            }
+            if follow.is_none() {
+                follow = Some(Follow {
+                    tail: OplogTail::open(c, after).await.map_err(Step::Mongo)?,
+                    catching_up: true,
+                    seen: HashSet::new(),
+                    behind: false,
+                });
+            }
+            let f = follow.as_mut().expect("opened above");
             let deadline = Instant::now() + m.oplog_interval;
-            read_slice(c, after, after_is_entry, upto, deadline, &filter, cancel).await
+            follow_slice(c, f, after, after_is_entry, deadline, &filter, cancel).await
         };
-        match step.await {
+        let stepped = step.await;
+        if stepped.is_err() {
+            // The next step re-reads from the recorded position with a new cursor. The old
+            // one is closed only when the server is known to answer (else the server drops it).
+            if let (Some(f), Some(c), Err(Step::Reread(_))) =
+                (follow.take(), client.as_ref(), &stepped)
+            {
+                f.tail.close(c).await;
+            }
+        }
+        match stepped {
             // Stopping: what this slice read is read again by the next run.
             Ok(_) if cancel.is_cancelled() => break,
             Ok(slice) => {
                 retry = RETRY_FIRST;
-                if slice.last > after {
+                let advanced = slice.last > after;
+                if advanced {
                     let record = store_slice(engine, &repo, source, after, &slice, cancel).await?;
                     report.slices += 1;
                     report.entries += record.entries;
@@ -196,9 +240,14 @@ pub async fn run_oplog_archive(
                     report.position = Some(after.to_string());
                     tracing::info!(source = %source.name, position = %after, entries = record.entries, "oplog slice archived");
                 }
-                if once {
+                // A slice cut at its size limit leaves more to read up to where `once` ends.
+                if once && (!advanced || once_upto.is_some_and(|upto| after >= upto)) {
                     break;
                 }
+            }
+            Err(Step::Reread(why)) => {
+                tracing::warn!(source = %source.name, position = %after, "{why}; re-reading from the archived position");
+                report.reconnects += 1;
             }
             Err(Step::Mongo(e)) if e.is_temporary() && !once => {
                 // Re-read from the recorded position: nothing read since is lost.
@@ -243,12 +292,18 @@ pub async fn run_oplog_archive(
             Err(Step::Engine(e)) => return Err(e),
         }
     }
+    if let (Some(f), Some(c)) = (follow, client.as_ref()) {
+        f.tail.close(c).await;
+    }
     Ok(report)
 }
 
-/// Why one archiving step failed: the server (maybe temporarily) or anything else.
+/// Why one archiving step failed: the server (maybe temporarily), a read that must be
+/// done again, or anything else.
 enum Step {
     Mongo(MongoError),
+    /// The entries read may have a gap (the reason says why): read them again.
+    Reread(String),
     Engine(EngineError),
 }
 
@@ -260,57 +315,114 @@ struct Slice {
     last: OpTime,
 }
 
-/// Reads the entries after `after`: up to `upto` when given (then returns), else every
-/// entry that appears until `deadline` or `MAX_SLICE_BYTES`.
-///
-/// Each read is a plain range read from the position on, not a tailable cursor: a tailing
-/// cursor that resumes after a getMore can miss entries a server makes visible out of order
-/// (seen on SecantusDB under a steady write load), while a range read either sees an entry
-/// or leaves the position before it. A server that answers a range read by scanning its
-/// whole oplog (SecantusDB) is not asked again at once: the pause after a read is at least
-/// as long as the read, so its writers keep half of its time.
-async fn read_slice(
-    client: &mongo::mongodb::Client,
-    after: OpTime,
-    after_is_entry: bool,
-    upto: Option<OpTime>,
-    deadline: Instant,
-    filter: &NamespaceFilter,
-    cancel: &CancellationToken,
-) -> std::result::Result<Slice, Step> {
-    let mut slice = Slice {
-        bytes: Vec::new(),
-        entries: 0,
-        last: after,
-    };
-    loop {
-        let began = Instant::now();
-        let is_entry = after_is_entry || slice.last != after;
-        read_range(
-            client, slice.last, is_entry, upto, filter, &mut slice, cancel,
-        )
-        .await?;
-        if upto.is_some() || slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
-            return Ok(slice);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(slice);
-        }
-        let pause = POLL.max(now - began).min(deadline - now);
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = cancel.cancelled() => return Ok(slice),
+impl Slice {
+    fn new(after: OpTime) -> Slice {
+        Slice {
+            bytes: Vec::new(),
+            entries: 0,
+            last: after,
         }
     }
 }
 
-/// How often a slice being filled asks for new entries (at most).
-const POLL: Duration = Duration::from_millis(200);
+/// The oplog as archiving follows it.
+struct Follow {
+    tail: OplogTail,
+    /// The range reads from the position have not reached the cursor's start yet.
+    catching_up: bool,
+    /// Entries the range reads returned after the cursor's start: the cursor may return
+    /// them again. Emptied once it returns a newer one.
+    seen: HashSet<OpTime>,
+    /// A `getMore` came back full since the oldest entry was last checked.
+    behind: bool,
+}
 
-/// Appends the covered entries after `after` (up to `upto` when given) to `slice`,
-/// stopping early at `MAX_SLICE_BYTES`, and moves `slice.last` to each entry read (entries
-/// the filter leaves out move it too).
+/// Reads the entries after `after` until `deadline` or `MAX_SLICE_BYTES`: first the range
+/// from `after` on while `follow` is catching up, then what its cursor returns.
+async fn follow_slice(
+    client: &mongo::mongodb::Client,
+    follow: &mut Follow,
+    after: OpTime,
+    after_is_entry: bool,
+    deadline: Instant,
+    filter: &NamespaceFilter,
+    cancel: &CancellationToken,
+) -> std::result::Result<Slice, Step> {
+    let mut slice = Slice::new(after);
+    if follow.catching_up {
+        let range = Range {
+            after,
+            after_is_entry,
+            upto: None,
+        };
+        let seen = (follow.tail.opened_after, &mut follow.seen);
+        read_range(client, range, filter, &mut slice, Some(seen), cancel).await?;
+        if slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
+            return Ok(slice);
+        }
+        follow.catching_up = false;
+    }
+    while slice.bytes.len() < MAX_SLICE_BYTES {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let wait = (deadline - now).min(TAIL_WAIT);
+        let batch = tokio::select! {
+            batch = follow.tail.next_batch(client, wait) => batch.map_err(Step::Mongo)?,
+            _ = cancel.cancelled() => return Ok(slice),
+        };
+        follow.behind |= batch.full;
+        for raw in batch.entries {
+            let entry = Document::try_from(raw.as_ref()).map_err(|e| {
+                Step::Engine(EngineError::Failed(format!(
+                    "following the oplog: an entry is not valid BSON: {e}"
+                )))
+            })?;
+            let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+            if ts <= slice.last {
+                if follow.seen.contains(&ts) {
+                    continue;
+                }
+                return Err(Step::Reread(format!(
+                    "the oplog cursor returned entry {ts} after {}, which was read before it",
+                    slice.last
+                )));
+            }
+            follow.seen.clear();
+            if oplog_entry_covered(&entry, filter) {
+                slice.bytes.extend_from_slice(raw.as_bytes());
+                slice.entries += 1;
+            }
+            slice.last = ts;
+        }
+    }
+    if follow.behind && slice.last > after {
+        // Entries the cap dropped before the cursor reached them: `after` went first.
+        let oldest = mongo::oplog_first(client).await.map_err(Step::Mongo)?;
+        if oldest > after {
+            return Err(Step::Mongo(MongoError::OplogRolledOver {
+                position: after,
+                oldest,
+            }));
+        }
+        follow.behind = false;
+    }
+    Ok(slice)
+}
+
+/// A range of the oplog to read: the entries after `after` (up to `upto` when given).
+#[derive(Clone, Copy)]
+struct Range {
+    after: OpTime,
+    /// The oplog held an entry at `after` itself.
+    after_is_entry: bool,
+    upto: Option<OpTime>,
+}
+
+/// Appends the covered entries of `range` to `slice`, stopping early at `MAX_SLICE_BYTES`,
+/// and moves `slice.last` to each entry read (entries the filter leaves out move it too);
+/// the positions of the entries after `seen.0` go into `seen.1`.
 ///
 /// The read starts at `after`'s own entry, which must still be there when `after_is_entry`:
 /// that it is proves the oplog has not rolled past the position, without a read of the
@@ -319,11 +431,14 @@ const POLL: Duration = Duration::from_millis(200);
 /// (an empty read proves nothing rolled: a rollover needs newer entries).
 async fn read_range(
     client: &mongo::mongodb::Client,
-    after: OpTime,
-    after_is_entry: bool,
-    upto: Option<OpTime>,
+    Range {
+        after,
+        after_is_entry,
+        upto,
+    }: Range,
     filter: &NamespaceFilter,
     slice: &mut Slice,
+    mut seen: Option<(OpTime, &mut HashSet<OpTime>)>,
     cancel: &CancellationToken,
 ) -> std::result::Result<(), Step> {
     let oplog = client
@@ -382,6 +497,11 @@ async fn read_range(
             slice.entries += 1;
         }
         slice.last = ts;
+        if let Some((from, seen)) = seen.as_mut() {
+            if ts > *from {
+                seen.insert(ts);
+            }
+        }
         if slice.bytes.len() >= MAX_SLICE_BYTES || cancel.is_cancelled() {
             break;
         }

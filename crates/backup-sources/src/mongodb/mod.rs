@@ -21,6 +21,7 @@
 pub mod backup;
 pub mod oplog;
 pub mod restore;
+pub mod tail;
 pub mod watch;
 
 use std::fmt;
@@ -362,18 +363,47 @@ pub async fn backup_start(client: &Client) -> Result<OpTime> {
 /// How far before the last write a backup starts at most when the majority point lags.
 pub const MAJORITY_LAG_LIMIT_SECS: u32 = 60;
 
+/// The times a `hello` answer's `lastWrite` reports: the primary's newest write
+/// (`opTime`) and its majority-committed point (`majorityOpTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastWrite {
+    pub newest: Option<Timestamp>,
+    pub majority: Option<Timestamp>,
+}
+
+impl LastWrite {
+    pub(crate) fn of(hello: &Document) -> LastWrite {
+        let last = hello.get_document("lastWrite").ok();
+        let ts = |k: &str| last?.get_document(k).ok()?.get_timestamp("ts").ok();
+        LastWrite {
+            newest: ts("opTime"),
+            majority: ts("majorityOpTime"),
+        }
+    }
+}
+
+/// The primary's newest write as its `hello` reports it (`None` from servers whose `hello`
+/// has no `lastWrite`).
+pub async fn newest_write(client: &Client) -> Result<Option<OpTime>> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .await
+        .map_err(MongoError::driver("asking the primary for its last write"))?;
+    Ok(LastWrite::of(&hello)
+        .newest
+        .filter(|ts| ts.time > 0)
+        .map(OpTime))
+}
+
 /// The start position a `hello` answer gives (see [`backup_start`]).
 fn last_write(hello: &Document) -> Option<OpTime> {
-    let last = hello.get_document("lastWrite").ok()?;
-    let ts = |k: &str| {
-        last.get_document(k)
-            .ok()?
-            .get_timestamp("ts")
-            .ok()
-            .filter(|ts| ts.time > 0)
-    };
-    let newest = ts("opTime");
-    let majority = ts("majorityOpTime");
+    let LastWrite { newest, majority } = LastWrite::of(hello);
+    let (newest, majority) = (
+        newest.filter(|ts| ts.time > 0),
+        majority.filter(|ts| ts.time > 0),
+    );
     let start = match (newest, majority) {
         (Some(newest), Some(majority)) => {
             let floor = Timestamp {

@@ -16,7 +16,7 @@ use mongodb::change_stream::session::SessionChangeStream;
 use mongodb::options::{ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession};
 
-use super::OpTime;
+use super::{LastWrite, OpTime};
 
 /// How long the one `getMore` waits for an event (nothing is expected).
 const POLL_WAIT: Duration = Duration::from_millis(10);
@@ -125,9 +125,8 @@ impl WriteWatch {
 
 /// The primary's last write from a `hello` answer, when it is majority-committed.
 fn last_write_committed(hello: &Document) -> Option<Timestamp> {
-    let last = hello.get_document("lastWrite").ok()?;
-    let ts = |k: &str| last.get_document(k).ok()?.get_timestamp("ts").ok();
-    let (newest, majority) = (ts("opTime")?, ts("majorityOpTime")?);
+    let LastWrite { newest, majority } = LastWrite::of(hello);
+    let (newest, majority) = (newest?, majority?);
     (majority >= newest).then_some(newest)
 }
 
