@@ -327,18 +327,12 @@ pub async fn run_restore(
             )
             .await?;
         }
-        match restore_from(
-            engine,
-            &record,
-            &candidate.repository,
-            &key,
+        let into = RestoreInto {
             target,
-            options.on_file_restored.as_ref().map(|h| h.0.clone()),
-            progress.clone(),
-            cancel,
-        )
-        .await
-        {
+            on_file_restored: options.on_file_restored.as_ref().map(|h| h.0.clone()),
+            progress: progress.clone(),
+        };
+        match restore_from(engine, &record, &candidate.repository, &key, &into, cancel).await {
             Ok(mut outcome) => {
                 outcome.failovers = failovers;
                 return Ok(outcome);
@@ -510,15 +504,20 @@ fn restore_order(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where and how a restore writes: the target directory, who is told of each file
+/// restored, and the progress counters.
+struct RestoreInto<'a> {
+    target: &'a Path,
+    on_file_restored: Option<FileRestored>,
+    progress: Arc<Progress>,
+}
+
 async fn restore_from(
     engine: &Engine,
     record: &BackupRecord,
     repository: &str,
     key: &Keyring,
-    target: &Path,
-    on_file_restored: Option<FileRestored>,
-    progress: Arc<Progress>,
+    into: &RestoreInto<'_>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
     let chain = backup_chain(engine, record).await?;
@@ -526,18 +525,7 @@ async fn restore_from(
     let mut bytes = 0;
     let mut last = None;
     for (i, layer) in chain.iter().enumerate() {
-        let outcome = restore_layer(
-            engine,
-            layer,
-            repository,
-            key,
-            target,
-            i > 0,
-            on_file_restored.clone(),
-            progress.clone(),
-            cancel,
-        )
-        .await?;
+        let outcome = restore_layer(engine, layer, repository, key, into, i > 0, cancel).await?;
         bytes += outcome.bytes;
         last = Some(outcome);
     }
@@ -549,18 +537,16 @@ async fn restore_from(
 }
 
 /// Restores one backup of a chain; `overlay` for the incremental ones after the first.
-#[allow(clippy::too_many_arguments)]
 async fn restore_layer(
     engine: &Engine,
     record: &BackupRecord,
     repository: &str,
     key: &Keyring,
-    target: &Path,
+    into: &RestoreInto<'_>,
     overlay: bool,
-    on_file_restored: Option<FileRestored>,
-    progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RestoreOutcome> {
+    let progress = &into.progress;
     let OpenedBackup {
         repo,
         manifest,
@@ -595,7 +581,7 @@ async fn restore_layer(
         backup_id: record.id,
         overlay,
         repository: repo.name.clone(),
-        target: target.to_path_buf(),
+        target: into.target.to_path_buf(),
         manifest: (
             manifest_artifact.artifact.id,
             manifest_dek,
@@ -606,8 +592,8 @@ async fn restore_layer(
             data_dek,
             ChannelReader::new(data_rx),
         ),
-        on_file_restored,
-        progress,
+        on_file_restored: into.on_file_restored.clone(),
+        progress: progress.clone(),
     };
     let stats = tokio::task::spawn_blocking(move || job.run())
         .await
@@ -617,7 +603,7 @@ async fn restore_layer(
         backup_id: record.id,
         source: record.source.clone(),
         repository: repo.name.clone(),
-        target: target.to_path_buf(),
+        target: into.target.to_path_buf(),
         files: stats.files,
         dirs: stats.dirs,
         symlinks: stats.symlinks,

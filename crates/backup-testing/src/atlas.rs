@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::http_double::ServedRouter;
+use crate::http_double::{log_request, RequestLog, ServedRouter};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -186,7 +186,10 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/download/{job}/{file}", get(download))
         .merge(api)
-        .layer(middleware::from_fn_with_state(state.clone(), log_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            log_request::<Shared>,
+        ))
         .with_state(state)
 }
 
@@ -215,18 +218,10 @@ fn ok(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn log_request(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let line = format!(
-        "{} {}",
-        request.method(),
-        request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default()
-    );
-    state.lock().expect("state").requests.push(line);
-    next.run(request).await
+impl RequestLog for Shared {
+    fn record(&self, line: String) {
+        self.lock().expect("state").requests.push(line);
+    }
 }
 
 /// Digest authentication of the API key and the versioned media type.

@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::http_double::ServedRouter;
+use crate::http_double::{log_request, RequestLog, ServedRouter};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -271,7 +271,10 @@ fn router(state: Arc<Mutex<AzureSqlState>>, base: String) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .merge(arm)
-        .layer(middleware::from_fn_with_state(app.clone(), log_request))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            log_request::<App>,
+        ))
         .with_state(app)
 }
 
@@ -285,18 +288,10 @@ fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn log_request(State(app): State<App>, request: Request, next: Next) -> Response {
-    let line = format!(
-        "{} {}",
-        request.method(),
-        request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default()
-    );
-    app.lock().requests.push(line);
-    next.run(request).await
+impl RequestLog for App {
+    fn record(&self, line: String) {
+        self.lock().requests.push(line);
+    }
 }
 
 /// The bearer token and `api-version` of every Resource Manager call.

@@ -3,7 +3,35 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::Router;
+
+/// A double's state that keeps the requests it was sent (`METHOD /path?query`), for tests
+/// that check which calls a client made.
+pub trait RequestLog: Clone + Send + Sync + 'static {
+    fn record(&self, line: String);
+}
+
+/// Middleware that records each request in the double's [`RequestLog`].
+pub async fn log_request<S: RequestLog>(
+    State(state): State<S>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let line = format!(
+        "{} {}",
+        request.method(),
+        request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or_default()
+    );
+    state.record(line);
+    next.run(request).await
+}
 
 pub struct ServedRouter {
     addr: SocketAddr,

@@ -399,13 +399,9 @@ async fn follow_slice(
     }
     if follow.behind && slice.last > after {
         // Entries the cap dropped before the cursor reached them: `after` went first.
-        let oldest = mongo::oplog_first(client).await.map_err(Step::Mongo)?;
-        if oldest > after {
-            return Err(Step::Mongo(MongoError::OplogRolledOver {
-                position: after,
-                oldest,
-            }));
-        }
+        mongo::check_not_rolled_past(client, after)
+            .await
+            .map_err(Step::Mongo)?;
         follow.behind = false;
     }
     Ok(slice)
@@ -477,13 +473,9 @@ async fn read_range(
             if after_is_entry {
                 return Err(position_lost(client, after).await);
             }
-            let oldest = mongo::oplog_first(client).await.map_err(Step::Mongo)?;
-            if oldest > after {
-                return Err(Step::Mongo(MongoError::OplogRolledOver {
-                    position: after,
-                    oldest,
-                }));
-            }
+            mongo::check_not_rolled_past(client, after)
+                .await
+                .map_err(Step::Mongo)?;
         }
         if ts <= slice.last {
             return Err(Step::Engine(EngineError::Failed(format!(

@@ -253,16 +253,9 @@ impl MongoSnapshot {
         // empty range cannot have lost any (a rollover needs newer entries), and the start's
         // own entry, when read, proves nothing before it went either.
         if oplog.newest().is_some() && !oplog.start_seen() {
-            let oldest = self
-                .handle
-                .block_on(mongo::oplog_first(&self.client))
+            self.handle
+                .block_on(mongo::check_not_rolled_past(&self.client, self.start))
                 .map_err(mongo_error)?;
-            if oldest > self.start {
-                return Err(mongo_error(MongoError::OplogRolledOver {
-                    position: self.start,
-                    oldest,
-                }));
-            }
         }
         Ok((oplog.newest().unwrap_or(self.start), oplog.documents()))
     }

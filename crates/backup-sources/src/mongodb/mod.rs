@@ -427,6 +427,16 @@ pub async fn oplog_first(client: &Client) -> Result<OpTime> {
     oplog_edge(client, 1).await
 }
 
+/// Fails with [`MongoError::OplogRolledOver`] when the oplog's oldest entry is newer than
+/// `position`: the entries after it may be gone.
+pub async fn check_not_rolled_past(client: &Client, position: OpTime) -> Result<()> {
+    let oldest = oplog_first(client).await?;
+    if oldest > position {
+        return Err(MongoError::OplogRolledOver { position, oldest });
+    }
+    Ok(())
+}
+
 async fn oplog_edge(client: &Client, direction: i32) -> Result<OpTime> {
     let entry = oplog(client)
         .find_one(doc! {})
