@@ -348,16 +348,21 @@ pub fn oplog(client: &Client) -> mongodb::Collection<Document> {
 /// [`MAJORITY_LAG_LIMIT_SECS`] before the last write. Servers whose `hello` has no
 /// `lastWrite` get the newest oplog entry.
 pub async fn backup_start(client: &Client) -> Result<OpTime> {
-    let hello = client
-        .database("admin")
-        .run_command(doc! { "hello": 1 })
-        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
-        .await
-        .map_err(MongoError::driver("asking the primary for its last write"))?;
+    let hello = primary_hello(client).await?;
     match last_write(&hello) {
         Some(ts) => Ok(ts),
         None => oplog_last(client).await,
     }
+}
+
+/// The primary's answer to `hello` (its last write is in `lastWrite`).
+pub(crate) async fn primary_hello(client: &Client) -> Result<Document> {
+    client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .await
+        .map_err(MongoError::driver("asking the primary for its last write"))
 }
 
 /// How far before the last write a backup starts at most when the majority point lags.
@@ -385,12 +390,7 @@ impl LastWrite {
 /// The primary's newest write as its `hello` reports it (`None` from servers whose `hello`
 /// has no `lastWrite`).
 pub async fn newest_write(client: &Client) -> Result<Option<OpTime>> {
-    let hello = client
-        .database("admin")
-        .run_command(doc! { "hello": 1 })
-        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
-        .await
-        .map_err(MongoError::driver("asking the primary for its last write"))?;
+    let hello = primary_hello(client).await?;
     Ok(LastWrite::of(&hello)
         .newest
         .filter(|ts| ts.time > 0)

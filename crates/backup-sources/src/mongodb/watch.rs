@@ -11,12 +11,12 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Document, Timestamp};
+use mongodb::bson::{Document, Timestamp};
 use mongodb::change_stream::session::SessionChangeStream;
 use mongodb::options::{ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession};
 
-use super::{LastWrite, OpTime};
+use super::{primary_hello, LastWrite, OpTime};
 
 /// How long the one `getMore` waits for an event (nothing is expected).
 const POLL_WAIT: Duration = Duration::from_millis(10);
@@ -82,12 +82,7 @@ impl WriteWatch {
         }
         // The primary's last write, and whether it is majority-committed (a change stream
         // shows only majority-committed writes).
-        let last = match client
-            .database("admin")
-            .run_command(doc! { "hello": 1 })
-            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
-            .await
-        {
+        let last = match primary_hello(client).await {
             Ok(hello) => last_write_committed(&hello),
             Err(e) => {
                 tracing::debug!(error = %e, "hello failed after the copy");
@@ -133,6 +128,7 @@ fn last_write_committed(hello: &Document) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mongodb::bson::doc;
 
     #[test]
     fn only_a_majority_committed_last_write_counts() {
