@@ -1,5 +1,5 @@
 //! Developer automation: `cargo xtask quickstart`, `cargo xtask bench`, `bench-s3`,
-//! `bench-pg`, `bench-scheduler`.
+//! `bench-pg`, `bench-mongo`, `bench-scheduler`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         Some("bench-mongo") => mongo_bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-pg [--scale S | --corpus DIR | --pgbench-scale N] [--rounds N] [--segments N] [--load-seconds S] [--clients N] [--no-docs] | bench-mongo [--mb N] [--rate DOCS_PER_S] [--load-seconds S] [--no-docs] | bench-scheduler [--postgres URL]"
+                "usage: cargo xtask quickstart [--no-daemon] | bench [--scale S] [--rounds N] | bench-s3 [--scale S] [--rounds N] [--corpus DIR] | bench-pg [--scale S | --corpus DIR | --pgbench-scale N] [--rounds N] [--segments N] [--load-seconds S] [--clients N] [--no-docs] | bench-mongo [--mb N] [--rounds N] [--rate DOCS_PER_S] [--load-seconds S] [--no-docs] [--lag-only] | bench-scheduler [--postgres URL]"
             );
             std::process::exit(2);
         }

@@ -194,7 +194,15 @@ fn oplog_lag(
             .args(["oplog-status", "mongo", "--json"])
             .output()?;
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        Ok(status[0]["to_time"].as_str().map(str::to_owned))
+        // One range per backup: the slices continue the newest one, whose range ends last
+        // (RFC 3339 times in UTC compare as strings).
+        Ok(status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|range| range["to_time"].as_str())
+            .max()
+            .map(str::to_owned))
     };
     let backup_end = archived_to()?;
     let mut archiver = Command::new(bin)
