@@ -19,6 +19,8 @@ use super::{newest_write, MongoError, OpTime, Result};
 
 /// Entries asked for per `getMore`.
 pub const TAIL_BATCH: i32 = 1000;
+/// How long closing a cursor may hold up a stop.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// An open tailable cursor on the oplog.
 pub struct OplogTail {
@@ -107,15 +109,18 @@ impl OplogTail {
         Ok(TailBatch { entries, full })
     }
 
-    /// Closes the cursor on the server (best effort: a server that is gone has no cursor).
+    /// Closes the cursor on the server (best effort, for at most [`CLOSE_WAIT`]: a server
+    /// that cannot be reached drops the cursor itself once it times out).
     pub async fn close(mut self, client: &Client) {
-        let killed = local(client)
+        let db = local(client);
+        let kill = db
             .run_command(doc! { "killCursors": "oplog.rs", "cursors": [self.cursor_id] })
             .selection_criteria(primary())
-            .session(&mut self.session)
-            .await;
-        if let Err(e) = killed {
-            tracing::debug!(error = %e, "closing the oplog cursor");
+            .session(&mut self.session);
+        match tokio::time::timeout(CLOSE_WAIT, kill).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing the oplog cursor"),
+            Err(_) => tracing::debug!("closing the oplog cursor: no answer, left to the server"),
         }
     }
 }
