@@ -755,13 +755,47 @@ fn point_in_time_restore_replays_the_archived_oplog_to_exactly_that_point() {
 struct Archiver(Option<std::process::Child>);
 
 impl Archiver {
+    /// `backupctl oplog-archive mongo` in `work`, its output kept.
+    fn spawn(work: &Work) -> Archiver {
+        let mut archiver = work.command(&["oplog-archive", "mongo"]);
+        archiver
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Archiver(Some(archiver.spawn().unwrap()))
+    }
+
+    /// Sends it `signal` (`-INT`, `-STOP`, ...).
+    fn signal(&self, signal: &str) {
+        let pid = self.0.as_ref().unwrap().id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+    }
+
     /// Ctrl-C, then waits for it to stop.
     fn interrupt(mut self) -> std::process::Output {
-        let child = self.0.take().unwrap();
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        child.wait_with_output().unwrap()
+        self.signal("-INT");
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+
+    /// Waits up to `limit` for it to stop on its own; panics with `why` if it does not.
+    fn exit_within(mut self, limit: Duration, why: &str) -> std::process::Output {
+        let deadline = Instant::now() + limit;
+        let child = self.0.as_mut().unwrap();
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+/// 5000 inserts into `app.burst`, in batches of 100.
+async fn burst(src: &Client) {
+    let coll = src.database("app").collection::<Document>("burst");
+    for chunk in 0..50 {
+        let docs: Vec<Document> = (0..100).map(|i| doc! { "n": chunk * 100 + i }).collect();
+        coll.insert_many(docs).await.unwrap();
     }
 }
 
@@ -787,11 +821,7 @@ fn oplog_archiving_resumes_across_a_server_restart_without_losing_an_entry() {
     let work = mongo_work(&uri, "oplog-interval = \"1s\"");
     work.ok(&["backup", "mongo"]);
 
-    let mut archiver = work.command(&["oplog-archive", "mongo"]);
-    archiver
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = Archiver(Some(archiver.spawn().unwrap()));
+    let child = Archiver::spawn(&work);
     rt.block_on(workload(&src, 1));
     drop(src);
     source.restart();
@@ -860,13 +890,7 @@ fn oplog_archiving_stops_when_the_oplog_rolled_past_its_position_and_asks_for_a_
     work.ok(&["backup", "mongo"]);
     // Archiving right after the backup works: the position is still in the oplog.
     work.ok(&["oplog-archive", "mongo", "--once"]);
-    let coll = src.database("app").collection::<Document>("burst");
-    rt.block_on(async {
-        for chunk in 0..50 {
-            let docs: Vec<Document> = (0..100).map(|i| doc! { "n": chunk * 100 + i }).collect();
-            coll.insert_many(docs).await.unwrap();
-        }
-    });
+    rt.block_on(burst(&src));
     work.run(&["oplog-archive", "mongo", "--once"])
         .expect_code(1)
         .expect_mentions(&["rolled past", "take a new full backup"]);
@@ -887,15 +911,13 @@ fn oplog_archiving_notices_when_the_oplog_rolls_past_it_while_it_follows() {
     rt.block_on(seed(&src));
     let work = mongo_work(&uri, "oplog-interval = \"1s\"");
     work.ok(&["backup", "mongo"]);
-    let mut archiver = work.command(&["oplog-archive", "mongo"]);
-    archiver
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = Archiver(Some(archiver.spawn().unwrap()));
+    let child = Archiver::spawn(&work);
     // It follows the oplog: a write is archived.
-    let coll = src.database("app").collection::<Document>("burst");
-    rt.block_on(async { coll.insert_one(doc! { "n": -1 }).await })
-        .unwrap();
+    rt.block_on(async {
+        let coll = src.database("app").collection::<Document>("burst");
+        coll.insert_one(doc! { "n": -1 }).await
+    })
+    .unwrap();
     let ts = rt.block_on(last_ts(&src));
     let deadline = Instant::now() + Duration::from_secs(60);
     while work.ok(&["oplog-status", "mongo", "--json"]).json()[0]["to"].as_str() != Some(&ts) {
@@ -907,34 +929,14 @@ fn oplog_archiving_notices_when_the_oplog_rolls_past_it_while_it_follows() {
     }
     // Frozen while 5000 entries go in: the oplog drops the ones after its position before
     // its cursor reaches them. It must stop, not archive past the gap.
-    let pid = child.0.as_ref().unwrap().id().to_string();
-    let signal = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-    };
-    signal("-STOP");
-    rt.block_on(async {
-        for chunk in 0..50 {
-            let docs: Vec<Document> = (0..100).map(|i| doc! { "n": chunk * 100 + i }).collect();
-            coll.insert_many(docs).await.unwrap();
-        }
-    });
-    signal("-CONT");
-    let mut running = child.0.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = running.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = running.kill();
-            panic!("oplog-archive went on after the oplog rolled past its position");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = running.wait_with_output().unwrap();
+    child.signal("-STOP");
+    rt.block_on(burst(&src));
+    child.signal("-CONT");
+    let output = child.exit_within(
+        Duration::from_secs(60),
+        "oplog-archive went on after the oplog rolled past its position",
+    );
+    let status = output.status;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(status.code(), Some(1), "oplog-archive: {stderr}");
     assert!(

@@ -34,7 +34,7 @@ use backup_core::format::{ArtifactKind, ReadOptions, WriteOptions};
 use backup_core::sealed::{open_sealed, seal};
 use backup_sinks::{put_bytes, read_object, Sink};
 use backup_sources::mongodb::backup::oplog_entry_covered;
-use backup_sources::mongodb::bson::{doc, Document, RawDocumentBuf};
+use backup_sources::mongodb::bson::{doc, Document, RawDocument, RawDocumentBuf};
 use backup_sources::mongodb::mongodb::options::{ReadPreference, SelectionCriteria};
 use backup_sources::mongodb::tail::OplogTail;
 use backup_sources::mongodb::{self as mongo, MongoError, NamespaceFilter, OpTime};
@@ -323,6 +323,26 @@ impl Slice {
             last: after,
         }
     }
+
+    /// Takes the entry at `ts` (kept only when `filter` covers it; `last` moves either way).
+    fn add(&mut self, raw: &RawDocument, entry: &Document, ts: OpTime, filter: &NamespaceFilter) {
+        if oplog_entry_covered(entry, filter) {
+            self.bytes.extend_from_slice(raw.as_bytes());
+            self.entries += 1;
+        }
+        self.last = ts;
+    }
+}
+
+/// An oplog entry as a document, and its position; `what` names the read in errors.
+fn read_entry(raw: &RawDocument, what: &str) -> std::result::Result<(Document, OpTime), Step> {
+    let entry = Document::try_from(raw).map_err(|e| {
+        Step::Engine(EngineError::Failed(format!(
+            "{what}: an entry is not valid BSON: {e}"
+        )))
+    })?;
+    let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+    Ok((entry, ts))
 }
 
 /// The oplog as archiving follows it.
@@ -374,12 +394,7 @@ async fn follow_slice(
         };
         follow.behind |= batch.full;
         for raw in batch.entries {
-            let entry = Document::try_from(raw.as_ref()).map_err(|e| {
-                Step::Engine(EngineError::Failed(format!(
-                    "following the oplog: an entry is not valid BSON: {e}"
-                )))
-            })?;
-            let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+            let (entry, ts) = read_entry(&raw, "following the oplog")?;
             if ts <= slice.last {
                 if follow.seen.contains(&ts) {
                     continue;
@@ -390,11 +405,7 @@ async fn follow_slice(
                 )));
             }
             follow.seen.clear();
-            if oplog_entry_covered(&entry, filter) {
-                slice.bytes.extend_from_slice(raw.as_bytes());
-                slice.entries += 1;
-            }
-            slice.last = ts;
+            slice.add(&raw, &entry, ts, filter);
         }
     }
     if follow.behind && slice.last > after {
@@ -437,9 +448,7 @@ async fn read_range(
     mut seen: Option<(OpTime, &mut HashSet<OpTime>)>,
     cancel: &CancellationToken,
 ) -> std::result::Result<(), Step> {
-    let oplog = client
-        .database("local")
-        .collection::<RawDocumentBuf>("oplog.rs");
+    let oplog = mongo::oplog(client).clone_with_type::<RawDocumentBuf>();
     let what = format!("reading the oplog after {after}");
     let mut range = doc! { "$gte": after.0 };
     if let Some(upto) = upto {
@@ -459,12 +468,7 @@ async fn read_range(
         .map_err(|e| Step::Mongo(MongoError::driver(what.clone())(e)))?
     {
         let raw = cursor.current();
-        let entry = Document::try_from(raw).map_err(|e| {
-            Step::Engine(EngineError::Failed(format!(
-                "{what}: an entry is not valid BSON: {e}"
-            )))
-        })?;
-        let ts = mongo::entry_ts(&entry).map_err(Step::Mongo)?;
+        let (entry, ts) = read_entry(raw, &what)?;
         if !position_seen {
             position_seen = true;
             if ts == after {
@@ -484,11 +488,7 @@ async fn read_range(
                 slice.last
             ))));
         }
-        if oplog_entry_covered(&entry, filter) {
-            slice.bytes.extend_from_slice(raw.as_bytes());
-            slice.entries += 1;
-        }
-        slice.last = ts;
+        slice.add(raw, &entry, ts, filter);
         if let Some((from, seen)) = seen.as_mut() {
             if ts > *from {
                 seen.insert(ts);
